@@ -1,0 +1,99 @@
+"""The cloud teacher: an LLM-style decoder over item sequences with a hierarchical item tower.
+
+Lite-LLM4Rec (Wang et al., 2024, "Rethinking Large Language Model Architectures for Sequential
+Recommendations"): an item model turns each item's text into one vector and a sequence model
+reads those vectors; a straight item projection head scores the whole catalog in one matrix
+product, with no generation and no beam search. Here the item model is a frozen pretrained
+sentence encoder (all-MiniLM-L6-v2, cached vectors) fused with a learned id embedding. Items
+with no training interactions have no id embedding and are scored through their text alone.
+
+The teacher also reads sequences of intent tokens (coarse mode): the cloud sees only the level-1
+semantic ids of a user's recent items in collaborative serving, never the items themselves.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tandemrec.models.blocks import Decoder, RMSNorm
+
+
+@dataclass
+class TeacherConfig:
+    n_items: int
+    text_dim: int = 384  # 0 when the dataset has no item text
+    n_intents: int = 0  # set once the intent vocabulary exists
+    d_model: int = 128
+    n_layers: int = 2
+    n_heads: int = 2
+    mlp_hidden: int = 256
+    max_len: int = 200
+    dropout: float = 0.2
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class ItemTower(nn.Module):
+    """Item vector = text projection + id embedding (zeroed for items never seen in training)."""
+
+    def __init__(self, cfg: TeacherConfig) -> None:
+        super().__init__()
+        self.id_emb = nn.Embedding(cfg.n_items + 1, cfg.d_model, padding_idx=0)
+        nn.init.normal_(self.id_emb.weight, std=0.02)
+        self.text_proj = nn.Linear(cfg.text_dim, cfg.d_model) if cfg.text_dim else None
+        # Frozen features, saved with the checkpoint: (N+1, text_dim) and (N+1,) 0/1.
+        self.register_buffer("text", torch.zeros(cfg.n_items + 1, max(cfg.text_dim, 1)))
+        self.register_buffer("has_id", torch.ones(cfg.n_items + 1))
+        self.norm = RMSNorm(cfg.d_model)
+
+    def forward(self) -> torch.Tensor:
+        """All item vectors: (N+1, D); row 0 (padding) is zero."""
+        vec = self.id_emb.weight * self.has_id[:, None]
+        if self.text_proj is not None:
+            vec = vec + self.text_proj(self.text)
+        vec = self.norm(vec)
+        return torch.cat([torch.zeros_like(vec[:1]), vec[1:]], dim=0)
+
+
+class Teacher(nn.Module):
+    """Decoder-only sequential recommender scoring every item with one product."""
+
+    def __init__(self, cfg: TeacherConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.items = ItemTower(cfg)
+        self.decoder = Decoder(cfg.d_model, cfg.n_layers, cfg.n_heads, cfg.max_len, cfg.dropout,
+                               cfg.mlp_hidden)
+        self.intent_emb = nn.Embedding(cfg.n_intents + 1, cfg.d_model, padding_idx=0)
+        self.out_bias = nn.Parameter(torch.zeros(cfg.n_items + 1))
+
+    def set_intents(self, n_intents: int, init: torch.Tensor | None = None) -> None:
+        """Create the intent-token embedding table (K+1, D), e.g. from cluster centroids."""
+        self.cfg.n_intents = n_intents
+        self.intent_emb = nn.Embedding(n_intents + 1, self.cfg.d_model, padding_idx=0)
+        if init is not None:
+            with torch.no_grad():
+                self.intent_emb.weight[1:] = init
+
+    def hidden(self, seq: torch.Tensor, coarse: bool = False,
+               last_only: bool = False) -> torch.Tensor:
+        """seq: (B, T) item ids (or intent tokens if coarse), 0 = pad -> (B, T or 1, D)."""
+        if coarse:
+            x = self.intent_emb(seq)
+        else:
+            x = F.embedding(seq, self.items())
+        return self.decoder(x, seq != 0, last_only=last_only)
+
+    def scores(self, h: torch.Tensor, item_vecs: torch.Tensor | None = None) -> torch.Tensor:
+        """Item projection head: (..., D) -> (..., N+1) logits over the whole catalog."""
+        vecs = self.items() if item_vecs is None else item_vecs
+        return h @ vecs.T + self.out_bias
+
+    def forward(self, seq: torch.Tensor, coarse: bool = False) -> torch.Tensor:
+        """Next-item logits at the last position: (B, T) -> (B, N+1)."""
+        return self.scores(self.hidden(seq, coarse=coarse, last_only=True)[:, -1])

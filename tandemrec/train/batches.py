@@ -1,0 +1,48 @@
+"""Mini-batches of left-padded sequences, bucketed by length so little compute goes on padding."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+
+
+def left_pad(seqs: list[np.ndarray], max_len: int) -> torch.Tensor:
+    """Keep the last `max_len` items of each sequence and left-pad with 0 to a common length."""
+    t = max(1, min(max_len, max(len(s) for s in seqs)))
+    out = np.zeros((len(seqs), t), dtype=np.int64)
+    for r, s in enumerate(seqs):
+        s = s[-t:]
+        if len(s):
+            out[r, t - len(s):] = s
+    return torch.from_numpy(out)
+
+
+def training_batches(seqs: list[np.ndarray], max_len: int, batch_size: int,
+                     rng: np.random.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Yield (inputs, targets) (B, T) for next-item prediction at every position.
+
+    Sequences are sorted by length (with random tie-breaking), cut into batches, and the batches
+    are shuffled: every batch has sequences of similar length, so padding is rare.
+    """
+    usable = [s[-(max_len + 1):] for s in seqs if len(s) >= 2]
+    lengths = np.array([len(s) for s in usable])
+    order = np.lexsort((rng.random(len(usable)), lengths))
+    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    for b in rng.permutation(len(batches)):
+        chunk = [usable[i] for i in batches[b]]
+        full = left_pad(chunk, max_len + 1)
+        yield full[:, :-1], full[:, 1:]
+
+
+def n_batches(seqs: list[np.ndarray], batch_size: int) -> int:
+    n = sum(1 for s in seqs if len(s) >= 2)
+    return (n + batch_size - 1) // batch_size
+
+
+def eval_batches(seqs: list[np.ndarray], max_len: int,
+                 batch_size: int = 256) -> Iterator[tuple[slice, torch.Tensor]]:
+    """Yield (slice into seqs, left-padded inputs) in order, for scoring held-out users."""
+    for i in range(0, len(seqs), batch_size):
+        yield slice(i, i + batch_size), left_pad(seqs[i:i + batch_size], max_len)

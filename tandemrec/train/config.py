@@ -1,0 +1,144 @@
+"""Typed training configs: dataclasses loaded from YAML, with `key=value` command-line overrides."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+@dataclass
+class TeacherTrainConfig:
+    d_model: int = 128
+    n_layers: int = 2
+    n_heads: int = 2
+    mlp_hidden: int = 256
+    max_len: int = 200
+    dropout: float = 0.2
+    batch_size: int = 128
+    lr: float = 2e-3
+    weight_decay: float = 0.0
+    warmup_steps: int = 100
+    max_epochs: int = 40
+    patience: int = 4  # epochs without validation NDCG@10 improvement before stopping
+    max_minutes: float = 0.0  # wall-clock budget for this stage; 0 = none
+    use_text: bool = True
+    coarse_epochs: int = 3  # training of the intent-token (coarse) input mode
+
+
+@dataclass
+class IntentConfig:
+    n_intents: int = 64  # level-1 codes = intent tokens
+    level2: int = 16
+    level3: int = 16
+    kmeans_iters: int = 25
+
+
+@dataclass
+class StudentTrainConfig:
+    d_model: int = 64
+    n_layers: int = 2
+    n_heads: int = 2
+    mlp_hidden: int = 128
+    max_len: int = 200
+    dropout: float = 0.2
+    batch_size: int = 128
+    lr: float = 2e-3
+    warmup_steps: int = 100
+    max_epochs: int = 12
+    patience: int = 3
+    max_minutes: float = 0.0
+    temperature: float = 2.0
+    w_kd: float = 1.0  # KL to the teacher's item distribution (scaled by T^2)
+    w_item: float = 1.0  # cross-entropy on the true next item
+    w_intent: float = 0.5  # cross-entropy on the next intent token
+
+
+@dataclass
+class CompressConfig:
+    param_ratio: float = 0.5  # target share of the student's parameters after SVD
+    align_steps: int = 150  # progressive alignment steps per stage (embedding, each layer)
+    finetune_epochs: int = 3  # final logit alignment to the uncompressed student
+    lr: float = 1e-3
+    batch_size: int = 128
+    atol: float = 1e-3  # ONNX vs torch tolerance on item scores
+
+
+@dataclass
+class EvalConfig:
+    ks: tuple[int, ...] = (5, 10, 20)
+    n_candidates: int = 200  # items the cloud returns in collaborative mode
+    top_intents: int = 8  # intent tokens the device sends
+    coarse_history: int = 50  # L: intent tokens of the last L interactions sent upstream
+    popular_share: float = 0.1  # share of the candidates filled with popular items
+    fusion_weight: float | None = None  # teacher weight in the device's fusion; None = tune on val
+    latency_requests: int = 300
+    sampled_negatives: int = 100
+
+
+@dataclass
+class PipelineConfig:
+    dataset: str = "ml-100k"
+    seed: int = 42
+    threads: int = 2
+    teacher: TeacherTrainConfig = field(default_factory=TeacherTrainConfig)
+    intents: IntentConfig = field(default_factory=IntentConfig)
+    student: StudentTrainConfig = field(default_factory=StudentTrainConfig)
+    compress: CompressConfig = field(default_factory=CompressConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _build(cls: type, values: dict[str, Any], where: str) -> Any:
+    """Instantiate a (nested) dataclass from a dict, rejecting unknown keys by name."""
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in values.items():
+        if key not in known:
+            raise ValueError(f"{where}: unknown key '{key}'; expected one of {sorted(known)}")
+        f = known[key]
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        if dataclasses.is_dataclass(default):
+            kwargs[key] = _build(type(default), value or {}, f"{where}.{key}")
+        elif isinstance(default, tuple):
+            kwargs[key] = tuple(value)
+        else:
+            kwargs[key] = value
+    return cls(**kwargs)
+
+
+def _parse_value(text: str) -> Any:
+    return yaml.safe_load(text)
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `a.b=value` overrides (values parsed as YAML) to a nested dict."""
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override '{item}' must look like key=value, e.g. teacher.lr=0.001")
+        key, raw = item.split("=", 1)
+        node = data
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = _parse_value(raw)
+    return data
+
+
+def load_config(path: Path | None = None, overrides: list[str] | None = None) -> PipelineConfig:
+    """Load a PipelineConfig from YAML (or defaults), then apply command-line overrides."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except FileNotFoundError:
+            raise ValueError(f"config file not found: {path}") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: expected a mapping of sections, got {type(data).__name__}")
+    data = apply_overrides(data, overrides or [])
+    return _build(PipelineConfig, data, str(path or "config"))
