@@ -8,6 +8,8 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
 from rich.table import Table
 
 console = Console(stderr=True)
+if not console.is_terminal:  # log files: long lines, no wrapping
+    console = Console(stderr=True, width=160)
 
 
 def stage_progress() -> Progress:

@@ -64,11 +64,10 @@ class ItemTable(nn.Module):
         return rows.reshape(*ids.shape, -1)
 
     def score(self, h: torch.Tensor) -> torch.Tensor:
-        """Tied output head: (B, D) -> (B, N+1)."""
+        """Tied output head: (..., D) -> (..., N+1)."""
         if self.rank is None:
             return h @ self.weight_t
-        z = (self.v @ h.T).T  # (B, r)
-        return z @ self.u_t
+        return F.linear(h, self.v) @ self.u_t  # (..., r) then (..., N+1); V used untransposed
 
     def dense(self) -> torch.Tensor:
         """E as (N+1, D)."""
@@ -97,8 +96,9 @@ class Student(nn.Module):
         return self.decoder(x, seq != 0, last_only=last_only, return_hidden=return_hidden)
 
     def heads(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, D) -> intent logits (B, K+1), item scores (B, N+1)."""
-        return self.intent_head(h), self.items.score(h) + self.out_bias
+        """(..., D) -> intent logits (..., K+1), item scores (..., N+1)."""
+        # Unit-RMS hidden states: scale the dot products back to O(1), as the teacher does.
+        return self.intent_head(h), self.items.score(h) * self.cfg.d_model**-0.5 + self.out_bias
 
     def forward(self, seq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.hidden(seq, last_only=True)[:, -1]  # (B, D)

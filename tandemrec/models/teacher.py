@@ -71,6 +71,19 @@ class Teacher(nn.Module):
                                cfg.mlp_hidden)
         self.intent_emb = nn.Embedding(cfg.n_intents + 1, cfg.d_model, padding_idx=0)
         self.out_bias = nn.Parameter(torch.zeros(cfg.n_items + 1))
+        self._vec_cache: torch.Tensor | None = None
+
+    def train(self, mode: bool = True) -> Teacher:
+        self._vec_cache = None  # weights may change: item vectors are recomputed
+        return super().train(mode)
+
+    def item_vectors(self) -> torch.Tensor:
+        """(N+1, D) item vectors; computed once while serving (eval mode, no grad)."""
+        if self.training or torch.is_grad_enabled():
+            return self.items()
+        if self._vec_cache is None:
+            self._vec_cache = self.items()
+        return self._vec_cache
 
     def set_intents(self, n_intents: int, init: torch.Tensor | None = None) -> None:
         """Create the intent-token embedding table (K+1, D), e.g. from cluster centroids."""
@@ -86,13 +99,14 @@ class Teacher(nn.Module):
         if coarse:
             x = self.intent_emb(seq)
         else:
-            x = F.embedding(seq, self.items())
+            x = F.embedding(seq, self.item_vectors())
         return self.decoder(x, seq != 0, last_only=last_only)
 
     def scores(self, h: torch.Tensor, item_vecs: torch.Tensor | None = None) -> torch.Tensor:
         """Item projection head: (..., D) -> (..., N+1) logits over the whole catalog."""
-        vecs = self.items() if item_vecs is None else item_vecs
-        return h @ vecs.T + self.out_bias
+        vecs = self.item_vectors() if item_vecs is None else item_vecs
+        # Both sides are unit-RMS, so raw dot products grow like d; scale them back to O(1).
+        return (h @ vecs.T) * self.cfg.d_model**-0.5 + self.out_bias
 
     def forward(self, seq: torch.Tensor, coarse: bool = False) -> torch.Tensor:
         """Next-item logits at the last position: (B, T) -> (B, N+1)."""

@@ -1,0 +1,42 @@
+"""Run the student ONNX model on the device with ONNX Runtime (no torch)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+class OnnxStudent:
+    """The on-device intent model: history -> (intent logits (K+1,), item scores (N+1,)).
+
+    One inference session per model file; `threads` bounds the cores it may take on a phone.
+    """
+
+    def __init__(self, path: Path | str, threads: int = 1, max_len: int | None = None) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.path = Path(path)
+        self.session = ort.InferenceSession(str(path), options,
+                                            providers=["CPUExecutionProvider"])
+        self.input_name = self.session.get_inputs()[0].name
+        self.max_len = max_len
+
+    def run(self, history: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """One request: the item ids of the user's history in time order (most recent last)."""
+        h = np.asarray(history, dtype=np.int64)
+        if self.max_len is not None:
+            h = h[-self.max_len:]
+        if h.size == 0:
+            h = np.zeros(1, dtype=np.int64)  # an empty history reads as one padding step
+        intents, scores = self.session.run(None, {self.input_name: h[None]})
+        return intents[0], scores[0]
+
+    def run_batch(self, histories: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """A left-padded batch (B, T) -> (B, K+1), (B, N+1)."""
+        intents, scores = self.session.run(None, {self.input_name: histories.astype(np.int64)})
+        return intents, scores

@@ -1,0 +1,151 @@
+"""The `tandem` command: data, the model pipeline stages, and (later) serving and simulation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from tandemrec.paths import REPO_ROOT, artifacts_dir
+
+app = typer.Typer(
+    help="tandemrec: device-cloud collaborative serving for LLM-based sequential "
+         "recommendation. Train a cloud teacher, distil and compress an on-device student, "
+         "and evaluate every serving mode on the same held-out users.",
+    no_args_is_help=True, add_completion=False, pretty_exceptions_show_locals=False,
+)
+
+ConfigOpt = Annotated[Path | None, typer.Option(
+    "--config", "-c", help="YAML config (see configs/). Defaults to configs/<dataset>.yaml "
+                           "when it exists, else built-in defaults.")]
+SetOpt = Annotated[list[str] | None, typer.Option(
+    "--set", "-s", help="Override a config value, e.g. --set teacher.max_epochs=5 "
+                        "(repeatable; values are parsed as YAML).")]
+DatasetOpt = Annotated[str, typer.Option(
+    "--dataset", "-d", help="ml-1m, ml-100k, beauty, or a path to your own "
+                            "user,item,timestamp CSV/Parquet file.")]
+RunDirOpt = Annotated[Path | None, typer.Option(
+    "--run-dir", help="Where the stages read and write checkpoints (default: "
+                      "artifacts/<dataset>).")]
+ResultsOpt = Annotated[Path, typer.Option(
+    "--results-dir", help="Where quality-<dataset>.json and .md are written.")]
+DataDirOpt = Annotated[Path | None, typer.Option(
+    "--data-dir", help="Datasets directory (default: $TANDEM_DATA_DIR or ../shared/data).")]
+
+
+def _fail(message: str) -> None:
+    from tandemrec.progress import console
+
+    console.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(code=2)
+
+
+def _context(dataset: str, config: Path | None, overrides: list[str] | None,
+             run_dir: Path | None, data_dir: Path | None):
+    from tandemrec.data.errors import DataFormatError, DatasetNotFound, UnknownDataset
+    from tandemrec.pipeline import open_run
+    from tandemrec.train.config import load_config
+
+    if config is None:
+        default = REPO_ROOT / "configs" / f"{dataset}.yaml"
+        config = default if default.exists() else None
+    try:
+        cfg = load_config(config, [f"dataset={dataset}", *(overrides or [])])
+        name = Path(dataset).stem if Path(dataset).suffix else dataset
+        return open_run(cfg, run_dir or artifacts_dir() / name, data_dir)
+    except (ValueError, DataFormatError, DatasetNotFound, UnknownDataset) as exc:
+        _fail(str(exc))
+
+
+def _stage(stage: str, dataset: str, config: Path | None, overrides: list[str] | None,
+           run_dir: Path | None, data_dir: Path | None, results_dir: Path) -> None:
+    from tandemrec import pipeline
+
+    ctx = _context(dataset, config, overrides, run_dir, data_dir)
+    try:
+        if stage == "pipeline":
+            pipeline.run_pipeline(ctx, results_dir)
+        elif stage == "evaluate":
+            pipeline.stage_evaluate(ctx, results_dir)
+        else:
+            getattr(pipeline, f"stage_{stage}")(ctx)
+    except FileNotFoundError as exc:
+        _fail(str(exc))
+
+
+DEFAULT_RESULTS = REPO_ROOT / "bench" / "results"
+
+
+@app.command()
+def data(data_dir: DataDirOpt = None) -> None:
+    """List the datasets found in the data directory and how to obtain the missing ones."""
+    from rich.table import Table
+
+    from tandemrec.data import describe_data_dir
+    from tandemrec.paths import data_dir as default_dir
+    from tandemrec.progress import console
+
+    root = data_dir or default_dir()
+    table = Table(title=f"datasets in {root}")
+    for col in ("name", "status", "users", "items", "interactions", "path / how to get it"):
+        table.add_column(col)
+    for row in describe_data_dir(root):
+        found = row["status"] == "found"
+        where = str(row["path"]) if found else str(row.get("error") or row["how_to_get"])
+        table.add_row(str(row["name"]), str(row["status"]),
+                      *(f"{row[k]:,}" if found and row.get(k) else "" for k in
+                        ("users", "items", "interactions")), where)
+    console.print(table)
+
+
+@app.command()
+def train(dataset: DatasetOpt = "ml-100k", config: ConfigOpt = None, set_: SetOpt = None,
+          run_dir: RunDirOpt = None, data_dir: DataDirOpt = None) -> None:
+    """Train the teacher, build the intent vocabulary, train the teacher's coarse mode."""
+    _stage("train", dataset, config, set_, run_dir, data_dir, DEFAULT_RESULTS)
+
+
+@app.command()
+def distill(dataset: DatasetOpt = "ml-100k", config: ConfigOpt = None, set_: SetOpt = None,
+            run_dir: RunDirOpt = None, data_dir: DataDirOpt = None) -> None:
+    """Distil the teacher into the small edge student (intent head + item head)."""
+    _stage("distill", dataset, config, set_, run_dir, data_dir, DEFAULT_RESULTS)
+
+
+@app.command()
+def compress(dataset: DatasetOpt = "ml-100k", config: ConfigOpt = None, set_: SetOpt = None,
+             run_dir: RunDirOpt = None, data_dir: DataDirOpt = None) -> None:
+    """SVD low-rank factorisation of the student with progressive layer-wise alignment."""
+    _stage("compress", dataset, config, set_, run_dir, data_dir, DEFAULT_RESULTS)
+
+
+@app.command()
+def export(dataset: DatasetOpt = "ml-100k", config: ConfigOpt = None, set_: SetOpt = None,
+           run_dir: RunDirOpt = None, data_dir: DataDirOpt = None) -> None:
+    """Export the students to ONNX, quantise to int8, check ONNX against torch."""
+    _stage("export", dataset, config, set_, run_dir, data_dir, DEFAULT_RESULTS)
+
+
+@app.command()
+def evaluate(dataset: DatasetOpt = "ml-100k", config: ConfigOpt = None, set_: SetOpt = None,
+             run_dir: RunDirOpt = None, data_dir: DataDirOpt = None,
+             results_dir: ResultsOpt = DEFAULT_RESULTS) -> None:
+    """Evaluate every serving mode on the same held-out users; write the results table."""
+    _stage("evaluate", dataset, config, set_, run_dir, data_dir, results_dir)
+
+
+@app.command("pipeline")
+def pipeline_cmd(dataset: DatasetOpt = "ml-100k", config: ConfigOpt = None,
+                 set_: SetOpt = None, run_dir: RunDirOpt = None, data_dir: DataDirOpt = None,
+                 results_dir: ResultsOpt = DEFAULT_RESULTS) -> None:
+    """Run train, distill, compress, export and evaluate in order."""
+    _stage("pipeline", dataset, config, set_, run_dir, data_dir, results_dir)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,227 @@
+"""Evaluate every serving mode on the same held-out users under one protocol.
+
+Each mode yields the 0-based rank of every user's target under full ranking over the catalog
+(history items excluded), plus parameters, model file size and single-request p50 latency on one
+thread. Modes that return only a candidate list (collaborative) count a target outside the list
+as a miss. See `protocol()` for the exact rules written into the results file.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from edge_client.rerank import fuse, top_intents
+from edge_client.runtime import OnnxStudent
+from tandemrec.eval.metrics import (MISS_RANK, metrics_from_ranks, sampled_ranks, target_ranks)
+from tandemrec.models.intent_vocab import IntentVocab
+from tandemrec.models.student import Student
+from tandemrec.models.teacher import Teacher
+from tandemrec.progress import stage_progress
+from tandemrec.retrieval import IntentIndex
+from tandemrec.train.batches import eval_batches
+from tandemrec.train.config import EvalConfig
+from tandemrec.train.teacher import coarse_inputs
+
+MODES = ("popularity", "cloud-full", "teacher-coarse", "student-fp32", "student-svd",
+         "student-int8", "collaborative", "edge-only")
+
+
+@dataclass
+class Models:
+    teacher: Teacher
+    vocab: IntentVocab
+    student: Student
+    student_svd: Student
+    popularity: np.ndarray  # (N+1,) training counts
+    files: dict[str, Path]  # teacher, student_fp32, student_svd, student_int8
+    n_items: int
+
+
+@dataclass
+class ModeResult:
+    mode: str
+    ranks: np.ndarray
+    params: int
+    size_bytes: int
+    p50_ms: float
+    sampled: np.ndarray | None = None
+    extra: dict = field(default_factory=dict)
+
+    def row(self, ks: tuple[int, ...]) -> dict:
+        m = metrics_from_ranks(self.ranks, ks)
+        row = {"mode": self.mode, "hr@10": m["hr@10"], "ndcg@10": m["ndcg@10"],
+               "mrr@10": m["mrr@10"], "params": self.params, "size_bytes": self.size_bytes,
+               "p50_ms": self.p50_ms}
+        row.update({k: v for k, v in m.items() if k not in row and k != "n_users"})
+        if self.sampled is not None:
+            s = metrics_from_ranks(self.sampled, (10,))
+            row["sampled100_hr@10"], row["sampled100_ndcg@10"] = s["hr@10"], s["ndcg@10"]
+        row.update(self.extra)
+        return row
+
+
+def n_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def p50_ms(fn: Callable[[int], object], n: int) -> float:
+    """Median wall time of fn(i) over n calls after a warm-up, on one thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for i in range(min(20, n)):
+            fn(i)
+        times = []
+        for i in range(n):
+            t0 = time.perf_counter()
+            fn(i)
+            times.append(time.perf_counter() - t0)
+    finally:
+        torch.set_num_threads(threads)
+    return float(np.median(times) * 1e3)
+
+
+def torch_scores(score_fn: Callable[[torch.Tensor], torch.Tensor], inputs: list[np.ndarray],
+                 max_len: int) -> Callable[[slice], np.ndarray]:
+    """Batched scoring for ranking (latency is measured separately, one request at a time)."""
+    def by_batch(sl: slice) -> np.ndarray:
+        x = eval_batches(inputs[sl], max_len, batch_size=len(inputs[sl]) or 1)
+        _, xb = next(x)
+        with torch.inference_mode():
+            return score_fn(xb).float().numpy()
+    return by_batch
+
+
+class Evaluator:
+    """Runs the modes for one set of held-out users (validation or test)."""
+
+    def __init__(self, models: Models, inputs: list[np.ndarray], targets: np.ndarray,
+                 cfg: EvalConfig, seed: int = 0) -> None:
+        self.m, self.inputs, self.targets, self.cfg, self.seed = models, inputs, targets, cfg, seed
+        self.index = IntentIndex(models.vocab.codes[:, 0], models.popularity)
+        self.max_len = models.teacher.cfg.max_len
+        self.n_lat = min(cfg.latency_requests, len(inputs))
+
+    def _full(self, mode: str, scores_of: Callable[[slice], np.ndarray], params: int,
+              size: int, latency: float) -> ModeResult:
+        ranks, sampled = [], []
+        for i in range(0, len(self.inputs), 256):
+            sl = slice(i, i + 256)
+            s = scores_of(sl)
+            ranks.append(target_ranks(s, self.targets[sl], self.inputs[sl]))
+            sampled.append(sampled_ranks(s, self.targets[sl], self.inputs[sl],
+                                         self.cfg.sampled_negatives, seed=self.seed + i))
+        return ModeResult(mode, np.concatenate(ranks), params, size, latency,
+                          np.concatenate(sampled))
+
+    def popularity(self) -> ModeResult:
+        pop = self.m.popularity.astype(np.float32)
+        pop[0] = -np.inf
+        lat = p50_ms(lambda i: np.argpartition(-pop, 10)[:10], self.n_lat)
+        return self._full("popularity", lambda sl: np.tile(pop, (len(self.inputs[sl]), 1)),
+                          0, 0, lat)
+
+    def teacher(self, coarse: bool) -> ModeResult:
+        t = self.m.teacher
+        inputs = (coarse_inputs(self.inputs, self.m.vocab, self.cfg.coarse_history)
+                  if coarse else self.inputs)
+        fn = torch_scores(lambda x: t(x, coarse=coarse), inputs, self.max_len)
+
+        def one(i: int) -> None:
+            with torch.inference_mode():
+                t(torch.from_numpy(inputs[i][-self.max_len:][None].astype(np.int64)),
+                  coarse=coarse)
+        lat = p50_ms(one, self.n_lat)
+        size = self.m.files["teacher"].stat().st_size
+        return self._full("teacher-coarse" if coarse else "cloud-full", fn, n_params(t), size, lat)
+
+    def student_onnx(self, mode: str, key: str, params: int) -> ModeResult:
+        runner = OnnxStudent(self.m.files[key], threads=1, max_len=self.m.student.cfg.max_len)
+        rows: list[np.ndarray] = []
+        with stage_progress() as progress:
+            task = progress.add_task(mode, total=len(self.inputs), status="")
+            for h in self.inputs:
+                rows.append(runner.run(h)[1])
+                progress.advance(task)
+        scores = np.stack(rows)
+        lat = p50_ms(lambda i: runner.run(self.inputs[i]), self.n_lat)
+        return self._full(mode, lambda sl: scores[sl], params,
+                          self.m.files[key].stat().st_size, lat)
+
+    def device_pass(self) -> tuple[np.ndarray, np.ndarray]:
+        """What the int8 student computes per request: intent logits and item scores."""
+        runner = OnnxStudent(self.m.files["student_int8"], threads=1,
+                             max_len=self.m.student.cfg.max_len)
+        intents, scores = [], []
+        for h in self.inputs:
+            i, s = runner.run(h)
+            intents.append(i)
+            scores.append(s)
+        return np.stack(intents), np.stack(scores)
+
+    def cloud_candidates(self, intent_logits: np.ndarray) -> tuple[list, list]:
+        """Cloud side: retrieve under the device's intents, score with the coarse teacher."""
+        cfg, t = self.cfg, self.m.teacher
+        coarse = coarse_inputs(self.inputs, self.m.vocab, cfg.coarse_history)
+        cands, t_scores = [], []
+        for i in range(0, len(self.inputs), 256):
+            sl = slice(i, i + 256)
+            full = torch_scores(lambda x: t(x, coarse=True), coarse, self.max_len)(sl)
+            for row, logits in zip(full, intent_logits[sl], strict=True):
+                tokens, weights = top_intents(logits, cfg.top_intents)
+                pool = self.index.candidates(tokens, weights, cfg.n_retrieve, cfg.popular_share)
+                top = np.argsort(-row[pool], kind="stable")[: cfg.n_candidates]
+                cands.append(pool[top])
+                t_scores.append(row[pool[top]])
+        return cands, t_scores
+
+    def collaborative(self, device: tuple[np.ndarray, np.ndarray], weight: float,
+                      cloud: tuple[list, list] | None = None) -> ModeResult:
+        intent_logits, scores = device
+        cands, t_scores = cloud or self.cloud_candidates(intent_logits)
+        ranks = np.full(len(self.inputs), MISS_RANK, dtype=np.int64)
+        for u, (c, ts) in enumerate(zip(cands, t_scores, strict=True)):
+            items, _ = fuse(c, ts, scores[u], weight, exclude=self.inputs[u])
+            hit = np.flatnonzero(items == self.targets[u])
+            if len(hit):
+                ranks[u] = hit[0]
+        return ModeResult("collaborative", ranks, 0, 0, 0.0,
+                          extra={"fusion_weight": weight, "n_candidates": self.cfg.n_candidates,
+                                 "coarse_history": self.cfg.coarse_history,
+                                 "top_intents": self.cfg.top_intents})
+
+    def collaborative_latency(self, weight: float) -> float:
+        """Device student + cloud retrieval and coarse teacher + device fusion, one request."""
+        runner = OnnxStudent(self.m.files["student_int8"], threads=1,
+                             max_len=self.m.student.cfg.max_len)
+        t, cfg = self.m.teacher, self.cfg
+
+        def one(i: int) -> None:
+            h = self.inputs[i]
+            logits, scores = runner.run(h)
+            tokens, weights = top_intents(logits, cfg.top_intents)
+            coarse = self.m.vocab.intent_of(h[-cfg.coarse_history:])
+            pool = self.index.candidates(tokens, weights, cfg.n_retrieve, cfg.popular_share)
+            with torch.inference_mode():
+                row = t(torch.from_numpy(coarse[None].astype(np.int64)), coarse=True)[0].numpy()
+            top = np.argsort(-row[pool], kind="stable")[: cfg.n_candidates]
+            fuse(pool[top], row[pool[top]], scores, weight, exclude=h)
+        return p50_ms(one, self.n_lat)
+
+
+def tune_fusion_weight(evaluator: Evaluator, grid: tuple[float, ...]) -> tuple[float, dict]:
+    """Pick the teacher weight of the device's fusion on validation users."""
+    device = evaluator.device_pass()
+    cloud = evaluator.cloud_candidates(device[0])
+    scores = {}
+    for w in grid:
+        r = evaluator.collaborative(device, w, cloud).ranks
+        scores[w] = metrics_from_ranks(r, (10,))["ndcg@10"]
+    best = max(scores, key=lambda w: scores[w])
+    return best, {str(k): v for k, v in scores.items()}

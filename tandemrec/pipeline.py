@@ -1,0 +1,183 @@
+"""The model pipeline as stages over one run directory: train, distill, compress, export, evaluate.
+
+Each stage reads what earlier stages wrote under `run_dir` and writes its own outputs there, so
+stages can be run one by one from the CLI or all together with `tandem pipeline`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from tandemrec.checkpoints import load_student, load_teacher, save_model
+from tandemrec.data import item_popularity, leave_one_out, load_dataset
+from tandemrec.data.types import LeaveOneOutSplit, SequenceDataset
+from tandemrec.models.intent_vocab import IntentVocab, build_intent_vocab
+from tandemrec.progress import log
+from tandemrec.train.config import PipelineConfig
+
+
+@dataclass
+class RunContext:
+    """The dataset, its split and the run directory shared by all stages."""
+
+    cfg: PipelineConfig
+    run_dir: Path
+    data: SequenceDataset
+    split: LeaveOneOutSplit
+
+    @property
+    def n_items(self) -> int:
+        return self.data.n_items
+
+    def path(self, name: str) -> Path:
+        return self.run_dir / name
+
+    def record(self, stage: str, info: dict[str, Any]) -> None:
+        """Append a stage's report to run.json (configs, timings, validation curves)."""
+        report_path = self.path("run.json")
+        report = json.loads(report_path.read_text()) if report_path.exists() else {}
+        report[stage] = info
+        report_path.write_text(json.dumps(report, indent=2, default=_jsonable))
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, np.generic):
+        return x.item()
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    return str(x)
+
+
+def open_run(cfg: PipelineConfig, run_dir: Path, data_dir: Path | None = None) -> RunContext:
+    """Load the dataset, split it and prepare the run directory."""
+    torch.set_num_threads(cfg.threads)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    data = load_dataset(cfg.dataset, data_dir)
+    split = leave_one_out(data)
+    (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+    log(f"{data.name}: {data.n_users} users, {data.n_items} items, "
+        f"{data.n_interactions} interactions; {len(split.eval_users)} held-out users")
+    return RunContext(cfg, run_dir, data, split)
+
+
+def text_vectors(ctx: RunContext) -> np.ndarray | None:
+    """Sentence-encoder vectors of the item texts (cached), or None without text."""
+    if not ctx.cfg.teacher.use_text or ctx.data.item_texts is None:
+        return None
+    from tandemrec.text.encoder import item_text_vectors
+
+    t0 = time.time()
+    vecs = item_text_vectors(list(ctx.data.item_texts))
+    log(f"item text vectors {vecs.shape} in {time.time() - t0:.1f}s (cached after the first run)")
+    return vecs
+
+
+def stage_train(ctx: RunContext) -> None:
+    """Teacher (full mode), then the intent vocabulary, then the teacher's coarse mode."""
+    from tandemrec.train.teacher import train_coarse, train_teacher
+
+    cfg = ctx.cfg
+    t0 = time.time()
+    teacher, fit = train_teacher(ctx.split, ctx.n_items, text_vectors(ctx), cfg.teacher, cfg.seed)
+    log(f"teacher: best val NDCG@10 {fit.best_score:.4f} at epoch {fit.best_epoch} "
+        f"({fit.stopped}, {fit.seconds / 60:.1f} min)")
+    with torch.no_grad():
+        vecs = teacher.items().numpy()
+    pop = item_popularity(ctx.split.train, ctx.n_items)
+    vocab = build_intent_vocab(vecs, ctx.data.item_texts, n_intents=cfg.intents.n_intents,
+                               level_sizes=(cfg.intents.level2, cfg.intents.level3),
+                               iters=cfg.intents.kmeans_iters, seed=cfg.seed)
+    ctx.path("codebook.json").write_text(json.dumps(vocab.to_json()))
+    log(f"intent vocabulary: {vocab.n_intents} tokens, e.g. " +
+        "; ".join(vocab.labels[1:6]))
+    coarse = train_coarse(teacher, ctx.split, vocab, cfg.teacher, cfg.eval.coarse_history,
+                          cfg.seed)
+    save_model(teacher, ctx.path("teacher.pt"), {"fit": fit.history, "coarse": coarse.history})
+    np.save(ctx.path("popularity.npy"), pop)
+    ctx.record("train", {"seconds": time.time() - t0, "best_epoch": fit.best_epoch,
+                         "val_ndcg@10": fit.best_score, "stopped": fit.stopped,
+                         "history": fit.history, "coarse_val_ndcg@10": coarse.best_score,
+                         "coarse_history": coarse.history})
+
+
+def load_vocab(ctx: RunContext) -> IntentVocab:
+    return IntentVocab.from_json(json.loads(ctx.path("codebook.json").read_text()))
+
+
+def stage_distill(ctx: RunContext) -> None:
+    from tandemrec.train.distill import distill_student
+
+    t0 = time.time()
+    teacher, _ = load_teacher(ctx.path("teacher.pt"))
+    student, fit = distill_student(teacher, ctx.split, ctx.n_items, load_vocab(ctx),
+                                   ctx.cfg.student, ctx.cfg.seed)
+    save_model(student, ctx.path("student.pt"), {"fit": fit.history})
+    log(f"student: best val NDCG@10 {fit.best_score:.4f} at epoch {fit.best_epoch}")
+    ctx.record("distill", {"seconds": time.time() - t0, "best_epoch": fit.best_epoch,
+                           "val_ndcg@10": fit.best_score, "stopped": fit.stopped,
+                           "history": fit.history})
+
+
+def stage_compress(ctx: RunContext) -> None:
+    from tandemrec.train.compress import compress_student
+
+    t0 = time.time()
+    student, _ = load_student(ctx.path("student.pt"))
+    small, report = compress_student(student, ctx.split, load_vocab(ctx), ctx.cfg.compress,
+                                     ctx.cfg.seed)
+    save_model(small, ctx.path("student_svd.pt"), report)
+    ctx.record("compress", {"seconds": time.time() - t0, **report})
+
+
+def stage_export(ctx: RunContext) -> None:
+    """ONNX for the dense and compressed students, int8 weights, and torch/ONNX parity."""
+    from tandemrec.train.export import check_parity, export_onnx, quantize_int8
+
+    t0 = time.time()
+    student, _ = load_student(ctx.path("student.pt"))
+    small, _ = load_student(ctx.path("student_svd.pt"))
+    export_onnx(student, ctx.path("student_fp32.onnx"))
+    export_onnx(small, ctx.path("student_svd.onnx"))
+    quantize_int8(ctx.path("student_svd.onnx"), ctx.path("student_int8.onnx"))
+    sample = ctx.split.test_input[:200]
+    atol = ctx.cfg.compress.atol
+    parity = {name: check_parity(model, ctx.path(f"{name}.onnx"), sample, atol).__dict__
+              for name, model in (("student_fp32", student), ("student_svd", small))}
+    for name, rep in parity.items():
+        ok = rep["max_abs_diff_scores"] <= atol and rep["max_abs_diff_intents"] <= atol
+        log(f"ONNX parity {name}: max |diff| {rep['max_abs_diff_scores']:.2e} "
+            f"(tolerance {atol}), top-10 identical for {rep['top10_agreement']:.1%} "
+            f"{'OK' if ok else 'FAILED'}")
+        if not ok:
+            raise RuntimeError(f"ONNX export of {name} differs from torch beyond {atol}")
+    sizes = {p.name: p.stat().st_size for p in ctx.run_dir.glob("*.onnx")}
+    ctx.record("export", {"seconds": time.time() - t0, "parity": parity, "sizes": sizes})
+
+
+def stage_evaluate(ctx: RunContext, results_dir: Path) -> list[dict]:
+    from tandemrec.eval.report import evaluate_run
+
+    return evaluate_run(ctx, results_dir)
+
+
+STAGES = ("train", "distill", "compress", "export", "evaluate")
+
+
+def run_pipeline(ctx: RunContext, results_dir: Path) -> list[dict]:
+    """All stages in order, timed; returns the result rows."""
+    t0 = time.time()
+    stage_train(ctx)
+    stage_distill(ctx)
+    stage_compress(ctx)
+    stage_export(ctx)
+    rows = stage_evaluate(ctx, results_dir)
+    ctx.record("pipeline", {"seconds": time.time() - t0})
+    log(f"pipeline finished in {(time.time() - t0) / 60:.1f} min")
+    return rows

@@ -1,0 +1,104 @@
+"""Train the cloud teacher (full softmax over the catalog) and its coarse intent-token mode."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from tandemrec.data.types import LeaveOneOutSplit
+from tandemrec.models.teacher import Teacher, TeacherConfig
+from tandemrec.train.batches import n_batches, training_batches
+from tandemrec.train.config import TeacherTrainConfig
+from tandemrec.train.loop import FitResult, fit, validation_ndcg
+
+if TYPE_CHECKING:
+    from tandemrec.models.intent_vocab import IntentVocab
+
+
+def next_item_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Full-softmax cross-entropy over all positions; padded targets (0) are ignored."""
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                           ignore_index=0)
+
+
+def build_teacher(n_items: int, text_vecs: np.ndarray | None, cfg: TeacherTrainConfig,
+                  train: list[np.ndarray]) -> Teacher:
+    """A fresh teacher whose item tower holds the text vectors and knows which items are cold."""
+    use_text = cfg.use_text and text_vecs is not None
+    mcfg = TeacherConfig(n_items=n_items, text_dim=text_vecs.shape[1] if use_text else 0,
+                         d_model=cfg.d_model, n_layers=cfg.n_layers, n_heads=cfg.n_heads,
+                         mlp_hidden=cfg.mlp_hidden, max_len=cfg.max_len, dropout=cfg.dropout)
+    model = Teacher(mcfg)
+    seen = np.zeros(n_items + 1, dtype=np.float32)
+    for s in train:
+        seen[s] = 1.0
+    seen[0] = 0.0
+    with torch.no_grad():
+        model.items.has_id.copy_(torch.from_numpy(seen))
+        if use_text:
+            model.items.text.copy_(torch.from_numpy(text_vecs.astype(np.float32)))
+    return model
+
+
+def train_teacher(split: LeaveOneOutSplit, n_items: int, text_vecs: np.ndarray | None,
+                  cfg: TeacherTrainConfig, seed: int) -> tuple[Teacher, FitResult]:
+    """Fit the teacher on the training prefixes; early stopping on validation NDCG@10."""
+    torch.manual_seed(seed)
+    model = build_teacher(n_items, text_vecs, cfg, split.train)
+    rng = np.random.default_rng(seed)
+
+    def loss_fn(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return next_item_loss(model.scores(model.hidden(x)), y)
+
+    def validate() -> dict[str, float]:
+        return validation_ndcg(model, split.valid_input, split.valid_target, cfg.max_len)
+
+    result = fit(model, model.parameters(), name="teacher",
+                 batches=lambda _: training_batches(split.train, cfg.max_len, cfg.batch_size, rng),
+                 n_batches=n_batches(split.train, cfg.batch_size), loss_fn=loss_fn,
+                 validate=validate, lr=cfg.lr, max_epochs=cfg.max_epochs, patience=cfg.patience,
+                 warmup_steps=cfg.warmup_steps, weight_decay=cfg.weight_decay,
+                 max_minutes=cfg.max_minutes)
+    return model, result
+
+
+def coarse_inputs(seqs: list[np.ndarray], vocab: IntentVocab, last: int) -> list[np.ndarray]:
+    """What the cloud sees in collaborative mode: intent tokens of the last `last` items."""
+    return [vocab.intent_of(s[-last:]) if last > 0 else s[:0] for s in seqs]
+
+
+def train_coarse(model: Teacher, split: LeaveOneOutSplit, vocab: IntentVocab,
+                 cfg: TeacherTrainConfig, coarse_history: int, seed: int) -> FitResult:
+    """Teach the teacher to read intent tokens: a new token table, the rest frozen.
+
+    Freezing keeps full-mode accuracy exactly as trained; the token table starts at the mean
+    item vector of each intent, so the decoder already understands it at step 0.
+    """
+    with torch.no_grad():
+        vecs = model.items().numpy()
+    init = np.stack([vecs[vocab.items_of(k)].mean(0) for k in range(1, vocab.n_intents + 1)])
+    model.set_intents(vocab.n_intents, torch.from_numpy(init))
+    for name, p in model.named_parameters():
+        p.requires_grad = name.startswith("intent_emb")
+    codes = torch.from_numpy(vocab.codes[:, 0].astype(np.int64))
+    rng = np.random.default_rng(seed + 1)
+    val_inputs = coarse_inputs(split.valid_input, vocab, coarse_history)
+
+    def loss_fn(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return next_item_loss(model.scores(model.hidden(codes[x], coarse=True)), y)
+
+    def validate() -> dict[str, float]:
+        return validation_ndcg(lambda x: model(x, coarse=True), val_inputs, split.valid_target,
+                               cfg.max_len, exclude=split.valid_input)
+
+    result = fit(model, model.intent_emb.parameters(), name="teacher-coarse",
+                 batches=lambda _: training_batches(split.train, cfg.max_len, cfg.batch_size, rng),
+                 n_batches=n_batches(split.train, cfg.batch_size), loss_fn=loss_fn,
+                 validate=validate, lr=cfg.lr * 2, max_epochs=cfg.coarse_epochs,
+                 patience=cfg.coarse_epochs, warmup_steps=10)
+    for p in model.parameters():
+        p.requires_grad = True
+    return result

@@ -1,0 +1,155 @@
+"""Residual k-means semantic ids and their readable intent labels."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from tandemrec.models.intent_vocab import (
+    PAD_LABEL,
+    IntentVocab,
+    build_intent_vocab,
+    kmeans,
+    label_intents,
+)
+
+pytestmark = pytest.mark.unit
+
+
+def _blobs(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Three tight, far-apart Gaussian blobs of unequal size, shuffled; returns (x, true label)."""
+    rng = np.random.default_rng(seed)
+    centres = np.array([[10.0, 0.0, 0.0], [0.0, 10.0, 0.0], [0.0, 0.0, 10.0]])
+    truth = np.repeat([0, 1, 2], [30, 12, 20])
+    rng.shuffle(truth)
+    return centres[truth] + 0.3 * rng.standard_normal((truth.size, 3)), truth
+
+
+def _same_partition(a: np.ndarray, b: np.ndarray) -> bool:
+    """Labels may be permuted; the partitions must match: a bijection between label sets."""
+    pairs = set(zip(a.tolist(), b.tolist(), strict=True))
+    return len(pairs) == len(set(a.tolist())) == len(set(b.tolist()))
+
+
+def test_kmeans_recovers_separated_blobs() -> None:
+    x, truth = _blobs()
+    for seed in range(5):
+        centroids, assign = kmeans(x, 3, seed=seed)
+        assert centroids.shape == (3, 3) and assign.shape == (x.shape[0],)
+        assert _same_partition(assign, truth)
+
+
+def test_kmeans_deterministic_and_weighted() -> None:
+    x = np.random.default_rng(1).standard_normal((80, 4))
+    c1, a1 = kmeans(x, 5, seed=3)
+    c2, a2 = kmeans(x, 5, seed=3)
+    np.testing.assert_array_equal(a1, a2)
+    np.testing.assert_array_equal(c1, c2)
+    w = np.zeros(80)
+    w[:40] = 1.0  # zero-weight points are still assigned, only the centroids ignore them
+    _, aw = kmeans(x, 5, seed=3, weights=w)
+    assert np.bincount(aw, minlength=5).min() >= 1
+
+
+def test_kmeans_caps_k_and_handles_duplicates() -> None:
+    x = np.arange(8, dtype=float).reshape(4, 2)
+    c, a = kmeans(x, 10)
+    assert c.shape == (4, 2) and sorted(a.tolist()) == [0, 1, 2, 3]
+    dup = np.zeros((5, 2))  # all points identical: clusters still non-empty
+    _, a = kmeans(dup, 3)
+    assert np.bincount(a, minlength=3).min() >= 1
+    with pytest.raises(ValueError):
+        kmeans(np.zeros((0, 2)), 2)
+
+
+def _vocab(n_items: int = 60, k: int = 6) -> IntentVocab:
+    rng = np.random.default_rng(0)
+    vecs = np.vstack([np.zeros((1, 8)), rng.standard_normal((n_items, 8))])
+    return build_intent_vocab(vecs, None, n_intents=k, level_sizes=(4, 3), iters=10)
+
+
+def test_codes_shape_padding_and_ranges() -> None:
+    v = _vocab()
+    assert v.codes.shape == (61, 3) and v.codes.dtype == np.int64
+    assert not v.codes[0].any()
+    assert v.n_intents == 6 and v.levels == 3 and v.n_items == 60
+    level1 = v.codes[1:, 0]
+    assert level1.min() >= 1 and level1.max() <= 6
+    assert set(level1.tolist()) == set(range(1, 7))  # every intent token has items
+    assert v.codes[1:, 1].min() >= 1 and v.codes[1:, 1].max() <= 4
+    assert v.codes[1:, 2].min() >= 1 and v.codes[1:, 2].max() <= 3
+    assert [c.shape for c in v.centroids] == [(6, 8), (4, 8), (3, 8)]
+    assert v.sizes[0] == 0 and v.sizes.sum() == 60 and v.sizes.shape == (7,)
+    assert v.labels == [PAD_LABEL] + [f"intent {t}" for t in range(1, 7)]
+
+
+def test_intent_of_and_items_of_agree() -> None:
+    v = _vocab()
+    items = np.array([[0, 1, 2], [3, 59, 60]])
+    assert v.intent_of(items).shape == (2, 3) and v.intent_of(items)[0, 0] == 0
+    seen = []
+    for t in range(1, v.n_intents + 1):
+        members = v.items_of(t)
+        assert members.size == v.sizes[t] and (np.diff(members) > 0).all()
+        assert (v.intent_of(members) == t).all()
+        seen.extend(members.tolist())
+    assert sorted(seen) == list(range(1, 61))
+    assert v.items_of(0).size == 0 and v.items_of(99).size == 0
+
+
+def test_json_round_trip() -> None:
+    v = _vocab()
+    back = IntentVocab.from_json(json.loads(json.dumps(v.to_json())))
+    np.testing.assert_array_equal(back.codes, v.codes)
+    np.testing.assert_array_equal(back.sizes, v.sizes)
+    assert back.labels == v.labels
+    for a, b in zip(back.centroids, v.centroids, strict=True):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(back.items_of(2), v.items_of(2))
+
+
+GENRE_GROUPS = {
+    "Sci-Fi, Action": ("Alien Strike", "Star Raid", "Orbit Run", "Laser Dawn"),
+    "Comedy, Romance": ("Love Oops", "Wedding Mixup", "Date Night", "Kiss Me Twice"),
+    "Horror, Thriller": ("Dark House", "Night Scream", "The Cellar", "Blood Moon"),
+}
+
+
+def _movie_texts() -> tuple[list[str], np.ndarray]:
+    texts, codes = [""], [0]
+    for code, (genres, titles) in enumerate(GENRE_GROUPS.items(), 1):
+        for year, title in enumerate(titles, 1990):
+            texts.append(f"{title} ({year}). Genres: {genres}")
+            codes.append(code)
+    texts.append("Odd One (1999). Genres: Drama, Action")  # a stray in the horror cluster
+    codes.append(3)
+    return texts, np.array(codes)
+
+
+def test_labels_use_distinctive_genres() -> None:
+    texts, codes = _movie_texts()
+    labels = label_intents(texts, codes, 3)
+    assert labels == [PAD_LABEL, "Sci-Fi · Action", "Comedy · Romance", "Horror · Thriller"]
+
+
+def test_labels_from_built_vocab_and_words() -> None:
+    texts, codes = _movie_texts()
+    # Item vectors = one-hot of the true group, so k-means recovers the groups exactly.
+    vecs = np.vstack([np.zeros(3), np.eye(3)[codes[1:] - 1]])
+    v = build_intent_vocab(vecs, texts, n_intents=3, level_sizes=(2,), iters=5)
+    by_group = {v.labels[v.intent_of(np.array([i]))[0]] for i in (1, 5, 9)}
+    assert by_group == {"Sci-Fi · Action", "Comedy · Romance", "Horror · Thriller"}
+    words = ["", "Organic shampoo for dry hair, 12 fl oz", "Shampoo and conditioner pack"]
+    assert label_intents(words, np.array([0, 1, 1]), 1) == [PAD_LABEL, "Shampoo · Organic"]
+
+
+def test_labels_unique_on_clash() -> None:
+    same = [f"M{i}. Genres: Drama, War" for i in range(4)]
+    texts = ["", *same, *same[:3], "M9. Genres: Drama, War, Crime", *same[:2]]
+    codes = np.array([0] + [1] * 4 + [2] * 4 + [3] * 2)
+    labels = label_intents(texts, codes, 3)
+    # Code 2 ties with code 1 on "Drama · War" and appends its next term; code 3 has none left.
+    assert labels == [PAD_LABEL, "Drama · War", "Drama · War · Crime", "Drama · War (2)"]
+    assert label_intents(["", "", "x"], np.array([0, 1, 2]), 2)[1:] == ["intent 1", "intent 2"]
