@@ -24,7 +24,10 @@ class OnnxStudent:
         self.session = ort.InferenceSession(str(path), options,
                                             providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name
-        self.max_len = max_len
+        meta = self.session.get_modelmeta().custom_metadata_map
+        # The model's own history window (written at export) unless the caller narrows it.
+        self.max_len = max_len or (int(meta["max_len"]) if "max_len" in meta else None)
+        self.n_items = int(meta["n_items"]) if "n_items" in meta else None
 
     def run(self, history: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """One request: the item ids of the user's history in time order (most recent last)."""

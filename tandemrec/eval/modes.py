@@ -16,9 +16,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from edge_client.rerank import fuse, top_intents
+from edge_client.request import CollaborativeRequest, build_request
+from edge_client.rerank import fuse
 from edge_client.runtime import OnnxStudent
-from tandemrec.eval.metrics import (MISS_RANK, metrics_from_ranks, sampled_ranks, target_ranks)
+from tandemrec.eval.metrics import MISS_RANK, metrics_from_ranks, sampled_ranks, target_ranks
 from tandemrec.models.intent_vocab import IntentVocab
 from tandemrec.models.student import Student
 from tandemrec.models.teacher import Teacher
@@ -107,18 +108,23 @@ class Evaluator:
         self.index = IntentIndex(models.vocab.codes[:, 0], models.popularity)
         self.max_len = models.teacher.cfg.max_len
         self.n_lat = min(cfg.latency_requests, len(inputs))
+        self.bytes_up = 0.0
 
     def _full(self, mode: str, scores_of: Callable[[slice], np.ndarray], params: int,
               size: int, latency: float) -> ModeResult:
         ranks, sampled = [], []
+        # Sampled metrics need enough non-history items to draw negatives from.
+        longest = max((len(set(h.tolist())) for h in self.inputs), default=0)
+        can_sample = self.m.n_items - longest - 1 >= self.cfg.sampled_negatives
         for i in range(0, len(self.inputs), 256):
             sl = slice(i, i + 256)
             s = scores_of(sl)
             ranks.append(target_ranks(s, self.targets[sl], self.inputs[sl]))
-            sampled.append(sampled_ranks(s, self.targets[sl], self.inputs[sl],
-                                         self.cfg.sampled_negatives, seed=self.seed + i))
+            if can_sample:
+                sampled.append(sampled_ranks(s, self.targets[sl], self.inputs[sl],
+                                             self.cfg.sampled_negatives, seed=self.seed + i))
         return ModeResult(mode, np.concatenate(ranks), params, size, latency,
-                          np.concatenate(sampled))
+                          np.concatenate(sampled) if sampled else None)
 
     def popularity(self) -> ModeResult:
         pop = self.m.popularity.astype(np.float32)
@@ -165,20 +171,35 @@ class Evaluator:
             scores.append(s)
         return np.stack(intents), np.stack(scores)
 
+    def requests(self, intent_logits: np.ndarray) -> list[CollaborativeRequest]:
+        """Device side: each user's upstream payload (intent tokens only)."""
+        item_intents = self.m.vocab.codes[:, 0]
+        return [build_request(logits, h, item_intents, top_m=self.cfg.top_intents,
+                              coarse_len=self.cfg.coarse_history, k=10, model_version="eval")
+                for logits, h in zip(intent_logits, self.inputs, strict=True)]
+
+    def cloud_answer(self, req: CollaborativeRequest,
+                     teacher_row: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Cloud side for one request: retrieve under its intents, keep the teacher's top N."""
+        pool = self.index.candidates(np.array(req.intent_tokens), np.array(req.intent_weights),
+                                     self.cfg.n_retrieve, self.cfg.popular_share)
+        top = np.argsort(-teacher_row[pool], kind="stable")[: self.cfg.n_candidates]
+        return pool[top], teacher_row[pool[top]]
+
     def cloud_candidates(self, intent_logits: np.ndarray) -> tuple[list, list]:
-        """Cloud side: retrieve under the device's intents, score with the coarse teacher."""
-        cfg, t = self.cfg, self.m.teacher
-        coarse = coarse_inputs(self.inputs, self.m.vocab, cfg.coarse_history)
+        """All users' cloud answers; the coarse teacher reads only each request's tokens."""
+        t = self.m.teacher
+        reqs = self.requests(intent_logits)
+        coarse = [np.array(r.coarse_history, dtype=np.int64) for r in reqs]
         cands, t_scores = [], []
-        for i in range(0, len(self.inputs), 256):
+        for i in range(0, len(reqs), 256):
             sl = slice(i, i + 256)
             full = torch_scores(lambda x: t(x, coarse=True), coarse, self.max_len)(sl)
-            for row, logits in zip(full, intent_logits[sl], strict=True):
-                tokens, weights = top_intents(logits, cfg.top_intents)
-                pool = self.index.candidates(tokens, weights, cfg.n_retrieve, cfg.popular_share)
-                top = np.argsort(-row[pool], kind="stable")[: cfg.n_candidates]
-                cands.append(pool[top])
-                t_scores.append(row[pool[top]])
+            for row, req in zip(full, reqs[sl], strict=True):
+                c, ts = self.cloud_answer(req, row)
+                cands.append(c)
+                t_scores.append(ts)
+        self.bytes_up = float(np.mean([len(r.to_json_bytes()) for r in reqs]))
         return cands, t_scores
 
     def collaborative(self, device: tuple[np.ndarray, np.ndarray], weight: float,
@@ -192,7 +213,8 @@ class Evaluator:
             if len(hit):
                 ranks[u] = hit[0]
         return ModeResult("collaborative", ranks, 0, 0, 0.0,
-                          extra={"fusion_weight": weight, "n_candidates": self.cfg.n_candidates,
+                          extra={"fusion_weight": weight, "bytes_up": self.bytes_up,
+                                 "n_candidates": self.cfg.n_candidates,
                                  "coarse_history": self.cfg.coarse_history,
                                  "top_intents": self.cfg.top_intents})
 
@@ -205,13 +227,13 @@ class Evaluator:
         def one(i: int) -> None:
             h = self.inputs[i]
             logits, scores = runner.run(h)
-            tokens, weights = top_intents(logits, cfg.top_intents)
-            coarse = self.m.vocab.intent_of(h[-cfg.coarse_history:])
-            pool = self.index.candidates(tokens, weights, cfg.n_retrieve, cfg.popular_share)
+            req = build_request(logits, h, self.m.vocab.codes[:, 0], top_m=cfg.top_intents,
+                                coarse_len=cfg.coarse_history, k=10, model_version="eval")
+            coarse = torch.tensor([req.coarse_history], dtype=torch.int64)
             with torch.inference_mode():
-                row = t(torch.from_numpy(coarse[None].astype(np.int64)), coarse=True)[0].numpy()
-            top = np.argsort(-row[pool], kind="stable")[: cfg.n_candidates]
-            fuse(pool[top], row[pool[top]], scores, weight, exclude=h)
+                row = t(coarse, coarse=True)[0].numpy()
+            cands, t_scores = self.cloud_answer(req, row)
+            fuse(cands, t_scores, scores, weight, exclude=h)
         return p50_ms(one, self.n_lat)
 
 

@@ -47,7 +47,8 @@ def protocol(ctx: RunContext) -> dict[str, Any]:
     cfg = ctx.cfg.eval
     return {
         "split": "leave-one-out by time: last item = test target, second to last = validation",
-        "users": f"all {len(ctx.split.eval_users)} users with >= 3 interactions, same for every mode",
+        "users": f"all {len(ctx.split.eval_users)} users with >= 3 interactions, "
+                 "the same users for every mode",
         "ranking": "full ranking over the whole catalog; items in the user's history excluded "
                    "(the target never is); ties count against the target",
         "collaborative": f"device int8 student sends its top {cfg.top_intents} intent tokens and "

@@ -96,10 +96,7 @@ class Teacher(nn.Module):
     def hidden(self, seq: torch.Tensor, coarse: bool = False,
                last_only: bool = False) -> torch.Tensor:
         """seq: (B, T) item ids (or intent tokens if coarse), 0 = pad -> (B, T or 1, D)."""
-        if coarse:
-            x = self.intent_emb(seq)
-        else:
-            x = F.embedding(seq, self.item_vectors())
+        x = self.intent_emb(seq) if coarse else F.embedding(seq, self.item_vectors())
         return self.decoder(x, seq != 0, last_only=last_only)
 
     def scores(self, h: torch.Tensor, item_vecs: torch.Tensor | None = None) -> torch.Tensor:

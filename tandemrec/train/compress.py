@@ -14,7 +14,6 @@ layer-wise alignment (OD-LLM, Yin et al., 2026) to recover what truncation lost.
 
 from __future__ import annotations
 
-import heapq
 from dataclasses import dataclass
 
 import numpy as np
@@ -57,32 +56,48 @@ def factorisable(student: Student) -> list[Factorisable]:
     return mats
 
 
+def _rank_for(energy: np.ndarray, tau: float) -> int:
+    """Smallest rank whose leading singular values keep a share `tau` of the energy."""
+    cum = np.cumsum(energy) / energy.sum()
+    return int(min(len(energy), np.searchsorted(cum, tau - 1e-12) + 1))
+
+
+def _cost(shape: tuple[int, ...], rank: int) -> tuple[int, bool]:
+    """Parameters of a rank-r factorisation, or of the dense matrix if that is smaller."""
+    factored = rank * sum(shape)
+    dense = shape[0] * shape[1]
+    return (factored, True) if factored < dense else (dense, False)
+
+
 def choose_ranks(student: Student, param_ratio: float, min_rank: int = 4) -> dict:
-    """Per-matrix ranks so the compressed student has about `param_ratio` of the parameters."""
+    """Per-matrix ranks so the compressed student has about `param_ratio` of the parameters.
+
+    Every matrix keeps the same share tau of its spectral energy, with tau as high as the
+    budget allows (bisection): a matrix with a flat spectrum gets a higher rank than one whose
+    energy sits in a few directions. Where a factorisation would not be smaller, the matrix
+    stays dense.
+    """
     mats = factorisable(student)
     total = n_params(student)
     dense_cost = sum(m.weight.numel() for m in mats)
-    budget = param_ratio * total - (total - dense_cost)  # what the factors may use
-    spectra = [torch.linalg.svdvals(m.weight).numpy() ** 2 for m in mats]
-    costs = [sum(m.weight.shape) for m in mats]  # one rank costs out + in parameters
-    ranks = [min_rank] * len(mats)
-    used = sum(r * c for r, c in zip(ranks, costs, strict=True))
-    heap = [(-spectra[j][min_rank] / spectra[j].sum() / costs[j], j)
-            for j in range(len(mats)) if len(spectra[j]) > min_rank]
-    heapq.heapify(heap)
-    while heap:
-        _, j = heapq.heappop(heap)
-        if used + costs[j] > budget:
-            continue
-        ranks[j] += 1
-        used += costs[j]
-        if ranks[j] < len(spectra[j]):
-            heapq.heappush(heap, (-spectra[j][ranks[j]] / spectra[j].sum() / costs[j], j))
-    out: dict = {"emb": ranks[0], "layers": [{} for _ in student.decoder.blocks]}
+    budget = param_ratio * total - (total - dense_cost)  # what the matrices may use
+    energy = [torch.linalg.svdvals(m.weight).numpy() ** 2 for m in mats]
+
+    def plan(tau: float) -> tuple[int, list[int]]:
+        ranks = [max(min_rank, _rank_for(e, tau)) for e in energy]
+        return sum(_cost(tuple(m.weight.shape), r)[0]
+                   for m, r in zip(mats, ranks, strict=True)), ranks
+
+    lo, hi = 0.0, 1.0
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if plan(mid)[0] <= budget else (lo, mid)
+    _, ranks = plan(lo)
+    out: dict = {"emb": ranks[0], "energy_kept": lo,
+                 "layers": [{} for _ in student.decoder.blocks]}
     for m, r in zip(mats[1:], ranks[1:], strict=True):
         _, i, name = m.key
-        # A factorisation only pays if it is smaller than the dense matrix.
-        out["layers"][i][name] = r if r * sum(m.weight.shape) < m.weight.numel() else None
+        out["layers"][i][name] = r if _cost(tuple(m.weight.shape), r)[1] else None
     return out
 
 
@@ -142,7 +157,8 @@ def progressive_align(small: Student, student: Student, split: LeaveOneOutSplit,
         task = progress.add_task("align", total=(n_layers + 1) * cfg.align_steps, status="")
         for stage in range(n_layers + 1):
             params = _stage_params(small, stage)
-            opt = torch.optim.Adam(params, lr=cfg.lr)
+            # Alignment is a regression onto fixed targets: a larger step than fine-tuning is safe.
+            opt = torch.optim.Adam(params, lr=3 * cfg.lr)
             small.train()
             losses: list[float] = []
             step = 0

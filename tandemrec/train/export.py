@@ -54,17 +54,39 @@ def export_onnx(student: Student, path: Path) -> Path:
     for mod in student.modules():
         if hasattr(mod, "fused"):
             mod.fused = True
+    cfg = student.cfg
+    _set_metadata(path, {"max_len": cfg.max_len, "n_items": cfg.n_items,
+                         "n_intents": cfg.n_intents, "producer": "tandemrec"})
     return path
+
+
+def _set_metadata(path: Path, meta: dict) -> None:
+    """Record what the device needs to drive the model (its history window, its sizes)."""
+    import onnx
+
+    model = onnx.load(str(path))
+    del model.metadata_props[:]
+    for key, value in meta.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, str(value)
+    onnx.save(model, str(path))
+
+
+def _get_metadata(path: Path) -> dict:
+    import onnx
+
+    return {p.key: p.value for p in onnx.load(str(path)).metadata_props}
 
 
 def quantize_int8(src: Path, dst: Path) -> Path:
     """Dynamic int8 quantisation of weights (MatMul and Gather) with ONNX Runtime."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
     import logging
+
+    from onnxruntime.quantization import QuantType, quantize_dynamic
     logging.getLogger().setLevel(logging.ERROR)  # ORT logs a pre-processing hint as a warning
     quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8,
                      op_types_to_quantize=["MatMul", "Gather"])
+    _set_metadata(dst, _get_metadata(src))
     return dst
 
 

@@ -1,0 +1,41 @@
+"""What the device sends upstream in collaborative mode: intent tokens only, never item ids."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from edge_client.rerank import top_intents
+
+
+@dataclass(frozen=True)
+class CollaborativeRequest:
+    """The whole upstream payload. Every integer in it is an intent token (1..K) or k."""
+
+    intent_tokens: tuple[int, ...]  # the student's top-m next intents
+    intent_weights: tuple[float, ...]  # their probabilities, renormalised to sum to 1
+    coarse_history: tuple[int, ...]  # intent tokens of the last L interactions, oldest first
+    k: int
+    model_version: str
+
+    def to_json_bytes(self) -> bytes:
+        """The serialized payload (what a transport would carry, and what is counted as bytes)."""
+        return json.dumps(asdict(self), separators=(",", ":")).encode()
+
+
+def build_request(intent_logits: np.ndarray, history: np.ndarray, item_intents: np.ndarray,
+                  *, top_m: int, coarse_len: int, k: int,
+                  model_version: str) -> CollaborativeRequest:
+    """Turn the device's private state into the upstream request.
+
+    `history` (item ids) is read only through `item_intents` (the bundle's item -> intent token
+    table), so what leaves the device is a function of intents alone.
+    """
+    tokens, weights = top_intents(intent_logits, top_m)
+    recent = history[-coarse_len:] if coarse_len > 0 else history[:0]
+    coarse = item_intents[np.asarray(recent, dtype=np.int64)]
+    return CollaborativeRequest(tuple(int(t) for t in tokens),
+                                tuple(round(float(w), 6) for w in weights),
+                                tuple(int(t) for t in coarse), int(k), model_version)

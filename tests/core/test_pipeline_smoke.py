@@ -1,0 +1,57 @@
+"""Every pipeline stage end to end through the CLI, on a small generated dataset."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from tandemrec.bundle import verify_bundle
+from tandemrec.cli import app
+from tandemrec.data import write_synthetic_csv
+from tandemrec.eval.modes import MODES
+from tandemrec.paths import REPO_ROOT
+
+pytestmark = pytest.mark.core
+
+
+def test_every_stage_end_to_end(tmp_path, monkeypatch):
+    monkeypatch.setenv("TANDEM_CACHE_DIR", str(tmp_path / "cache"))
+    logs = tmp_path / "shop.csv"
+    write_synthetic_csv(logs, n_users=300, n_items=120, min_len=8, max_len=30, seed=3)
+    run_dir, results = tmp_path / "run", tmp_path / "results"
+    common = ["--dataset", str(logs), "--config", str(REPO_ROOT / "configs" / "smoke.yaml"),
+              "--run-dir", str(run_dir)]
+    runner = CliRunner()
+    for stage in ("train", "distill", "compress", "export"):
+        res = runner.invoke(app, [stage, *common])
+        assert res.exit_code == 0, f"{stage} failed:\n{res.output}\n{res.exception!r}"
+    res = runner.invoke(app, ["evaluate", *common, "--results-dir", str(results)])
+    assert res.exit_code == 0, res.output
+
+    (report_path,) = results.glob("quality-*.json")
+    report = json.loads(report_path.read_text())
+    rows = {r["mode"]: r for r in report["rows"]}
+    assert set(rows) == set(MODES)
+    for row in rows.values():
+        assert {"hr@10", "ndcg@10", "mrr@10", "params", "size_bytes", "p50_ms"} <= set(row)
+    pop = rows["popularity"]["ndcg@10"]
+    assert rows["cloud-full"]["ndcg@10"] > pop
+    assert rows["student-fp32"]["ndcg@10"] > pop
+    assert rows["student-int8"]["ndcg@10"] > pop
+    assert rows["student-svd"]["params"] <= 0.52 * rows["student-fp32"]["params"]
+    assert report_path.with_suffix(".md").exists()
+
+    run = json.loads((run_dir / "run.json").read_text())
+    for rep in run["export"]["parity"].values():
+        assert rep["max_abs_diff_scores"] <= rep["atol"]
+    verify_bundle(run_dir / "bundle")
+    manifest = json.loads((run_dir / "bundle" / "manifest.json").read_text())
+    assert {"teacher.pt", "codebook.json", "student_int8.onnx", "item_table.json"} <= set(
+        manifest["files"])
+
+
+def test_bad_dataset_is_a_clear_error(tmp_path):
+    res = CliRunner().invoke(app, ["train", "--dataset", "no-such-set", "--run-dir",
+                                   str(tmp_path)])
+    assert res.exit_code == 2
+    assert "no-such-set" in res.output

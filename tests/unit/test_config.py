@@ -1,0 +1,50 @@
+"""Training configs: YAML sections, dotted overrides and clear errors."""
+
+import pytest
+
+from tandemrec.train.config import PipelineConfig, apply_overrides, load_config
+
+pytestmark = pytest.mark.unit
+
+
+def test_defaults_without_file():
+    cfg = load_config()
+    assert isinstance(cfg, PipelineConfig)
+    assert cfg.teacher.max_len == 200 and cfg.compress.param_ratio == 0.5
+
+
+def test_yaml_then_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("dataset: ml-1m\nteacher:\n  d_model: 96\n  lr: 0.001\n")
+    cfg = load_config(path, ["teacher.lr=0.003", "eval.ks=[5, 10]", "student.max_epochs=2"])
+    assert cfg.dataset == "ml-1m"
+    assert cfg.teacher.d_model == 96
+    assert cfg.teacher.lr == pytest.approx(0.003)
+    assert cfg.eval.ks == (5, 10)
+    assert cfg.student.max_epochs == 2
+
+
+def test_unknown_key_names_the_section(tmp_path):
+    with pytest.raises(ValueError, match=r"config\.teacher: unknown key 'dmodel'"):
+        load_config(None, ["teacher.dmodel=3"])
+
+
+def test_malformed_override():
+    with pytest.raises(ValueError, match="key=value"):
+        apply_overrides({}, ["teacher.lr"])
+
+
+def test_missing_file_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_shipped_configs_load():
+    from tandemrec.paths import REPO_ROOT
+
+    paths = sorted((REPO_ROOT / "configs").glob("*.yaml"))
+    assert paths
+    for path in paths:
+        cfg = load_config(path)
+        if path.stem != "smoke":  # smoke.yaml serves any generated dataset
+            assert cfg.dataset == path.stem
