@@ -137,7 +137,10 @@ def write_results(report: dict, results_dir: Path) -> Path:
     lines += ["", f"Machine: {m['cpu']}, {m['cores']} cores; torch {m['torch']}, "
               f"onnxruntime {m['onnxruntime']}. Protocol: see the JSON beside this file.", ""]
     (results_dir / f"quality-{name}.md").write_text("\n".join(lines))
-    log(f"wrote {path} and its markdown table")
+    from tandemrec.eval.plots import quality_plot
+
+    plot = quality_plot(report, results_dir / f"quality-{name}.png")
+    log(f"wrote {path}, its markdown table" + (f" and {plot.name}" if plot else ""))
     return path
 
 

@@ -71,7 +71,7 @@ class CompressConfig:
 class EvalConfig:
     ks: tuple[int, ...] = (5, 10, 20)
     n_retrieve: int = 600  # candidates the cloud retrieves under the requested intents
-    n_candidates: int = 200  # items the cloud returns (teacher top-N) in collaborative mode
+    n_candidates: int = 600  # items the cloud returns (teacher top-N); = n_retrieve sends all
     top_intents: int = 8  # intent tokens the device sends
     coarse_history: int = 50  # L: intent tokens of the last L interactions sent upstream
     popular_share: float = 0.1  # share of the candidates filled with popular items
