@@ -18,7 +18,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from tandemrec.data.types import LeaveOneOutSplit
@@ -238,5 +237,3 @@ def compress_student(student: Student, split: LeaveOneOutSplit, vocab: IntentVoc
     }
     return small, report
 
-
-__all__ = ["choose_ranks", "compress_student", "svd_compress", "F"]
