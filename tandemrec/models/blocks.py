@@ -82,7 +82,8 @@ class CausalSelfAttention(nn.Module):
         k = k.view(b, t, self.n_heads, self.d_head).transpose(1, 2)  # (B, H, T, Dh)
         v = v.view(b, t, self.n_heads, self.d_head).transpose(1, 2)
         if self.fused:
-            # Training path: PyTorch's fused kernel, same maths, much faster on CPU.
+            # Training path: PyTorch's SDPA kernel, same maths. bench/teacher_speed.py finds it
+            # slower than plain matmuls here (additive mask): switching is a next step.
             p = self.drop.p if self.training else 0.0
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=p)
         else:
