@@ -109,6 +109,8 @@ class Evaluator:
         self.max_len = models.teacher.cfg.max_len
         self.n_lat = min(cfg.latency_requests, len(inputs))
         self.bytes_up = 0.0
+        self._runners: dict[str, OnnxStudent] = {}
+        self._passes: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
     def _full(self, mode: str, scores_of: Callable[[slice], np.ndarray], params: int,
               size: int, latency: float) -> ModeResult:
@@ -147,29 +149,37 @@ class Evaluator:
         size = self.m.files["teacher"].stat().st_size
         return self._full("teacher-coarse" if coarse else "cloud-full", fn, n_params(t), size, lat)
 
+    def _runner(self, key: str) -> OnnxStudent:
+        """One ONNX Runtime session per model file, on one thread as on a phone."""
+        if key not in self._runners:
+            self._runners[key] = OnnxStudent(self.m.files[key], threads=1)
+        return self._runners[key]
+
+    def _pass(self, key: str) -> tuple[np.ndarray, np.ndarray]:
+        """Intent logits and item scores of a student file for every user, one request each."""
+        if key not in self._passes:
+            runner = self._runner(key)
+            intents, scores = [], []
+            with stage_progress() as progress:
+                task = progress.add_task(key, total=len(self.inputs), status="")
+                for h in self.inputs:
+                    i, s = runner.run(h)
+                    intents.append(i)
+                    scores.append(s)
+                    progress.advance(task)
+            self._passes[key] = (np.stack(intents), np.stack(scores))
+        return self._passes[key]
+
     def student_onnx(self, mode: str, key: str, params: int) -> ModeResult:
-        runner = OnnxStudent(self.m.files[key], threads=1, max_len=self.m.student.cfg.max_len)
-        rows: list[np.ndarray] = []
-        with stage_progress() as progress:
-            task = progress.add_task(mode, total=len(self.inputs), status="")
-            for h in self.inputs:
-                rows.append(runner.run(h)[1])
-                progress.advance(task)
-        scores = np.stack(rows)
+        scores = self._pass(key)[1]
+        runner = self._runner(key)
         lat = p50_ms(lambda i: runner.run(self.inputs[i]), self.n_lat)
         return self._full(mode, lambda sl: scores[sl], params,
                           self.m.files[key].stat().st_size, lat)
 
     def device_pass(self) -> tuple[np.ndarray, np.ndarray]:
         """What the int8 student computes per request: intent logits and item scores."""
-        runner = OnnxStudent(self.m.files["student_int8"], threads=1,
-                             max_len=self.m.student.cfg.max_len)
-        intents, scores = [], []
-        for h in self.inputs:
-            i, s = runner.run(h)
-            intents.append(i)
-            scores.append(s)
-        return np.stack(intents), np.stack(scores)
+        return self._pass("student_int8")
 
     def requests(self, intent_logits: np.ndarray) -> list[CollaborativeRequest]:
         """Device side: each user's upstream payload (intent tokens only)."""
@@ -220,8 +230,7 @@ class Evaluator:
 
     def collaborative_latency(self, weight: float) -> float:
         """Device student + cloud retrieval and coarse teacher + device fusion, one request."""
-        runner = OnnxStudent(self.m.files["student_int8"], threads=1,
-                             max_len=self.m.student.cfg.max_len)
+        runner = self._runner("student_int8")
         t, cfg = self.m.teacher, self.cfg
 
         def one(i: int) -> None:
