@@ -70,7 +70,9 @@ class CausalSelfAttention(nn.Module):
         self.qkv = make_linear(d_model, 3 * d_model, False, ranks.get("qkv"))
         self.proj = make_linear(d_model, d_model, False, ranks.get("proj"))
         self.drop = nn.Dropout(dropout)
-        self.fused = True  # export switches this off: ONNX gets plain matmuls
+        # PyTorch SDPA is opt-in: with an additive mask it is slower than plain matmuls on CPU
+        # (bench/teacher_speed.py), and ONNX export wants the matmuls anyway.
+        self.fused = False
 
     def forward(self, x: torch.Tensor, bias: torch.Tensor, last_only: bool = False) -> torch.Tensor:
         b, t, d = x.shape
@@ -82,8 +84,6 @@ class CausalSelfAttention(nn.Module):
         k = k.view(b, t, self.n_heads, self.d_head).transpose(1, 2)  # (B, H, T, Dh)
         v = v.view(b, t, self.n_heads, self.d_head).transpose(1, 2)
         if self.fused:
-            # Training path: PyTorch's SDPA kernel, same maths. bench/teacher_speed.py finds it
-            # slower than plain matmuls here (additive mask): switching is a next step.
             p = self.drop.p if self.training else 0.0
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=p)
         else:

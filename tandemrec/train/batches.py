@@ -19,20 +19,26 @@ def left_pad(seqs: list[np.ndarray], max_len: int) -> torch.Tensor:
     return torch.from_numpy(out)
 
 
-def training_batches(seqs: list[np.ndarray], max_len: int, batch_size: int,
-                     rng: np.random.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Yield (inputs, targets) (B, T) for next-item prediction at every position.
+def length_buckets(seqs: list[np.ndarray], batch_size: int,
+                   rng: np.random.Generator) -> Iterator[np.ndarray]:
+    """Yield batches of indices into `seqs` (those with >= 2 items), similar lengths together.
 
     Sequences are sorted by length (with random tie-breaking), cut into batches, and the batches
     are shuffled: every batch has sequences of similar length, so padding is rare.
     """
-    usable = [s[-(max_len + 1):] for s in seqs if len(s) >= 2]
-    lengths = np.array([len(s) for s in usable])
-    order = np.lexsort((rng.random(len(usable)), lengths))
+    usable = np.array([i for i, s in enumerate(seqs) if len(s) >= 2], dtype=np.int64)
+    lengths = np.array([len(seqs[i]) for i in usable])
+    order = usable[np.lexsort((rng.random(len(usable)), lengths))]
     batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
     for b in rng.permutation(len(batches)):
-        chunk = [usable[i] for i in batches[b]]
-        full = left_pad(chunk, max_len + 1)
+        yield batches[b]
+
+
+def training_batches(seqs: list[np.ndarray], max_len: int, batch_size: int,
+                     rng: np.random.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Yield (inputs, targets) (B, T) for next-item prediction at every position."""
+    for rows in length_buckets(seqs, batch_size, rng):
+        full = left_pad([seqs[i][-(max_len + 1):] for i in rows], max_len + 1)
         yield full[:, :-1], full[:, 1:]
 
 

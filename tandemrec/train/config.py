@@ -52,6 +52,7 @@ class StudentTrainConfig:
     patience: int = 3
     max_minutes: float = 0.0
     temperature: float = 2.0
+    kd_top_k: int = 64  # teacher items kept per position in the cached soft targets
     w_kd: float = 1.0  # KL to the teacher's item distribution (scaled by T^2)
     w_item: float = 1.0  # cross-entropy on the true next item
     w_intent: float = 0.5  # cross-entropy on the next intent token

@@ -28,13 +28,6 @@ class ParityReport:
         return self.max_abs_diff_scores <= self.atol and self.max_abs_diff_intents <= self.atol
 
 
-def _set_fused(model: torch.nn.Module, fused: bool) -> None:
-    """Toggle the fused attention kernel; export needs plain matmuls, training wants the kernel."""
-    for mod in model.modules():
-        if hasattr(mod, "fused"):
-            mod.fused = fused
-
-
 def export_onnx(student: Student, path: Path) -> Path:
     """Write the student as ONNX: history (B, T) int64 -> intent logits, item scores.
 
@@ -42,7 +35,9 @@ def export_onnx(student: Student, path: Path) -> Path:
     a single self-contained file. Batch and history length are dynamic.
     """
     student = student.eval()
-    _set_fused(student, False)
+    for mod in student.modules():
+        if hasattr(mod, "fused"):
+            mod.fused = False  # the exported graph gets plain matmuls
     example = torch.randint(1, student.cfg.n_items + 1, (1, student.cfg.max_len))
     path.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():
@@ -51,7 +46,6 @@ def export_onnx(student: Student, path: Path) -> Path:
                           output_names=list(OUTPUTS), opset_version=OPSET, dynamo=False,
                           dynamic_axes={INPUT: {0: "batch", 1: "history"},
                                         OUTPUTS[0]: {0: "batch"}, OUTPUTS[1]: {0: "batch"}})
-    _set_fused(student, True)
     cfg = student.cfg
     _set_metadata(path, {"max_len": cfg.max_len, "n_items": cfg.n_items,
                          "n_intents": cfg.n_intents, "producer": "tandemrec"})
