@@ -1,0 +1,86 @@
+"""Loaded model versions: a bundle's teacher, intent index and manifest, ready to score.
+
+Loading (checksums, torch checkpoint, item vectors) happens in a worker thread, and a version
+is served only once it is complete, so a reload never exposes a half-built model.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cloud_service.domain import ArtifactInfo, ManifestInfo
+from tandemrec.bundle import MANIFEST_NAME, BundleError, read_manifest, verify_bundle
+from tandemrec.checkpoints import load_teacher
+from tandemrec.models.teacher import Teacher
+from tandemrec.retrieval import IntentIndex
+from tandemrec.train.batches import left_pad
+
+
+@dataclass(eq=False)  # identity equality: a loaded model is a hashable batching key
+class LoadedModel:
+    """One bundle version in memory."""
+
+    version: str
+    bundle_dir: Path
+    manifest: ManifestInfo
+    teacher: Teacher
+    index: IntentIndex
+    item_intent: np.ndarray  # (N+1,) level-1 token of each item
+    n_items: int
+    n_intents: int
+    lock: threading.Lock  # one teacher call at a time: batching, not threads, gives throughput
+    serving: dict  # retrieval settings the bundle was evaluated with (manifest extra)
+
+    def score(self, seqs: list[np.ndarray], coarse: bool) -> np.ndarray:
+        """Teacher logits at the last position: (B, N+1), float32."""
+        x = left_pad(seqs, self.teacher.cfg.max_len)
+        with self.lock, torch.inference_mode():
+            return self.teacher(x, coarse=coarse).float().numpy()
+
+    def artifact_path(self, name: str) -> Path | None:
+        """Path of a file the manifest lists (or the manifest itself); None if unknown."""
+        if name == MANIFEST_NAME or any(f.name == name for f in self.manifest.files):
+            return self.bundle_dir / name
+        return None
+
+
+def manifest_info(bundle_dir: Path, manifest: dict, n_items: int, n_intents: int) -> ManifestInfo:
+    files = tuple(ArtifactInfo(name, e["sha256"], int(e["size"]))
+                  for name, e in sorted(manifest["files"].items()))
+    return ManifestInfo(version=str(manifest["version"]), dataset=str(manifest["dataset"]),
+                        created_at=str(manifest.get("created_at", "")), files=files,
+                        manifest_json=(bundle_dir / MANIFEST_NAME).read_text(encoding="utf-8"),
+                        n_items=n_items, n_intents=n_intents)
+
+
+def load_model(bundle_dir: str | Path) -> LoadedModel:
+    """Verify every checksum, then load the teacher and build the intent index."""
+    bundle_dir = Path(bundle_dir)
+    verify_bundle(bundle_dir)
+    manifest = read_manifest(bundle_dir)
+    teacher, _ = load_teacher(bundle_dir / "teacher.pt")
+    table = json.loads((bundle_dir / "item_table.json").read_text(encoding="utf-8"))
+    item_intent = np.asarray(table["intent"], dtype=np.int64)
+    popularity = np.asarray(table["popularity"], dtype=np.float64)
+    n_items, n_intents = int(table["n_items"]), int(teacher.cfg.n_intents)
+    if n_intents < 1:
+        raise BundleError(f"{bundle_dir}: the teacher has no coarse (intent-token) mode")
+    with torch.inference_mode():
+        teacher.item_vectors()  # computed once now rather than on the first request
+    return LoadedModel(version=str(manifest["version"]), bundle_dir=bundle_dir,
+                       manifest=manifest_info(bundle_dir, manifest, n_items, n_intents),
+                       teacher=teacher, index=IntentIndex(item_intent, popularity),
+                       item_intent=item_intent, n_items=n_items, n_intents=n_intents,
+                       lock=threading.Lock(),
+                       serving=dict((manifest.get("extra") or {}).get("serving") or {}))
+
+
+def bundle_version(bundle_dir: str | Path) -> str:
+    """The version a bundle's manifest declares (checks the manifest, not the files)."""
+    return str(read_manifest(Path(bundle_dir))["version"])

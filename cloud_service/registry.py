@@ -1,0 +1,116 @@
+"""Model registry: which bundle versions are live, which is current, and which devices see a canary.
+
+The state lives in one hash of the Store so every replica routes the same way; `route` is pure so
+a device lands on the same side of a canary whichever replica answers it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+
+from cloud_service.domain import RegistryState
+from cloud_service.errors import InvalidInput, NotFound
+from cloud_service.store import Store
+
+_VERSION_PREFIX = "version:"
+_CANARY_FIELDS = ("canary", "canary_share")
+
+
+def state_from_fields(fields: dict[str, str]) -> RegistryState:
+    """Decode the registry hash; missing fields mean "nothing published yet"."""
+    versions = {
+        k[len(_VERSION_PREFIX):]: v for k, v in fields.items() if k.startswith(_VERSION_PREFIX)
+    }
+    canary = fields.get("canary", "")
+    return RegistryState(
+        current=fields.get("current", ""),
+        canary=canary,
+        canary_share=float(fields.get("canary_share", "0") or 0) if canary else 0.0,
+        versions=versions,
+        revision=int(fields.get("revision", "0") or 0),
+    )
+
+
+def device_bucket(device_id: str) -> float:
+    """A uniform, stable number in [0, 1) for a device: the first 8 bytes of its SHA-256."""
+    digest = hashlib.sha256(device_id.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0**64
+
+
+def route(state: RegistryState, device_id: str) -> str:
+    """The version serving this device: the canary for buckets below its share, else current."""
+    if state.canary and device_bucket(device_id) < state.canary_share:
+        return state.canary
+    return state.current
+
+
+class ModelRegistry:
+    """Publishes, canaries, promotes and retires bundle versions in the Store's registry hash.
+
+    Each change reads the hash, checks it, and writes the changed fields in one atomic update
+    with the revision bumped. The lock serialises changes within a process; two replicas
+    publishing at the same instant can still race (last writer wins), which admin use tolerates.
+    """
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._lock = asyncio.Lock()
+
+    async def state(self) -> RegistryState:
+        return state_from_fields(await self._store.registry_load())
+
+    async def publish(
+        self, version: str, bundle_dir: str, *, canary_share: float = 0.0
+    ) -> RegistryState:
+        """Register a version as current (share 0) or as the canary for that share of devices."""
+        if not version or not version.strip() or version != version.strip():
+            raise InvalidInput(f"model version must be a non-empty trimmed string, got {version!r}")
+        if not bundle_dir:
+            raise InvalidInput(f"bundle directory for version {version!r} is empty")
+        if not (isinstance(canary_share, int | float) and 0.0 <= canary_share < 1.0):
+            raise InvalidInput(f"canary_share must be in [0, 1), got {canary_share!r}")
+        async with self._lock:
+            st = await self.state()
+            fields = {_VERSION_PREFIX + version: bundle_dir}
+            delete: tuple[str, ...] = ()
+            if canary_share == 0.0:
+                fields["current"] = version
+                delete = _CANARY_FIELDS  # a new current version ends any running canary
+            else:
+                if not st.current:
+                    raise InvalidInput("no current version to canary against; publish one first")
+                if version == st.current:
+                    raise InvalidInput(f"version {version!r} is already current")
+                fields["canary"] = version
+                fields["canary_share"] = repr(float(canary_share))
+            return await self._commit(st, fields, delete)
+
+    async def promote_canary(self) -> RegistryState:
+        """Make the canary the current version for every device; the old current stays listed."""
+        async with self._lock:
+            st = await self.state()
+            if not st.canary:
+                raise InvalidInput("there is no canary to promote")
+            return await self._commit(st, {"current": st.canary}, _CANARY_FIELDS)
+
+    async def retire(self, version: str) -> RegistryState:
+        """Forget a version (ending its canary if it is one); the current version cannot go."""
+        async with self._lock:
+            st = await self.state()
+            if version not in st.versions:
+                raise NotFound(f"unknown model version {version!r}")
+            if version == st.current:
+                raise InvalidInput(f"cannot retire the current version {version!r}")
+            delete: tuple[str, ...] = (_VERSION_PREFIX + version,)
+            if version == st.canary:
+                delete += _CANARY_FIELDS
+            return await self._commit(st, {}, delete)
+
+    async def _commit(
+        self, st: RegistryState, fields: dict[str, str], delete: tuple[str, ...]
+    ) -> RegistryState:
+        fields = {**fields, "revision": str(st.revision + 1)}
+        await self._store.registry_update(fields, delete)
+        return await self.state()
+

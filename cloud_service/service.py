@@ -1,0 +1,300 @@
+"""The cloud core: `RecommendationService`, built once at start-up, shared by both transports.
+
+It works on domain types only (no fastapi, no grpc). Request path for collaborative mode:
+auth -> rate limit -> model version -> validation -> session history -> cache -> intent
+retrieval -> teacher in coarse mode (micro-batched) -> top k. The store (Redis or in-process)
+is optional at run time: when it fails, requests are served without history, cache and rate
+limit, and the failure is logged and counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+
+from cloud_service.auth import check_admin, check_device
+from cloud_service.batcher import MicroBatcher
+from cloud_service.domain import (
+    Credentials,
+    ManifestInfo,
+    Recommendation,
+    RecommendFullRequest,
+    RecommendRequest,
+    RegistryState,
+)
+from cloud_service.errors import InvalidInput, NotFound, RateLimited, Unavailable
+from cloud_service.metrics import Metrics
+from cloud_service.model_pool import ModelPool
+from cloud_service.models import LoadedModel
+from cloud_service.registry import ModelRegistry
+from cloud_service.settings import CloudSettings
+from cloud_service.store import Store, StoreUnavailable, make_store
+from cloud_service.validation import check_device_id, check_recommend, check_recommend_full
+
+log = logging.getLogger("tandem.cloud")
+T = TypeVar("T")
+
+
+class RecommendationService:
+    """Collaborative and cloud-full recommendation, bundles for devices, and the registry."""
+
+    def __init__(self, settings: CloudSettings, store: Store | None = None) -> None:
+        self.settings = settings
+        self.store = store or make_store(settings.redis_url or None, prefix=settings.redis_prefix)
+        self.metrics = Metrics()
+        self.registry = ModelRegistry(self.store)
+        size = settings.batch_max_size if settings.batching else 1
+        self.batcher: MicroBatcher[tuple[LoadedModel, bool]] = MicroBatcher(
+            lambda key, rows: key[0].score(rows, key[1]), max_size=size,
+            max_wait_s=settings.batch_max_wait_ms / 1000, on_batch=self.metrics.batch_size.observe)
+        self.pool = ModelPool(self.registry, self.metrics, keep=settings.keep_versions,
+                              safe=self._safe, on_evict=self._evicted)
+        self._inflight = 0
+        self._draining = False
+        self._poller: asyncio.Task | None = None
+        self._last_store_warning = 0.0
+
+    # ---- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Publish the configured bundle if the registry is empty, load, warm up, then poll."""
+        s = self.settings
+        if s.torch_threads:
+            import torch  # deferred: the core imports torch only through the model modules
+
+            torch.set_num_threads(s.torch_threads)
+        state = await self._safe("registry", self.registry.state(), None)
+        if (state is None or not state.current) and s.bundle:
+            await self.pool.publish_local(s.bundle)
+        await self.pool.refresh()
+        if not self.pool.current():
+            raise Unavailable("no model version to serve: set TANDEM_CLOUD_BUNDLE to a bundle "
+                              "directory (tandem pipeline writes one) or publish one")
+        await self._warm_up()
+        self._poller = asyncio.create_task(self._poll())
+
+    async def _warm_up(self) -> None:
+        for model in self.pool.models():
+            await asyncio.to_thread(model.score, [np.array([1])], True)
+            await asyncio.to_thread(model.score, [np.array([1])], False)
+        self.pool.ready = True
+
+    async def _poll(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.registry_poll_s)
+            try:
+                await self.pool.refresh()
+            except Exception:  # a bad bundle must not kill the poller; the old version stays
+                log.exception("registry refresh failed; serving the versions already loaded")
+
+    async def stop(self) -> None:
+        """Refuse new requests, let in-flight ones finish (up to the grace period), close."""
+        self._draining = True
+        deadline = time.monotonic() + self.settings.shutdown_grace_s
+        while self._inflight and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        if self._poller:
+            self._poller.cancel()
+        await self.batcher.close()
+        await self.store.close()
+
+    @property
+    def ready(self) -> bool:
+        return self.pool.ready and not self._draining
+
+    # ---- helpers ---------------------------------------------------------------------------
+
+    async def _safe(self, op: str, coro: Awaitable[T], default: T) -> T:
+        """Await a store call; on a store outage count it, log it (at most every 5 s), go on."""
+        try:
+            out = await coro
+        except StoreUnavailable as exc:
+            self.metrics.store_failed(op)
+            now = time.monotonic()
+            if now - self._last_store_warning > 5:
+                self._last_store_warning = now
+                log.warning("store unavailable (%s): serving without it: %s", op, exc)
+            return default
+        self.metrics.store_up.set(1)
+        return out
+
+    def _evicted(self, model: LoadedModel) -> None:
+        for coarse in (True, False):
+            self.batcher.drop((model, coarse),
+                              Unavailable(f"model version {model.version} was unloaded: retry"))
+
+    async def _admit(self, device_id: str, creds: Credentials) -> None:
+        if self._draining:
+            raise Unavailable("the service is shutting down: retry on another replica")
+        if not self.pool.ready:
+            raise Unavailable("no model loaded yet: retry shortly")
+        check_device_id(device_id)
+        check_device(creds, device_id, self.settings)
+        s = self.settings
+        allowed, retry = await self._safe(
+            "rate_limit", self.store.rate_take(f"rl:{device_id}", s.rate_per_s, s.rate_burst),
+            (True, 0.0))
+        if not allowed:
+            raise RateLimited(f"rate limit of {s.rate_per_s:g} requests/s per device exceeded: "
+                              f"retry in {retry:.2f} s", retry_after_s=retry)
+
+    def _model(self, version: str, device_id: str) -> LoadedModel:
+        model = self.pool.resolve(version, device_id)
+        if model is None:
+            raise NotFound(f"model version {version!r} is not served (live: "
+                           f"{', '.join(self.pool.versions())}): fetch the current manifest")
+        return model
+
+    async def _cached(self, key: str) -> Recommendation | None:
+        if not self.settings.cache_ttl_s:
+            return None
+        raw = await self._safe("cache", self.store.cache_get(key), None)
+        self.metrics.cache.labels("hit" if raw else "miss").inc()
+        if not raw:
+            return None
+        d = json.loads(raw)
+        return Recommendation(tuple(d["i"]), tuple(d["s"]), d["v"], cached=True)
+
+    async def _cache(self, key: str, rec: Recommendation) -> None:
+        if self.settings.cache_ttl_s:
+            raw = json.dumps({"i": rec.item_ids, "s": rec.scores, "v": rec.model_version})
+            await self._safe("cache", self.store.cache_set(key, raw.encode(),
+                                                           self.settings.cache_ttl_s), None)
+
+    # ---- operations ------------------------------------------------------------------------
+
+    async def recommend(self, req: RecommendRequest, creds: Credentials) -> Recommendation:
+        """Collaborative: intent tokens in, the teacher's top k of the retrieved candidates out."""
+        with self.metrics.track("recommend"):
+            self._inflight += 1
+            try:
+                return await self._recommend(req, creds)
+            finally:
+                self._inflight -= 1
+
+    async def _recommend(self, req: RecommendRequest, creds: Credentials) -> Recommendation:
+        s = self.settings
+        await self._admit(req.device_id, creds)
+        model = self._model(req.model_version, req.device_id)
+        check_recommend(req, model.n_intents, s)
+        n_retrieve, share, hist_len = retrieval_settings(s, model)
+        session = f"hist:{req.device_id}"
+        if req.coarse_history:
+            history = list(req.coarse_history[-hist_len:])
+            await self._safe("history", self.store.history_set(
+                session, history, s.history_cap, s.history_ttl_s), None)
+        else:  # the device may rely on the history it sent earlier, to any replica
+            history = await self._safe("history", self.store.history_get(
+                session, hist_len), [])
+        key = _cache_key("c", model.version, req.intent_tokens, req.intent_weights, history,
+                         req.k)
+        hit = await self._cached(key)
+        if hit:
+            return _with_id(hit, req.request_id)
+        tokens = np.asarray(req.intent_tokens, dtype=np.int64)
+        weights = np.asarray(req.intent_weights, dtype=np.float64)
+        pool = model.index.candidates(tokens, weights, max(n_retrieve, req.k), share)
+        # Without a history the teacher reads the requested intents, strongest last.
+        context = np.asarray(history, dtype=np.int64) if history else tokens[np.argsort(weights)]
+        row = await self.batcher.submit((model, True), context)
+        top = pool[np.argsort(-row[pool], kind="stable")[: req.k]]
+        rec = Recommendation(tuple(int(i) for i in top), tuple(float(row[i]) for i in top),
+                             model.version, req.request_id)
+        await self._cache(key, rec)
+        return rec
+
+    async def recommend_full(self, req: RecommendFullRequest,
+                             creds: Credentials) -> Recommendation:
+        """Cloud-full baseline: the raw history in, the teacher's ranking of the catalog out."""
+        with self.metrics.track("recommend_full"):
+            self._inflight += 1
+            try:
+                await self._admit(req.device_id, creds)
+                model = self._model(req.model_version, req.device_id)
+                check_recommend_full(req, model.n_items, self.settings)
+                hist = np.asarray(req.item_history, dtype=np.int64)
+                row = (await self.batcher.submit((model, False), hist)).copy()
+                row[0] = -np.inf
+                row[hist] = -np.inf  # items already consumed are not recommended again
+                k = min(req.k, model.n_items - len(np.unique(hist)))
+                top = np.argpartition(-row, k)[:k] if k < len(row) else np.arange(len(row))
+                top = top[np.argsort(-row[top], kind="stable")]
+                return Recommendation(tuple(int(i) for i in top),
+                                      tuple(float(row[i]) for i in top), model.version,
+                                      req.request_id)
+            finally:
+                self._inflight -= 1
+
+    async def get_manifest(self, version: str, device_id: str,
+                           creds: Credentials) -> ManifestInfo:
+        """The manifest of the requested version, or of the one the registry routes to."""
+        with self.metrics.track("get_manifest"):
+            await self._admit(device_id, creds)
+            return self._model(version, device_id).manifest
+
+    async def artifact_chunks(self, version: str, name: str, device_id: str,
+                              creds: Credentials) -> AsyncIterator[tuple[bytes, int, int]]:
+        """(data, offset, total size) chunks of one bundle file, read lazily from disk."""
+        with self.metrics.track("download_artifact"):
+            await self._admit(device_id, creds)
+            model = self._model(version, device_id)
+            path = model.artifact_path(name)
+            if path is None or not path.is_file():
+                raise NotFound(f"artifact {name!r} is not in bundle {model.version} "
+                               f"(files: {', '.join(f.name for f in model.manifest.files)})")
+        return _read_chunks(path, self.settings.chunk_bytes)
+
+    async def publish(self, bundle_dir: str, canary_share: float,
+                      creds: Credentials) -> RegistryState:
+        """Admin: register a bundle as current (or as a canary); every replica switches to it."""
+        with self.metrics.track("publish"):
+            check_admin(creds, self.settings)
+            if not 0.0 <= canary_share < 1.0:
+                raise InvalidInput(f"canary_share must be in [0, 1) (got {canary_share})")
+            return await self.pool.publish_local(bundle_dir, canary_share)
+
+    async def registry_state(self, creds: Credentials) -> RegistryState:
+        with self.metrics.track("registry"):
+            check_admin(creds, self.settings)
+            return self.pool.state
+
+    def health(self) -> dict[str, Any]:
+        return {"ready": self.ready, "current": self.pool.state.current,
+                "canary": self.pool.state.canary, "loaded": self.pool.versions()}
+
+
+def retrieval_settings(s: CloudSettings, model: LoadedModel) -> tuple[int, float, int]:
+    """(candidates retrieved, popular share, history read): settings first, then the bundle's."""
+    sv = model.serving
+    n = s.n_retrieve if s.n_retrieve is not None else int(sv.get("n_retrieve", 600))
+    share = s.popular_share if s.popular_share is not None else float(
+        sv.get("popular_share", 0.1))
+    hist = s.coarse_history if s.coarse_history is not None else int(
+        sv.get("coarse_history", 50))
+    return n, share, hist
+
+
+def _cache_key(mode: str, version: str, *parts: Any) -> str:
+    body = json.dumps([mode, version, *[list(p) if isinstance(p, tuple) else p for p in parts]])
+    return f"resp:{version}:{hashlib.sha256(body.encode()).hexdigest()[:32]}"
+
+
+def _with_id(rec: Recommendation, request_id: str) -> Recommendation:
+    return Recommendation(rec.item_ids, rec.scores, rec.model_version, request_id, rec.cached)
+
+
+async def _read_chunks(path: Path, size: int) -> AsyncIterator[tuple[bytes, int, int]]:
+    total = path.stat().st_size
+    with open(path, "rb") as f:
+        offset = 0
+        while chunk := await asyncio.to_thread(f.read, size):
+            yield chunk, offset, total
+            offset += len(chunk)

@@ -1,0 +1,77 @@
+"""Settings of the cloud deployable: every knob is a `TANDEM_CLOUD_*` environment variable.
+
+`get_settings()` is cached so the process reads its environment once; tests build a
+`CloudSettings(...)` directly, or call `get_settings.cache_clear()` after changing the
+environment.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Annotated
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class CloudSettings(BaseSettings):
+    """One replica of the cloud service."""
+
+    model_config = SettingsConfigDict(env_prefix="TANDEM_CLOUD_", env_file=None, extra="ignore")
+
+    # Where to listen.
+    host: str = "127.0.0.1"
+    http_port: int = Field(8000, ge=0, le=65535, description="0 picks a free port")
+    grpc_port: int = Field(50051, ge=0, le=65535, description="0 picks a free port")
+
+    # The model: a bundle directory published at start-up when the registry is empty.
+    bundle: str = Field("", description="bundle directory (the pipeline's run_dir/bundle)")
+    keep_versions: int = Field(3, ge=1, description="loaded versions kept in memory at once")
+    registry_poll_s: float = Field(1.0, gt=0, description="how often replicas check the registry")
+
+    # Shared state. Empty = the in-process store (the embedded default, one replica).
+    redis_url: str = ""
+    redis_prefix: str = "tandem:"
+    history_cap: int = Field(200, ge=0, description="intent tokens kept per session")
+    history_ttl_s: int = Field(1800, ge=1, description="a session's history expires after this")
+    cache_ttl_s: int = Field(60, ge=0, description="response cache lifetime; 0 disables it")
+
+    # Serving.
+    # Retrieval: unset = the values the bundle was evaluated with (its manifest's "serving").
+    n_retrieve: int | None = Field(None, ge=1, description="candidates retrieved per request")
+    popular_share: float | None = Field(None, ge=0, le=1, description="popular candidates share")
+    coarse_history: int | None = Field(None, ge=1, description="intent tokens the teacher reads")
+    max_k: int = Field(1000, ge=1)
+    max_intent_tokens: int = Field(64, ge=1)
+    max_history: int = Field(1000, ge=1, description="longest item history for recommend-full")
+    batch_max_size: int = Field(64, ge=1, description="micro-batch: most requests per call")
+    batch_max_wait_ms: float = Field(2.0, ge=0, description="micro-batch: longest wait")
+    batching: bool = True
+    torch_threads: int = Field(0, ge=0, description="0 = torch's default")
+
+    # Auth: keys come from the environment or a secrets file, never from code.
+    device_api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    device_token_secret: SecretStr = SecretStr("")
+    admin_api_key: SecretStr = SecretStr("")
+    auth_required: bool = Field(True, description="false only for local demos")
+
+    # Rate limit per device: a token bucket.
+    rate_per_s: float = Field(50.0, gt=0)
+    rate_burst: int = Field(100, ge=1)
+
+    chunk_bytes: int = Field(256 * 1024, ge=1024, description="artifact download chunk size")
+    shutdown_grace_s: float = Field(5.0, ge=0, description="time to drain in-flight requests")
+
+    @field_validator("device_api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, v: object) -> object:
+        # A comma-separated environment variable is easier to set than a JSON list.
+        if isinstance(v, str):
+            return [k.strip() for k in v.split(",") if k.strip()]
+        return v
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> CloudSettings:
+    """The process-wide settings, read from the environment once."""
+    return CloudSettings()

@@ -1,0 +1,320 @@
+"""Shared state of the cloud service: session history, response cache, rate buckets, registry.
+
+`MemoryStore` is the embedded default for a single replica; `RedisStore` shares the state between
+replicas. Both raise `StoreUnavailable` when the backend is down so the service can degrade.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Generic, Protocol, TypeVar
+
+V = TypeVar("V")
+
+
+class StoreUnavailable(Exception):
+    """The backend cannot be reached or timed out; the caller should degrade, not fail."""
+
+
+class Store(Protocol):
+    """What the service needs from its shared state; every method may raise StoreUnavailable."""
+
+    async def history_append(
+        self, session: str, tokens: Sequence[int], cap: int, ttl_s: int
+    ) -> None: ...
+    async def history_set(
+        self, session: str, tokens: Sequence[int], cap: int, ttl_s: int
+    ) -> None: ...
+    async def history_get(self, session: str, limit: int) -> list[int]: ...
+    async def cache_get(self, key: str) -> bytes | None: ...
+    async def cache_set(self, key: str, value: bytes, ttl_s: int) -> None: ...
+    async def rate_take(self, key: str, rate_per_s: float, burst: int) -> tuple[bool, float]: ...
+    async def registry_load(self) -> dict[str, str]: ...
+    async def registry_update(
+        self, fields: dict[str, str], delete: Sequence[str] = ()
+    ) -> None: ...
+    async def ping(self) -> bool: ...
+    async def close(self) -> None: ...
+
+
+def _check_history(cap: int, ttl_s: int) -> None:
+    # cap 0 would turn Redis's LTRIM -0 -1 into "keep everything"; refuse it in both stores.
+    if cap < 1 or ttl_s < 1:
+        raise ValueError(f"history cap and ttl_s must be >= 1, got cap={cap} ttl_s={ttl_s}")
+
+
+def _check_bucket(rate_per_s: float, burst: int) -> None:
+    if not (rate_per_s > 0 and math.isfinite(rate_per_s)) or burst < 1:
+        raise ValueError(f"need rate_per_s > 0 and burst >= 1, got {rate_per_s}, {burst}")
+
+
+def _bucket_ttl_s(rate_per_s: float, burst: int) -> int:
+    """Seconds after which an idle bucket is full again, so forgetting it changes nothing."""
+    return math.ceil(burst / rate_per_s) + 1
+
+
+class _TTLMap(Generic[V]):
+    """An LRU map whose entries expire; expired entries are dropped on access and from the front."""
+
+    def __init__(self, max_entries: int, clock: Callable[[], float]) -> None:
+        if max_entries < 1:
+            raise ValueError(f"max_entries must be >= 1, got {max_entries}")
+        self._data: OrderedDict[str, tuple[float, V]] = OrderedDict()
+        self._max = max_entries
+        self._clock = clock
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def get(self, key: str) -> V | None:
+        item = self._data.get(key)
+        if item is None:
+            return None
+        if item[0] <= self._clock():
+            del self._data[key]
+            return None
+        self._data.move_to_end(key)
+        return item[1]
+
+    def set(self, key: str, value: V, ttl_s: float) -> None:
+        now = self._clock()
+        self._data[key] = (now + ttl_s, value)
+        self._data.move_to_end(key)
+        # The front holds the least recently used entries, the likeliest to have expired:
+        # dropping them here keeps sessions that never come back from piling up.
+        while self._data:
+            oldest_key, (expires_at, _) = next(iter(self._data.items()))
+            if expires_at > now and len(self._data) <= self._max:
+                break
+            del self._data[oldest_key]
+
+
+class MemoryStore:
+    """In-process store for a single replica: bounded LRU maps with TTLs on a monotonic clock.
+
+    Safe under asyncio because no method awaits between reading and writing; not thread-safe.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_cache_entries: int = 100_000,
+        max_sessions: int = 100_000,
+        max_buckets: int = 100_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._clock = clock
+        self._history: _TTLMap[list[int]] = _TTLMap(max_sessions, clock)
+        self._cache: _TTLMap[bytes] = _TTLMap(max_cache_entries, clock)
+        # An evicted bucket comes back full: under memory pressure we err on allowing requests.
+        self._buckets: _TTLMap[tuple[float, float]] = _TTLMap(max_buckets, clock)
+        self._registry: dict[str, str] = {}
+
+    async def history_append(
+        self, session: str, tokens: Sequence[int], cap: int, ttl_s: int
+    ) -> None:
+        _check_history(cap, ttl_s)
+        old = self._history.get(session) or []
+        self._history.set(session, (old + [int(t) for t in tokens])[-cap:], ttl_s)
+
+    async def history_set(
+        self, session: str, tokens: Sequence[int], cap: int, ttl_s: int
+    ) -> None:
+        _check_history(cap, ttl_s)
+        self._history.set(session, [int(t) for t in tokens][-cap:], ttl_s)
+
+    async def history_get(self, session: str, limit: int) -> list[int]:
+        if limit < 1:
+            return []
+        return list((self._history.get(session) or [])[-limit:])
+
+    async def cache_get(self, key: str) -> bytes | None:
+        return self._cache.get(key)
+
+    async def cache_set(self, key: str, value: bytes, ttl_s: int) -> None:
+        if ttl_s <= 0:
+            raise ValueError(f"ttl_s must be > 0, got {ttl_s}")
+        self._cache.set(key, bytes(value), ttl_s)
+
+    async def rate_take(self, key: str, rate_per_s: float, burst: int) -> tuple[bool, float]:
+        _check_bucket(rate_per_s, burst)
+        now = self._clock()
+        tokens, ts = self._buckets.get(key) or (float(burst), now)
+        tokens = min(float(burst), tokens + max(0.0, now - ts) * rate_per_s)
+        allowed = tokens >= 1.0
+        retry_after = 0.0 if allowed else (1.0 - tokens) / rate_per_s
+        if allowed:
+            tokens -= 1.0
+        self._buckets.set(key, (tokens, now), _bucket_ttl_s(rate_per_s, burst))
+        return allowed, retry_after
+
+    async def registry_load(self) -> dict[str, str]:
+        return dict(self._registry)
+
+    async def registry_update(self, fields: dict[str, str], delete: Sequence[str] = ()) -> None:
+        # Deletes first, then sets, to match Redis's HDEL-then-HSET order in RedisStore.
+        for name in delete:
+            self._registry.pop(name, None)
+        self._registry.update({str(k): str(v) for k, v in fields.items()})
+
+    async def ping(self) -> bool:
+        return True
+
+    async def close(self) -> None:
+        return None
+
+
+# Token bucket on the server's clock (TIME) so every replica refills the same bucket alike.
+# Floats go back as strings: Redis truncates Lua numbers to integers in replies.
+_BUCKET_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local rate, burst, ttl = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local state = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
+local tokens, ts = tonumber(state[1]), tonumber(state[2])
+if tokens == nil or ts == nil then tokens, ts = burst, now end
+tokens = math.min(burst, tokens + math.max(0, now - ts) * rate)
+local allowed, retry_after = 0, (1 - tokens) / rate
+if tokens >= 1 then allowed, retry_after, tokens = 1, 0, tokens - 1 end
+redis.call('HSET', KEYS[1], 'tokens', string.format('%.17g', tokens),
+           'ts', string.format('%.17g', now))
+redis.call('EXPIRE', KEYS[1], ttl)
+return {allowed, string.format('%.17g', retry_after)}
+"""
+
+
+class RedisStore:
+    """Redis-backed store shared by replicas; connection failures surface as StoreUnavailable."""
+
+    def __init__(
+        self, url: str, prefix: str = "tandem:", socket_timeout_s: float = 0.25
+    ) -> None:
+        # Imported here so the embedded MemoryStore works without the cloud extra installed.
+        import redis.asyncio as aioredis
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
+
+        self._prefix = prefix
+        # One immediate retry replaces a pooled connection that died with a restarted server;
+        # redis-py's default (10 retries with backoff) would stall requests for seconds.
+        self._client: Any = aioredis.Redis.from_url(
+            url,
+            socket_timeout=socket_timeout_s,
+            socket_connect_timeout=socket_timeout_s,
+            retry=Retry(NoBackoff(), 1),
+        )
+        # The Script object reloads the Lua source itself when Redis answers NOSCRIPT.
+        self._bucket = self._client.register_script(_BUCKET_LUA)
+
+    def _key(self, kind: str, name: str = "") -> str:
+        return f"{self._prefix}{kind}:{name}" if name else f"{self._prefix}{kind}"
+
+    @contextlib.contextmanager
+    def _guard(self, op: str) -> Iterator[None]:
+        """Turn "Redis is not there right now" errors into StoreUnavailable."""
+        from redis import exceptions as rex
+
+        try:
+            yield
+        except (
+            rex.ConnectionError, rex.TimeoutError, rex.ReadOnlyError, rex.ClusterDownError,
+            OSError,
+        ) as e:
+            raise StoreUnavailable(f"redis {op} failed: {type(e).__name__}: {e}") from e
+
+    async def history_append(
+        self, session: str, tokens: Sequence[int], cap: int, ttl_s: int
+    ) -> None:
+        await self._history_write(session, tokens, cap, ttl_s, replace=False)
+
+    async def history_set(
+        self, session: str, tokens: Sequence[int], cap: int, ttl_s: int
+    ) -> None:
+        await self._history_write(session, tokens, cap, ttl_s, replace=True)
+
+    async def _history_write(
+        self, session: str, tokens: Sequence[int], cap: int, ttl_s: int, *, replace: bool
+    ) -> None:
+        """RPUSH+LTRIM+EXPIRE (after DEL when replacing) in one transaction."""
+        _check_history(cap, ttl_s)
+        key = self._key("hist", session)
+        with self._guard("history_set" if replace else "history_append"):
+            async with self._client.pipeline(transaction=True) as pipe:
+                if replace:
+                    pipe.delete(key)
+                if tokens:
+                    pipe.rpush(key, *(int(t) for t in tokens))
+                pipe.ltrim(key, -cap, -1)
+                pipe.expire(key, ttl_s)
+                await pipe.execute()
+
+    async def history_get(self, session: str, limit: int) -> list[int]:
+        if limit < 1:
+            return []  # LRANGE -0 -1 would return the whole list
+        with self._guard("history_get"):
+            raw = await self._client.lrange(self._key("hist", session), -limit, -1)
+        return [int(x) for x in raw]
+
+    async def cache_get(self, key: str) -> bytes | None:
+        with self._guard("cache_get"):
+            value = await self._client.get(self._key("cache", key))
+        return None if value is None else bytes(value)
+
+    async def cache_set(self, key: str, value: bytes, ttl_s: int) -> None:
+        if ttl_s <= 0:
+            raise ValueError(f"ttl_s must be > 0, got {ttl_s}")
+        with self._guard("cache_set"):
+            await self._client.set(self._key("cache", key), value, px=max(1, int(ttl_s * 1000)))
+
+    async def rate_take(self, key: str, rate_per_s: float, burst: int) -> tuple[bool, float]:
+        _check_bucket(rate_per_s, burst)
+        args: list[str | int] = [repr(float(rate_per_s)), burst, _bucket_ttl_s(rate_per_s, burst)]
+        with self._guard("rate_take"):
+            allowed, retry_after = await self._bucket(keys=[self._key("rate", key)], args=args)
+        return bool(int(allowed)), float(retry_after)
+
+    async def registry_load(self) -> dict[str, str]:
+        with self._guard("registry_load"):
+            raw = await self._client.hgetall(self._key("registry"))
+        return {k.decode(): v.decode() for k, v in raw.items()}
+
+    async def registry_update(self, fields: dict[str, str], delete: Sequence[str] = ()) -> None:
+        if not fields and not delete:
+            return
+        key = self._key("registry")
+        with self._guard("registry_update"):
+            async with self._client.pipeline(transaction=True) as pipe:
+                if delete:
+                    pipe.hdel(key, *delete)
+                if fields:
+                    pipe.hset(key, mapping={str(k): str(v) for k, v in fields.items()})
+                await pipe.execute()
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await self._client.ping())
+        except Exception:  # the contract is "never raises": any failure means "down"
+            return False
+
+    async def close(self) -> None:
+        with contextlib.suppress(Exception):  # closing a client whose server is gone is fine
+            await self._client.aclose()
+
+
+_REDIS_ONLY = frozenset({"prefix", "socket_timeout_s"})
+_MEMORY_ONLY = frozenset({"max_cache_entries", "max_sessions", "max_buckets", "clock"})
+
+
+def make_store(redis_url: str | None, **kw: Any) -> Store:
+    """RedisStore when a URL is configured, else the embedded MemoryStore.
+
+    Options meant for the other kind of store are dropped, so one settings object can always
+    pass all of them; unknown options still raise TypeError.
+    """
+    if redis_url:
+        return RedisStore(redis_url, **{k: v for k, v in kw.items() if k not in _MEMORY_ONLY})
+    return MemoryStore(**{k: v for k, v in kw.items() if k not in _REDIS_ONLY})

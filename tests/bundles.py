@@ -1,0 +1,42 @@
+"""Small real model bundles for service tests: the real pipeline on a generated dataset."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from tandemrec.bundle import read_manifest, write_manifest
+from tandemrec.data import write_synthetic_csv
+from tandemrec.paths import REPO_ROOT
+
+FAST = ["teacher.max_epochs=4", "teacher.coarse_epochs=1", "student.max_epochs=3",
+        "compress.align_steps=5", "compress.finetune_epochs=1", "eval.latency_requests=5",
+        "eval.n_retrieve=40", "eval.n_candidates=40"]
+
+
+def build_bundle(root: Path) -> Path:
+    """Train, distil, compress, export and evaluate on 200 generated users (~15 s on 2 cores)."""
+    from tandemrec.pipeline import open_run, run_pipeline
+    from tandemrec.train.config import load_config
+
+    logs = root / "shop.csv"
+    write_synthetic_csv(logs, n_users=200, n_items=80, min_len=8, max_len=25, seed=5)
+    cfg = load_config(REPO_ROOT / "configs" / "smoke.yaml", [f"dataset={logs}", *FAST])
+    ctx = open_run(cfg, root / "run")
+    run_pipeline(ctx, root / "results")
+    return root / "run" / "bundle"
+
+
+def clone_bundle(src: Path, dst: Path, version: str) -> Path:
+    """The same files under a new version (what a retrained bundle looks like to the cloud)."""
+    shutil.copytree(src, dst)
+    m = read_manifest(dst)
+    (dst / "manifest.json").unlink()
+    write_manifest(dst, version=version, dataset=m["dataset"], config=m["config"],
+                   metrics=m["metrics"], extra=m.get("extra"))
+    return dst
+
+
+def item_intents(bundle: Path) -> list[int]:
+    return json.loads((bundle / "item_table.json").read_text())["intent"]
