@@ -1,4 +1,4 @@
-# Two entry points: `make demo` (set up, train, evaluate, print the table) and `make test`.
+# Two entry points: `make demo` (set up, train, serve, simulate, print the table) and `make test`.
 PY ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
@@ -17,7 +17,7 @@ setup: $(BIN)/tandem
 
 demo: setup
 	$(BIN)/tandem data
-	$(BIN)/tandem pipeline --dataset ml-100k
+	$(BIN)/tandem demo --dataset ml-100k
 
 lint: setup
 	$(BIN)/ruff check tandemrec cloud_service edge_client tests

@@ -1,4 +1,4 @@
-"""The `tandem` command: data, the model pipeline stages, and (later) serving and simulation."""
+"""The `tandem` command: data, the model pipeline stages, serving and the fleet simulator."""
 
 from __future__ import annotations
 
@@ -141,6 +141,18 @@ def pipeline_cmd(dataset: DatasetOpt = "ml-100k", config: ConfigOpt = None,
                  results_dir: ResultsOpt = DEFAULT_RESULTS) -> None:
     """Run train, distill, compress, export and evaluate in order."""
     _stage("pipeline", dataset, config, set_, run_dir, data_dir, results_dir)
+
+
+def _register_cloud_commands() -> None:
+    from tandemrec import cli_cloud, cli_fleet
+
+    app.command("serve")(cli_cloud.serve)
+    app.command("publish")(cli_cloud.publish)
+    app.command("simulate")(cli_fleet.simulate)
+    app.command("demo")(cli_fleet.demo)
+
+
+_register_cloud_commands()
 
 
 def main() -> None:

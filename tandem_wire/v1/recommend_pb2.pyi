@@ -90,12 +90,14 @@ class Manifest(_message.Message):
     def __init__(self, version: _Optional[str] = ..., dataset: _Optional[str] = ..., created_at: _Optional[str] = ..., files: _Optional[_Iterable[_Union[Artifact, _Mapping]]] = ..., manifest_json: _Optional[str] = ..., n_items: _Optional[int] = ..., n_intents: _Optional[int] = ...) -> None: ...
 
 class DownloadArtifactRequest(_message.Message):
-    __slots__ = ("model_version", "name")
+    __slots__ = ("model_version", "name", "device_id")
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
     model_version: str
     name: str
-    def __init__(self, model_version: _Optional[str] = ..., name: _Optional[str] = ...) -> None: ...
+    device_id: str
+    def __init__(self, model_version: _Optional[str] = ..., name: _Optional[str] = ..., device_id: _Optional[str] = ...) -> None: ...
 
 class ArtifactChunk(_message.Message):
     __slots__ = ("data", "offset", "total_size")

@@ -115,7 +115,10 @@ def evaluate_run(ctx: RunContext, results_dir: Path) -> list[dict]:
               "run": json.loads(ctx.path("run.json").read_text()) if ctx.path("run.json").exists()
               else {}, "seconds": time.time() - t0}
     write_results(report, results_dir)
-    make_bundle(ctx, rows)
+    serving = {"fusion_weight": weight, "top_intents": cfg.top_intents,
+               "coarse_history": cfg.coarse_history, "n_retrieve": cfg.n_retrieve,
+               "n_candidates": cfg.n_candidates, "popular_share": cfg.popular_share}
+    make_bundle(ctx, rows, serving)
     console.print(metrics_table(f"{ctx.data.name}: held-out users, full ranking", rows, COLUMNS))
     return rows
 
@@ -144,8 +147,12 @@ def write_results(report: dict, results_dir: Path) -> Path:
     return path
 
 
-def make_bundle(ctx: RunContext, rows: list[dict]) -> Path:
-    """The model bundle: teacher, codebook, student ONNX (fp32, int8), edge item table."""
+def make_bundle(ctx: RunContext, rows: list[dict], serving: dict | None = None) -> Path:
+    """The model bundle: teacher, codebook, student ONNX (fp32, int8), edge item table.
+
+    `serving` (fusion weight, intents sent, history length, candidates) is what the device and
+    the cloud need to serve as the evaluation did; it goes into the manifest's `extra`.
+    """
     bundle = ctx.path("bundle")
     if bundle.exists():
         shutil.rmtree(bundle)
@@ -163,6 +170,6 @@ def make_bundle(ctx: RunContext, rows: list[dict]) -> Path:
     version = time.strftime("%Y%m%d-%H%M%S")
     metrics = {r["mode"]: {"ndcg@10": r["ndcg@10"], "hr@10": r["hr@10"]} for r in rows}
     write_manifest(bundle, version=version, dataset=ctx.data.name, config=ctx.cfg.to_dict(),
-                   metrics=metrics)
+                   metrics=metrics, extra={"serving": serving or {}})
     log(f"model bundle {version} written to {bundle}")
     return bundle

@@ -41,6 +41,9 @@ class TeacherConfig:
 class ItemTower(nn.Module):
     """Item vector = text projection + id embedding (zeroed for items never seen in training)."""
 
+    text: torch.Tensor
+    has_id: torch.Tensor
+
     def __init__(self, cfg: TeacherConfig) -> None:
         super().__init__()
         self.id_emb = nn.Embedding(cfg.n_items + 1, cfg.d_model, padding_idx=0)
