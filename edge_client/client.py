@@ -1,0 +1,210 @@
+"""`EdgeClient`: the device half of collaborative serving, usable from an app on its own.
+
+Per recommendation: the student reads the private history on the device; the top intent tokens
+and the coarse intent history (never an item id) go to the cloud within a deadline; the cloud's
+teacher-scored candidates are fused with the student's own scores and cached as the offline
+pool. When the cloud is slow, failing or unreachable (breaker open), the student ranks the
+cached pool and the local item table instead, and the result says which path served it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from edge_client.request import CollaborativeRequest, build_request
+from edge_client.rerank import fuse
+from edge_client.resilience import CircuitBreaker, CloudUnavailable, RetryPolicy, call_with_retries
+from edge_client.runtime import OnnxStudent
+from edge_client.settings import EdgeSettings
+from edge_client.transport import CloudAnswer, CloudError, Transport
+
+
+class DeviceStore(Protocol):
+    """The private interaction log and the offline pool (`InteractionStore` persists both)."""
+
+    def append(self, item_id: int, ts: float | None = None) -> int: ...
+    def extend(self, items: Sequence[int]) -> None: ...
+    def history(self, limit: int | None = None) -> np.ndarray: ...
+    def save_pool(self, version: str, items: Sequence[int], scores: Sequence[float]) -> None: ...
+    def load_pool(self) -> tuple[str, np.ndarray, np.ndarray, float] | None: ...
+
+
+class MemoryDeviceStore:
+    """In-memory `DeviceStore` for simulated devices (nothing survives the process)."""
+
+    def __init__(self, items: Sequence[int] = ()) -> None:
+        self._items = [int(i) for i in items]
+        self._pool: tuple[str, np.ndarray, np.ndarray, float] | None = None
+
+    def append(self, item_id: int, ts: float | None = None) -> int:
+        self._items.append(int(item_id))
+        return len(self._items)
+
+    def extend(self, items: Sequence[int]) -> None:
+        self._items.extend(int(i) for i in items)
+
+    def history(self, limit: int | None = None) -> np.ndarray:
+        h = np.asarray(self._items, dtype=np.int64)
+        return h[-limit:] if limit else h
+
+    def save_pool(self, version: str, items: Sequence[int], scores: Sequence[float]) -> None:
+        self._pool = (version, np.asarray(items, np.int64), np.asarray(scores, np.float32),
+                      time.time())
+
+    def load_pool(self) -> tuple[str, np.ndarray, np.ndarray, float] | None:
+        return self._pool
+
+
+@dataclass
+class EdgeModel:
+    """What a bundle gives the device: the int8 student, item -> intent table, popularity."""
+
+    version: str
+    student: OnnxStudent
+    item_intent: np.ndarray  # (N+1,)
+    popularity: np.ndarray  # (N+1,)
+    serving: dict  # fusion weight, intents sent, history length, candidates (manifest extra)
+
+    @classmethod
+    def load(cls, bundle_dir: Path | str, threads: int = 1) -> EdgeModel:
+        bundle_dir = Path(bundle_dir)
+        manifest = json.loads((bundle_dir / "manifest.json").read_text())
+        table = json.loads((bundle_dir / "item_table.json").read_text())
+        return cls(version=str(manifest["version"]),
+                   student=OnnxStudent(bundle_dir / "student_int8.onnx", threads=threads),
+                   item_intent=np.asarray(table["intent"], dtype=np.int64),
+                   popularity=np.asarray(table["popularity"], dtype=np.float64),
+                   serving=dict((manifest.get("extra") or {}).get("serving") or {}))
+
+
+@dataclass(frozen=True)
+class EdgeResult:
+    """k items best first; `served_by` is cloud, cache (shift policy) or fallback."""
+
+    items: tuple[int, ...]
+    scores: tuple[float, ...]
+    served_by: str
+    reason: str = ""
+    intent_tokens: tuple[int, ...] = ()
+    bytes_up: int = 0  # serialized size of what went upstream (0 when nothing did)
+    latency_ms: float = 0.0
+    device_ms: float = 0.0  # student + rerank compute on the device
+
+
+class EdgeClient:
+    """One device: records interactions, recommends with the cloud or without it."""
+
+    def __init__(self, model: EdgeModel, store: DeviceStore, device_id: str,
+                 transport: Transport | None = None, settings: EdgeSettings | None = None,
+                 seed: int = 0) -> None:
+        import random
+
+        self.model, self.store, self.device_id = model, store, device_id
+        self.transport, self.s = transport, settings or EdgeSettings()
+        self.breaker = CircuitBreaker(self.s.breaker_failures, self.s.breaker_reset_s)
+        self.policy = RetryPolicy(retries=self.s.retries)
+        self._rng = random.Random(seed)
+        self._last_tokens: tuple[int, ...] = ()
+
+    def _knob(self, name: str, default: float) -> float:
+        value = getattr(self.s, name)
+        return float(value if value is not None else self.model.serving.get(name, default))
+
+    def record(self, item_id: int) -> int:
+        """Log one interaction on the device; durable once this returns (with InteractionStore)."""
+        return self.store.append(item_id)
+
+    def build(self, history: np.ndarray, intent_logits: np.ndarray) -> CollaborativeRequest:
+        """The upstream payload: intent tokens and the coarse intent history only."""
+        return build_request(intent_logits, history, self.model.item_intent,
+                             top_m=int(self._knob("top_intents", 8)),
+                             coarse_len=int(self._knob("coarse_history", 50)),
+                             k=int(self._knob("n_candidates", 600)),
+                             model_version=self.model.version)
+
+    async def recommend(self, k: int = 10) -> EdgeResult:
+        """Top k for the current history: collaborative when possible, on-device otherwise."""
+        t0 = time.perf_counter()
+        history = self.store.history(self.model.student.max_len)
+        intent_logits, scores = self.model.student.run(history)
+        req = self.build(history, intent_logits)
+        device_s = time.perf_counter() - t0
+        pool = self.store.load_pool()
+        if self.s.policy == "shift" and pool is not None and not self._shifted(req, pool,
+                                                                                scores):
+            return self._fused(pool[1], pool[2], scores, history, k, "cache", "", req, 0, t0,
+                               device_s)
+        if self.transport is None:
+            return self._fallback(scores, history, k, "offline", req, t0, device_s)
+        deadline = self.s.deadline_ms / 1000 - (time.perf_counter() - t0)
+        transport = self.transport
+        try:
+            answer: CloudAnswer = await call_with_retries(
+                lambda remaining: transport.recommend(req, self.device_id, remaining),
+                deadline_s=max(0.0, deadline), policy=self.policy,
+                is_retryable=lambda e: isinstance(e, CloudError) and e.retryable,
+                breaker=self.breaker, rng=self._rng)
+        except CloudUnavailable as exc:
+            return self._fallback(scores, history, k, exc.reason, req, t0, device_s)
+        except CloudError as exc:  # the cloud refused the request itself: still serve the user
+            return self._fallback(scores, history, k, str(exc), req, t0, device_s)
+        items = np.asarray(answer.items, dtype=np.int64)
+        t_scores = np.asarray(answer.scores, dtype=np.float32)
+        self.store.save_pool(answer.model_version, answer.items, answer.scores)
+        self._last_tokens = req.intent_tokens
+        return self._fused(items, t_scores, scores, history, k, "cloud", "", req,
+                           len(request_bytes(req, self.device_id)), t0, device_s)
+
+    def _shifted(self, req: CollaborativeRequest, pool: tuple, scores: np.ndarray) -> bool:
+        """Intent shift: the top intents changed, or the device now disagrees with the cloud."""
+        threshold = self.s.shift_overlap
+        a, b = set(req.intent_tokens), set(self._last_tokens)
+        if not b or len(a & b) / max(1, len(a | b)) < threshold:
+            return True
+        items, t_scores = pool[1], pool[2]
+        top_t = set(items[np.argsort(-t_scores)[:10]].tolist())
+        top_d = set(items[np.argsort(-scores[items])[:10]].tolist())
+        return len(top_t & top_d) / 10 < threshold
+
+    def _fused(self, items: np.ndarray, t_scores: np.ndarray, scores: np.ndarray,
+               history: np.ndarray, k: int, served_by: str, reason: str,
+               req: CollaborativeRequest, bytes_up: int, t0: float,
+               device_s: float) -> EdgeResult:
+        t1 = time.perf_counter()
+        ranked, fused = fuse(items, t_scores, scores, self._knob("fusion_weight", 0.5),
+                             exclude=history)
+        device_s += time.perf_counter() - t1
+        return EdgeResult(tuple(int(i) for i in ranked[:k]), tuple(float(s) for s in fused[:k]),
+                          served_by, reason, req.intent_tokens, bytes_up,
+                          (time.perf_counter() - t0) * 1000, device_s * 1000)
+
+    def _fallback(self, scores: np.ndarray, history: np.ndarray, k: int, reason: str,
+                  req: CollaborativeRequest, t0: float, device_s: float) -> EdgeResult:
+        """The student alone over the local item table (which holds the cached pool too)."""
+        t1 = time.perf_counter()
+        s = scores.astype(np.float32).copy()
+        s[0] = -np.inf
+        s[history] = -np.inf
+        top = np.argpartition(-s, k)[:k]
+        top = top[np.argsort(-s[top], kind="stable")]
+        device_s += time.perf_counter() - t1
+        return EdgeResult(tuple(int(i) for i in top), tuple(float(s[i]) for i in top),
+                          "fallback", reason, req.intent_tokens, 0,
+                          (time.perf_counter() - t0) * 1000, device_s * 1000)
+
+
+def request_bytes(req: CollaborativeRequest, device_id: str) -> bytes:
+    """The collaborative request as serialized on the wire (protobuf), for byte accounting."""
+    from tandem_wire.v1 import recommend_pb2 as pb
+
+    return pb.RecommendRequest(device_id=device_id, intent_tokens=req.intent_tokens,
+                               intent_weights=req.intent_weights,
+                               coarse_history=req.coarse_history, k=req.k,
+                               model_version=req.model_version).SerializeToString()

@@ -1,0 +1,200 @@
+"""Calling the cloud without hanging the device: deadlines, bounded retries, a circuit breaker.
+
+When the cloud is slow or down the device must fall back to its own model quickly, so every
+cloud call here has one overall deadline and fails fast while the breaker is open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from typing import Literal, TypeVar
+
+T = TypeVar("T")
+BreakerState = Literal["closed", "open", "half_open"]
+
+
+class CloudUnavailable(Exception):
+    """The cloud could not answer in time (or is assumed down); serve the offline fallback."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class CircuitBreaker:
+    """Stops calling a failing cloud for ``reset_timeout_s``, then lets one trial call probe it.
+
+    closed -> open after ``failure_threshold`` consecutive failures; open -> half_open once the
+    timeout has passed; the single half-open trial closes the breaker on success or reopens it.
+    """
+
+    def __init__(self, failure_threshold: int = 3, reset_timeout_s: float = 5.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        if failure_threshold < 1:
+            raise ValueError(f"failure_threshold must be >= 1, got {failure_threshold}")
+        if reset_timeout_s < 0:
+            raise ValueError(f"reset_timeout_s must be >= 0, got {reset_timeout_s}")
+        self.failure_threshold = failure_threshold
+        self.reset_timeout_s = reset_timeout_s
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._state: BreakerState = "closed"
+        self._failures = 0
+        self._opened_at = 0.0
+        self._trial_in_flight = False
+        self.opened_count = 0
+
+    def _refresh(self) -> None:
+        """Move open -> half_open once the timeout has passed (caller holds the lock)."""
+        if self._state == "open" and self._clock() - self._opened_at >= self.reset_timeout_s:
+            self._state = "half_open"
+            self._trial_in_flight = False
+
+    def _open(self) -> None:
+        self._state = "open"
+        self._opened_at = self._clock()
+        self._trial_in_flight = False
+        self.opened_count += 1
+
+    @property
+    def state(self) -> BreakerState:
+        with self._lock:
+            self._refresh()
+            return self._state
+
+    def allow(self) -> bool:
+        """Whether a call may go out now; in half_open only the first caller gets the trial."""
+        with self._lock:
+            self._refresh()
+            if self._state == "closed":
+                return True
+            if self._state == "half_open" and not self._trial_in_flight:
+                self._trial_in_flight = True
+                return True
+            return False
+
+    def record_success(self) -> None:
+        with self._lock:
+            if self._state == "half_open":
+                self._state = "closed"
+                self._trial_in_flight = False
+            # A late success from a call sent before the breaker opened proves little: ignored.
+            if self._state == "closed":
+                self._failures = 0
+
+    def record_failure(self) -> None:
+        with self._lock:
+            if self._state == "half_open":
+                self._open()
+            elif self._state == "closed":
+                self._failures += 1
+                if self._failures >= self.failure_threshold:
+                    self._failures = 0
+                    self._open()
+
+    def release(self) -> None:
+        """End a call that says nothing about the cloud (e.g. cancelled): frees the trial slot."""
+        with self._lock:
+            self._trial_in_flight = False
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How many times to retry and how long to back off: exponential, capped, jittered.
+
+    ``jitter`` is the random fraction taken off each delay: 0 is none, 1 is full jitter
+    (uniform in [0, backoff]); it keeps many devices from retrying in lockstep.
+    """
+
+    retries: int = 2
+    base_backoff_s: float = 0.02
+    max_backoff_s: float = 0.2
+    jitter: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.retries < 0:
+            raise ValueError(f"retries must be >= 0, got {self.retries}")
+        if not 0 <= self.base_backoff_s <= self.max_backoff_s:
+            raise ValueError("need 0 <= base_backoff_s <= max_backoff_s, got "
+                             f"{self.base_backoff_s} and {self.max_backoff_s}")
+        if not 0 <= self.jitter <= 1:
+            raise ValueError(f"jitter must be in [0, 1], got {self.jitter}")
+
+    def delays(self, rng: random.Random) -> Iterator[float]:
+        """One delay (seconds) per retry, before it is sent."""
+        for attempt in range(self.retries):
+            backoff = min(self.max_backoff_s, self.base_backoff_s * 2.0**attempt)
+            yield backoff * (1.0 - self.jitter * rng.random())
+
+
+async def call_with_retries(
+    fn: Callable[[float], Awaitable[T]],
+    *,
+    deadline_s: float,
+    policy: RetryPolicy,
+    is_retryable: Callable[[BaseException], bool],
+    breaker: CircuitBreaker | None = None,
+    rng: random.Random | None = None,
+) -> T:
+    """Await ``fn(remaining_s)`` with retries, all within ``deadline_s`` from now.
+
+    Retryable failures (per ``is_retryable``) and running out of time count against the
+    breaker and end in ``CloudUnavailable``; any other error means the cloud answered (the
+    request was at fault), so it counts as a breaker success and is re-raised unchanged.
+    """
+    rng = rng or random.Random()
+    deadline = time.monotonic() + deadline_s
+    delays = policy.delays(rng)
+    attempts = 0
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise CloudUnavailable(f"deadline of {deadline_s:.3f}s spent after {attempts} attempts")
+        if breaker is not None and not breaker.allow():
+            raise CloudUnavailable("circuit breaker is open")
+        attempts += 1
+        scope = asyncio.timeout(remaining)
+        try:
+            # fn should honour remaining_s itself; the timeout is the backstop if it does not.
+            async with scope:
+                result = await fn(remaining)
+        except Exception as exc:
+            if isinstance(exc, TimeoutError) and scope.expired():
+                if breaker is not None:
+                    breaker.record_failure()
+                raise CloudUnavailable(
+                    f"deadline of {deadline_s:.3f}s spent in attempt {attempts}") from exc
+            if not is_retryable(exc):
+                if breaker is not None:
+                    breaker.record_success()
+                raise
+            if breaker is not None:
+                breaker.record_failure()
+            error = exc
+        except BaseException:
+            # Cancelled: says nothing about the cloud, but must not hold the half-open trial.
+            if breaker is not None:
+                breaker.release()
+            raise
+        else:
+            if breaker is not None:
+                breaker.record_success()
+            return result
+
+        if breaker is not None and breaker.state == "open":
+            raise CloudUnavailable(f"circuit breaker opened after {attempts} attempts: "
+                                   f"{error!r}") from error
+        delay = next(delays, None)
+        if delay is None:
+            raise CloudUnavailable(f"gave up after {attempts} attempts: {error!r}") from error
+        # Sleeping into the deadline would leave no time for the retry: give up now instead.
+        if delay >= deadline - time.monotonic():
+            raise CloudUnavailable(
+                f"deadline of {deadline_s:.3f}s leaves no time to retry after {attempts} "
+                f"attempts: {error!r}") from error
+        await asyncio.sleep(delay)

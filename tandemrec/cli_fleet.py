@@ -1,0 +1,160 @@
+"""`tandem simulate` (a device fleet against a cloud) and `tandem demo` (the whole system)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from tandemrec.paths import REPO_ROOT
+
+RESULTS = REPO_ROOT / "bench" / "results"
+
+
+def _fail(message: str) -> None:
+    from tandemrec.progress import console
+
+    console.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(code=2)
+
+
+def _outage(value: str | None) -> tuple[float, float] | None:
+    if not value:
+        return None
+    try:
+        a, b = (float(x) for x in value.split(":"))
+    except ValueError:
+        _fail(f"--outage takes START:END in seconds, e.g. 4:8 (got {value!r})")
+        raise
+    if not 0 <= a < b:
+        _fail(f"--outage needs 0 <= START < END (got {value!r})")
+    return a, b
+
+
+def simulate(
+    dataset: Annotated[str, typer.Option("--dataset", "-d", help="ml-1m, ml-100k, beauty or "
+                                          "a CSV of your own logs.")] = "ml-100k",
+    bundle: Annotated[Path | None, typer.Option(help="Model bundle (default: "
+                                                "artifacts/<dataset>/bundle).")] = None,
+    devices: Annotated[int, typer.Option(help="Simulated devices, one per held-out user; "
+                                         "0 = all.")] = 0,
+    modes: Annotated[str, typer.Option(help="Comma-separated: collaborative, cloud-full, "
+                                       "edge-only, popularity.")] =
+    "collaborative,cloud-full,edge-only,popularity",
+    transport: Annotated[str, typer.Option(help="grpc or http.")] = "grpc",
+    target: Annotated[str, typer.Option(help="A running cloud (host:port for gRPC, a URL for "
+                                        "HTTP); empty = start one in-process.")] = "",
+    api_key: Annotated[str, typer.Option(envvar="TANDEM_EDGE_API_KEY",
+                                         help="Device API key for a running cloud.")] = "",
+    concurrency: Annotated[int, typer.Option(help="Devices in flight at once.")] = 64,
+    rate: Annotated[float, typer.Option(help="Requests per second across the fleet "
+                                        "(0 = as fast as possible).")] = 0.0,
+    latency_ms: Annotated[float, typer.Option(help="Added network latency.")] = 0.0,
+    jitter_ms: Annotated[float, typer.Option(help="Latency jitter (uniform +-).")] = 0.0,
+    loss: Annotated[float, typer.Option(help="Share of calls lost.")] = 0.0,
+    outage: Annotated[str | None, typer.Option(help="START:END seconds of a full cloud "
+                                               "outage.")] = None,
+    slow_share: Annotated[float, typer.Option(help="Share of calls that are slow.")] = 0.0,
+    slow_ms: Annotated[float, typer.Option(help="How much slower they are.")] = 0.0,
+    feature_delay: Annotated[int, typer.Option(help="Cloud-full sees the history without "
+                                               "its last n interactions.")] = 0,
+    policy: Annotated[str, typer.Option(help="always, or shift (ask the cloud only when the "
+                                        "device's intent shifted).")] = "always",
+    deadline_ms: Annotated[float, typer.Option(help="The device's cloud deadline.")] = 150.0,
+    steps: Annotated[int, typer.Option(help="Requests per device, replaying its last "
+                                       "interactions (to study --policy shift).")] = 1,
+    tag: Annotated[str, typer.Option(help="Suffix for the report's file names.")] = "",
+    results_dir: Annotated[Path, typer.Option(help="Where the report goes.")] = RESULTS,
+) -> None:
+    """Replay held-out users as devices against the cloud and report accuracy, bytes
+    upstream, latency and fallback rate per serving mode."""
+    from tandemrec.paths import artifacts_dir
+    from tandemrec.progress import console
+    from tandemrec.sim.fleet import MODES
+    from tandemrec.sim.network import Conditions
+    from tandemrec.sim.report import write_report
+    from tandemrec.sim.run import SimConfig
+    from tandemrec.sim.run import simulate as run
+
+    chosen = tuple(m.strip() for m in modes.split(",") if m.strip())
+    if bad := [m for m in chosen if m not in MODES]:
+        _fail(f"unknown mode(s) {bad}: choose from {', '.join(MODES)}")
+    if transport not in ("grpc", "http") or policy not in ("always", "shift"):
+        _fail("--transport is grpc or http; --policy is always or shift")
+    name = Path(dataset).stem if Path(dataset).suffix else dataset
+    bundle = bundle or artifacts_dir() / name / "bundle"
+    if not (bundle / "manifest.json").exists():
+        _fail(f"no bundle at {bundle}: run `tandem pipeline -d {dataset}` first, or pass "
+              "--bundle")
+    cond = Conditions(latency_ms, jitter_ms, loss, _outage(outage), slow_share, slow_ms)
+    cfg = SimConfig(dataset=dataset, bundle=bundle, devices=devices, modes=chosen,
+                    transport=transport, target=target, api_key=api_key,
+                    concurrency=concurrency, rate=rate, conditions=cond,
+                    feature_delay=feature_delay, policy=policy, deadline_ms=deadline_ms,
+                    steps=steps)
+    with console.status(f"simulating {devices or 'all'} devices ({cond.describe()})"):
+        report, runs = run(cfg)
+    report["tag"] = tag
+    paths = write_report(report, runs, results_dir)
+    print_rows(report)
+    console.print("wrote " + ", ".join(str(p) for p in paths))
+
+
+def print_rows(report: dict) -> None:
+    from rich.table import Table
+
+    from tandemrec.progress import console
+    from tandemrec.sim.report import COLUMNS
+
+    table = Table(title=f"{report['dataset']}: {report['devices']} simulated devices, "
+                        f"{report['network']}")
+    for c in COLUMNS:
+        table.add_column(c, justify="left" if c == "mode" else "right")
+    for r in report["rows"]:
+        table.add_row(*[f"{r[c]:.4f}" if c in ("hr@10", "ndcg@10") else
+                        f"{r[c]:.1f}" if isinstance(r[c], float) else str(r[c])
+                        for c in COLUMNS])
+    console.print(table)
+    for note in report.get("notes", []):
+        console.print(note)
+
+
+def demo(
+    dataset: Annotated[str, typer.Option("--dataset", "-d", help="Dataset to demo on.")] =
+    "ml-100k",
+    config: Annotated[Path, typer.Option("--config", "-c", help="Pipeline config.")] =
+    REPO_ROOT / "configs" / "demo.yaml",
+    results_dir: Annotated[Path, typer.Option(help="Where reports and plots go.")] = RESULTS,
+) -> None:
+    """The whole system in one command: train small models, start the cloud in-process on the
+    embedded store, simulate every held-out user in every mode, print the results."""
+    import time
+
+    from tandemrec.data.errors import DatasetNotFound, UnknownDataset
+    from tandemrec.paths import artifacts_dir
+    from tandemrec.pipeline import open_run, run_pipeline
+    from tandemrec.progress import console
+    from tandemrec.sim.report import write_report
+    from tandemrec.sim.run import SimConfig
+    from tandemrec.sim.run import simulate as run
+    from tandemrec.train.config import load_config
+
+    t0 = time.time()
+    run_dir = artifacts_dir() / "demo"
+    console.rule(f"1/2 train, distil, compress, export and evaluate on {dataset}")
+    try:
+        ctx = open_run(load_config(config, [f"dataset={dataset}"]), run_dir)
+    except (DatasetNotFound, UnknownDataset, ValueError) as exc:
+        _fail(str(exc))
+        return
+    run_pipeline(ctx, results_dir / "demo")
+    console.rule("2/2 serve the cloud in-process and simulate every held-out user")
+    cfg = SimConfig(dataset=dataset, bundle=run_dir / "bundle")
+    with console.status("simulating the fleet over gRPC"):
+        report, runs = run(cfg)
+    report["tag"] = "demo"
+    paths = write_report(report, runs, results_dir / "demo")
+    print_rows(report)
+    console.print(f"demo finished in {(time.time() - t0) / 60:.1f} min; reports and plots: "
+                  + ", ".join(str(p) for p in paths))

@@ -1,0 +1,1 @@
+"""The device-fleet simulator: held-out users replayed as devices against a running cloud."""
