@@ -132,8 +132,8 @@ class EdgeClient:
     async def recommend(self, k: int = 10) -> EdgeResult:
         """Top k for the current history: collaborative when possible, on-device otherwise."""
         t0 = time.perf_counter()
-        history = self.store.history(self.model.student.max_len)
-        intent_logits, scores = self.model.student.run(history)
+        history = self.store.history()  # all of it: nothing already seen is shown again
+        intent_logits, scores = self.model.student.run(history)  # reads its last max_len
         req = self.build(history, intent_logits)
         device_s = time.perf_counter() - t0
         pool = self.store.load_pool()

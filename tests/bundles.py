@@ -22,10 +22,31 @@ def build_bundle(root: Path) -> Path:
 
     logs = root / "shop.csv"
     write_synthetic_csv(logs, n_users=200, n_items=80, min_len=8, max_len=25, seed=5)
+    _first_interactions_only(logs)
     cfg = load_config(REPO_ROOT / "configs" / "smoke.yaml", [f"dataset={logs}", *FAST])
     ctx = open_run(cfg, root / "run")
     run_pipeline(ctx, root / "results")
     return root / "run" / "bundle"
+
+
+def _first_interactions_only(path: Path) -> None:
+    """Keep each user's first interaction with an item, as in MovieLens (one rating each).
+
+    The device never shows an item it has seen, while offline ranking keeps a repeated target
+    rankable; without repeats the two agree, so simulated and offline metrics can be compared.
+    """
+    import csv
+
+    with path.open() as f:
+        rows = list(csv.reader(f))
+    seen: set[tuple[str, str]] = set()
+    kept = [rows[0]]
+    for row in rows[1:]:
+        if (row[0], row[1]) not in seen:
+            seen.add((row[0], row[1]))
+            kept.append(row)
+    with path.open("w", newline="") as f:
+        csv.writer(f).writerows(kept)
 
 
 def clone_bundle(src: Path, dst: Path, version: str) -> Path:
