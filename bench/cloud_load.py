@@ -85,7 +85,11 @@ async def _http_loop(port: int, reqs: list[dict], slots: int, seconds: float) ->
     lat: list[float] = []
     errors = 0
     limits = httpx.Limits(max_connections=slots, max_keepalive_connections=slots)
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", limits=limits,
+    # Headers and body leave in separate writes: without TCP_NODELAY, Nagle's algorithm and
+    # the server's delayed ACK add ~40 ms to every request.
+    nodelay = httpx.AsyncHTTPTransport(
+        limits=limits, socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)])
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", transport=nodelay,
                                  timeout=10) as client:
         end = time.perf_counter() + seconds
 
