@@ -15,10 +15,8 @@ import argparse
 import asyncio
 import json
 import multiprocessing as mp
-import os
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -26,6 +24,7 @@ import httpx
 import numpy as np
 
 from tandemrec.paths import REPO_ROOT, artifacts_dir
+from tandemrec.sim.run import start_cloud_process
 
 RESULTS = REPO_ROOT / "bench" / "results"
 
@@ -133,23 +132,10 @@ def drive(transport: str, port: int, reqs: list[dict], concurrency: int, seconds
 
 
 def start_server(bundle: Path, batching: bool, threads: int) -> tuple[subprocess.Popen, int, int]:
-    http, grpc_port = free_port(), free_port()
-    env = {**os.environ, "TANDEM_CLOUD_BATCHING": str(batching).lower(),
-           "TANDEM_CLOUD_CACHE_TTL_S": "0", "TANDEM_CLOUD_RATE_BURST": "100000000",
-           "TANDEM_CLOUD_RATE_PER_S": "100000000", "TANDEM_CLOUD_TORCH_THREADS": str(threads)}
-    proc = subprocess.Popen([sys.executable, "-m", "tandemrec.cli", "serve", "--no-auth",
-                             "--bundle", str(bundle), "--http-port", str(http),
-                             "--grpc-port", str(grpc_port)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 180
-    while time.time() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{http}/readyz", timeout=1).status_code == 200:
-                return proc, http, grpc_port
-        except httpx.HTTPError:
-            time.sleep(0.3)
-    proc.kill()
-    raise RuntimeError("the server did not become ready")
+    env = {"TANDEM_CLOUD_BATCHING": str(batching).lower(), "TANDEM_CLOUD_CACHE_TTL_S": "0",
+           "TANDEM_CLOUD_RATE_BURST": "100000000", "TANDEM_CLOUD_RATE_PER_S": "100000000",
+           "TANDEM_CLOUD_TORCH_THREADS": str(threads)}
+    return start_cloud_process(bundle, env, auth=False)
 
 
 def markdown(report: dict) -> str:

@@ -47,7 +47,7 @@ def simulate(
                                         "HTTP); empty = start one in-process.")] = "",
     api_key: Annotated[str, typer.Option(envvar="TANDEM_EDGE_API_KEY",
                                          help="Device API key for a running cloud.")] = "",
-    concurrency: Annotated[int, typer.Option(help="Devices in flight at once.")] = 64,
+    concurrency: Annotated[int, typer.Option(help="Devices in flight at once.")] = 16,
     rate: Annotated[float, typer.Option(help="Requests per second across the fleet "
                                         "(0 = as fast as possible).")] = 0.0,
     latency_ms: Annotated[float, typer.Option(help="Added network latency.")] = 0.0,
@@ -150,7 +150,7 @@ def demo(
         return
     run_pipeline(ctx, results_dir / "demo")
     console.rule("2/2 serve the cloud in-process and simulate every held-out user")
-    cfg = SimConfig(dataset=dataset, bundle=run_dir / "bundle")
+    cfg = SimConfig(dataset=dataset, bundle=run_dir / "bundle", in_process=True)
     with console.status("simulating the fleet over gRPC"):
         report, runs = run(cfg)
     report["tag"] = "demo"

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -27,35 +31,84 @@ class SimConfig:
     transport: str = "grpc"
     target: str = ""  # host:port (gRPC) or URL (HTTP) of a running cloud; "" = embedded
     api_key: str = ""
-    concurrency: int = 64
+    concurrency: int = 16
     rate: float = 0.0  # requests per second across the fleet; 0 = as fast as possible
     conditions: Conditions = field(default_factory=Conditions)
     feature_delay: int = 0
     policy: str = "always"
     deadline_ms: float = 150.0
     steps: int = 1  # requests per device, replaying its last interactions (policy studies)
+    in_process: bool = False  # start the cloud on a thread here (the demo), not a process
     seed: int = 0
     data_dir: Path | None = None
 
 
 @contextlib.contextmanager
 def cloud(cfg: SimConfig) -> Iterator[tuple[str, str]]:
-    """(transport target, description): a running cloud, or one started here on its bundle."""
+    """(transport target, description): a running cloud, or one started here on its bundle.
+
+    The started cloud is a `tandem serve` process of its own (embedded store), so the fleet
+    and the cloud do not share an interpreter lock; `in_process=True` (the demo) runs it on a
+    thread of this process instead.
+    """
     if cfg.target:
         yield cfg.target, cfg.target
         return
-    from pydantic import SecretStr
+    if cfg.in_process:
+        from pydantic import SecretStr
 
-    from cloud_service.server import replica_in_thread
-    from cloud_service.settings import CloudSettings
+        from cloud_service.server import replica_in_thread
+        from cloud_service.settings import CloudSettings
 
-    settings = CloudSettings(bundle=str(cfg.bundle), http_port=0, grpc_port=0,
-                             device_api_keys=[SecretStr("simulator")], rate_burst=10**9,
-                             rate_per_s=10**9, cache_ttl_s=0)
-    with replica_in_thread(settings) as r:
-        target = (f"127.0.0.1:{r.grpc_port}" if cfg.transport == "grpc"
-                  else f"http://127.0.0.1:{r.http_port}")
-        yield target, "an in-process cloud on the embedded store"
+        settings = CloudSettings(bundle=str(cfg.bundle), http_port=0, grpc_port=0,
+                                 device_api_keys=[SecretStr("simulator")], rate_burst=10**9,
+                                 rate_per_s=10**9, cache_ttl_s=0)
+        with replica_in_thread(settings) as r:
+            yield _target(cfg, r.grpc_port, r.http_port), "an in-process cloud (embedded store)"
+        return
+    proc, http, grpc_port = start_cloud_process(cfg.bundle, env={
+        "TANDEM_CLOUD_DEVICE_API_KEYS": "simulator", "TANDEM_CLOUD_CACHE_TTL_S": "0",
+        "TANDEM_CLOUD_RATE_BURST": "1000000000", "TANDEM_CLOUD_RATE_PER_S": "1000000000"})
+    try:
+        yield _target(cfg, grpc_port, http), "a tandem serve process (embedded store)"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def _target(cfg: SimConfig, grpc_port: int, http_port: int) -> str:
+    return (f"127.0.0.1:{grpc_port}" if cfg.transport == "grpc"
+            else f"http://127.0.0.1:{http_port}")
+
+
+def start_cloud_process(bundle: Path, env: dict[str, str], auth: bool = True,
+                        timeout_s: float = 180) -> tuple[subprocess.Popen, int, int]:
+    """Start `tandem serve` on free ports and wait until /readyz says ready."""
+    import httpx
+
+    ports = []
+    for _ in range(2):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            ports.append(s.getsockname()[1])
+    http, grpc_port = ports
+    cmd = [sys.executable, "-m", "tandemrec.cli", "serve", "--bundle", str(bundle),
+           "--http-port", str(http), "--grpc-port", str(grpc_port)]
+    proc = subprocess.Popen(cmd + ([] if auth else ["--no-auth"]),
+                            env={**os.environ, **env}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"tandem serve exited with {proc.returncode}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{http}/readyz", timeout=1).status_code == 200:
+                return proc, http, grpc_port
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    proc.kill()
+    raise RuntimeError("tandem serve did not become ready")
 
 
 def held_out(cfg: SimConfig) -> tuple[list[np.ndarray], np.ndarray]:
