@@ -1,5 +1,5 @@
-"""tandemrec cloud service: one async core behind gRPC and FastAPI (issue 3, not built yet).
+"""tandemrec cloud service: one async core (`service.RecommendationService`) behind gRPC and
+FastAPI, with Redis or an in-process store, a model registry and micro-batched teacher calls.
 
-The retrieval it will serve with lives in `tandemrec.retrieval` and the teacher in
-`tandemrec.models.teacher`; this package will hold the service core and its two transports.
+Entry point: `tandem serve` (`server.serve`); settings: `settings.CloudSettings`.
 """
