@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import socket
 import subprocess
@@ -63,8 +64,16 @@ def cloud(cfg: SimConfig) -> Iterator[tuple[str, str]]:
         settings = CloudSettings(bundle=str(cfg.bundle), http_port=0, grpc_port=0,
                                  device_api_keys=[SecretStr("simulator")], rate_burst=10**9,
                                  rate_per_s=10**9, cache_ttl_s=0)
-        with replica_in_thread(settings) as r:
-            yield _target(cfg, r.grpc_port, r.http_port), "an in-process cloud (embedded store)"
+        # gRPC's asyncio poller logs a harmless EAGAIN when a second event loop in the same
+        # process (the cloud's thread) uses gRPC too; keep it out of the demo's output.
+        quiet = _DropPollerEagain()
+        logging.getLogger("asyncio").addFilter(quiet)
+        try:
+            with replica_in_thread(settings) as r:
+                yield (_target(cfg, r.grpc_port, r.http_port),
+                       "an in-process cloud (embedded store)")
+        finally:
+            logging.getLogger("asyncio").removeFilter(quiet)
         return
     proc, http, grpc_port = start_cloud_process(cfg.bundle, env={
         "TANDEM_CLOUD_DEVICE_API_KEYS": "simulator", "TANDEM_CLOUD_CACHE_TTL_S": "0",
@@ -74,6 +83,13 @@ def cloud(cfg: SimConfig) -> Iterator[tuple[str, str]]:
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+class _DropPollerEagain(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not (isinstance(exc, BlockingIOError) and "PollerCompletionQueue" in
+                    record.getMessage())
 
 
 def _target(cfg: SimConfig, grpc_port: int, http_port: int) -> str:
