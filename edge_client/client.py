@@ -164,14 +164,13 @@ class EdgeClient:
 
     def _shifted(self, req: CollaborativeRequest, pool: tuple, scores: np.ndarray) -> bool:
         """Intent shift: the top intents changed, or the device now disagrees with the cloud."""
-        threshold = self.s.shift_overlap
         a, b = set(req.intent_tokens), set(self._last_tokens)
-        if not b or len(a & b) / max(1, len(a | b)) < threshold:
+        if not b or len(a & b) / max(1, len(a | b)) < self.s.shift_overlap:
             return True
         items, t_scores = pool[1], pool[2]
         top_t = set(items[np.argsort(-t_scores)[:10]].tolist())
         top_d = set(items[np.argsort(-scores[items])[:10]].tolist())
-        return len(top_t & top_d) / 10 < threshold
+        return len(top_t & top_d) / 10 < self.s.shift_rank_overlap
 
     def _fused(self, items: np.ndarray, t_scores: np.ndarray, scores: np.ndarray,
                history: np.ndarray, k: int, served_by: str, reason: str,

@@ -33,8 +33,11 @@ class EdgeSettings(BaseSettings):
     policy: Literal["always", "shift"] = Field(
         "always", description="ask the cloud every time, or only when the intent shifted")
     shift_overlap: float = Field(
-        0.5, ge=0, le=1, description="shift policy: ask again when the top intents (or the "
-        "device's top 10 against the cached teacher's) overlap less than this")
+        0.3, ge=0, le=1, description="shift policy: ask again when the top intents overlap "
+        "(Jaccard) the ones of the last cloud call less than this")
+    shift_rank_overlap: float = Field(
+        0.1, ge=0, le=1, description="shift policy: ask again when the device's top 10 over "
+        "the cached candidates shares less than this with the cached teacher's top 10")
 
     fusion_weight: float | None = Field(None, ge=0, le=1, description="teacher share in fusion")
     top_intents: int | None = Field(None, ge=1)

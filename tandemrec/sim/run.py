@@ -40,6 +40,7 @@ class SimConfig:
     deadline_ms: float = 150.0
     steps: int = 1  # requests per device, replaying its last interactions (policy studies)
     in_process: bool = False  # start the cloud on a thread here (the demo), not a process
+    edge: dict = field(default_factory=dict)  # more EdgeSettings fields (shift thresholds...)
     seed: int = 0
     data_dir: Path | None = None
 
@@ -149,7 +150,8 @@ def simulate(cfg: SimConfig) -> tuple[dict, list[ModeRun]]:
     """Every requested mode on the same devices; returns the report and the raw runs."""
     histories, targets = held_out(cfg)
     model = EdgeModel.load(cfg.bundle)
-    settings = EdgeSettings(policy=cfg.policy, deadline_ms=cfg.deadline_ms)  # type: ignore[arg-type]
+    settings = EdgeSettings(policy=cfg.policy, deadline_ms=cfg.deadline_ms,  # type: ignore[arg-type]
+                            **cfg.edge)
     runs: list[ModeRun] = []
     with cloud(cfg) as (target, where):
         key = cfg.api_key or ("simulator" if not cfg.target else "")

@@ -134,3 +134,14 @@ def test_edge_settings_come_from_the_environment(monkeypatch):
     assert s.deadline_ms == 80 and s.policy == "shift"
     get_settings.cache_clear()
     assert isinstance(EdgeSettings(), EdgeSettings)
+
+
+def test_the_shift_policy_answers_from_cached_candidates_when_nothing_moved(bundle, cloud):
+    common = dict(dataset=dataset_of(bundle), bundle=bundle, target=cloud, api_key="k",
+                  modes=("collaborative",), steps=4, devices=60)
+    _, (always,) = simulate(SimConfig(**common))  # type: ignore[arg-type]
+    _, (shift,) = simulate(SimConfig(policy="shift", **common))  # type: ignore[arg-type]
+    assert {o.served_by for o in always.outcomes} == {"cloud"}
+    served = [o.served_by for o in shift.outcomes]
+    assert served.count("cache") > 0 and served.count("cloud") >= 60  # first asks always go up
+    assert len(shift.outcomes) == len(always.outcomes) == 240
