@@ -86,13 +86,13 @@ def test_no_item_id_goes_upstream(bundle, cloud):
 
 def test_an_outage_is_served_by_the_fallback_within_the_deadline(bundle, cloud):
     cfg = SimConfig(dataset=dataset_of(bundle), bundle=bundle, target=cloud, api_key="k",
-                    modes=("collaborative",), rate=30.0, concurrency=16, deadline_ms=100,
+                    modes=("collaborative",), rate=30.0, concurrency=16, deadline_ms=300,
                     conditions=Conditions(outage=(1.0, 2.5)))
     _, (run,) = simulate(cfg)
     during = [o for o in run.outcomes if 1.05 <= o.t < 2.5]
     after = [o for o in run.outcomes if o.t >= 2.5 + 2.5]  # breaker reset (2 s) has passed
     assert during and all(o.served_by == "fallback" for o in during)
-    assert all(o.latency_ms <= 100 + 10 for o in during)
+    assert all(o.latency_ms <= 300 + 10 for o in during)
     assert all(o.rank >= 0 for o in during)  # every device still got its k items ranked
     assert after and all(o.served_by == "cloud" for o in after)
 
