@@ -9,6 +9,7 @@ cached pool and the local item table instead, and the result says which path ser
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Sequence
@@ -24,6 +25,7 @@ from edge_client.resilience import CircuitBreaker, CloudUnavailable, RetryPolicy
 from edge_client.runtime import OnnxStudent
 from edge_client.settings import EdgeSettings
 from edge_client.transport import CloudAnswer, CloudError, Transport
+from edge_client.updates import ModelStore, UpdateResult
 
 
 class DeviceStore(Protocol):
@@ -113,34 +115,61 @@ class EdgeClient:
         self._rng = random.Random(seed)
         self._last_tokens: tuple[int, ...] = ()
 
-    def _knob(self, name: str, default: float) -> float:
+    def _knob(self, name: str, default: float, model: EdgeModel | None = None) -> float:
         value = getattr(self.s, name)
-        return float(value if value is not None else self.model.serving.get(name, default))
+        serving = (model or self.model).serving
+        return float(value if value is not None else serving.get(name, default))
 
     def record(self, item_id: int) -> int:
         """Log one interaction on the device; durable once this returns (with InteractionStore)."""
         return self.store.append(item_id)
 
-    def build(self, history: np.ndarray, intent_logits: np.ndarray) -> CollaborativeRequest:
+    def build(self, history: np.ndarray, intent_logits: np.ndarray,
+              model: EdgeModel | None = None) -> CollaborativeRequest:
         """The upstream payload: intent tokens and the coarse intent history only."""
-        return build_request(intent_logits, history, self.model.item_intent,
-                             top_m=int(self._knob("top_intents", 8)),
-                             coarse_len=int(self._knob("coarse_history", 50)),
-                             k=int(self._knob("n_candidates", 600)),
-                             model_version=self.model.version)
+        m = model or self.model
+        return build_request(intent_logits, history, m.item_intent,
+                             top_m=int(self._knob("top_intents", 8, m)),
+                             coarse_len=int(self._knob("coarse_history", 50, m)),
+                             k=int(self._knob("n_candidates", 600, m)),
+                             model_version=m.version)
+
+    async def update_model(self, models: ModelStore) -> UpdateResult:
+        """Fetch the cloud's current bundle if it is new, verify it, then swap models.
+
+        The swap is one assignment: a request already running finishes on the model it
+        started with. On any failure the current model stays and the result says why.
+        """
+        if self.transport is None:
+            return UpdateResult(False, self.model.version, "offline: no transport")
+        transport = self.transport
+        wanted: dict[str, str] = {}
+
+        async def manifest() -> dict:
+            m = await transport.manifest(self.device_id, self.s.deadline_ms / 1000 * 10)
+            wanted["version"] = str(m.get("version", ""))  # files of this very version
+            return m
+
+        result = await models.update(
+            manifest, lambda name: transport.artifact(name, wanted["version"], self.device_id))
+        current = models.current()
+        if result.updated and current is not None:
+            self.model = await asyncio.to_thread(EdgeModel.load, current[1], self.s.threads)
+        return result
 
     async def recommend(self, k: int = 10) -> EdgeResult:
         """Top k for the current history: collaborative when possible, on-device otherwise."""
         t0 = time.perf_counter()
+        model = self.model  # one model for the whole request, even if an update swaps it
         history = self.store.history()  # all of it: nothing already seen is shown again
-        intent_logits, scores = self.model.student.run(history)  # reads its last max_len
-        req = self.build(history, intent_logits)
+        intent_logits, scores = model.student.run(history)  # reads its last max_len
+        req = self.build(history, intent_logits, model)
         device_s = time.perf_counter() - t0
         pool = self.store.load_pool()
         if self.s.policy == "shift" and pool is not None and not self._shifted(req, pool,
                                                                                 scores):
-            return self._fused(pool[1], pool[2], scores, history, k, "cache", "", req, 0, t0,
-                               device_s)
+            return self._fused(model, pool[1], pool[2], scores, history, k, "cache", "", req, 0,
+                               t0, device_s)
         if self.transport is None:
             return self._fallback(scores, history, k, "offline", req, t0, device_s)
         deadline = self.s.deadline_ms / 1000 - (time.perf_counter() - t0)
@@ -159,7 +188,7 @@ class EdgeClient:
         t_scores = np.asarray(answer.scores, dtype=np.float32)
         self.store.save_pool(answer.model_version, answer.items, answer.scores)
         self._last_tokens = req.intent_tokens
-        return self._fused(items, t_scores, scores, history, k, "cloud", "", req,
+        return self._fused(model, items, t_scores, scores, history, k, "cloud", "", req,
                            len(request_bytes(req, self.device_id)), t0, device_s)
 
     def _shifted(self, req: CollaborativeRequest, pool: tuple, scores: np.ndarray) -> bool:
@@ -172,12 +201,13 @@ class EdgeClient:
         top_d = set(items[np.argsort(-scores[items])[:10]].tolist())
         return len(top_t & top_d) / 10 < self.s.shift_rank_overlap
 
-    def _fused(self, items: np.ndarray, t_scores: np.ndarray, scores: np.ndarray,
-               history: np.ndarray, k: int, served_by: str, reason: str,
+    def _fused(self, model: EdgeModel, items: np.ndarray, t_scores: np.ndarray,
+               scores: np.ndarray, history: np.ndarray, k: int, served_by: str, reason: str,
                req: CollaborativeRequest, bytes_up: int, t0: float,
                device_s: float) -> EdgeResult:
         t1 = time.perf_counter()
-        ranked, fused = fuse(items, t_scores, scores, self._knob("fusion_weight", 0.5),
+        ranked, fused = fuse(items, t_scores, scores,
+                             self._knob("fusion_weight", 0.5, model),
                              exclude=history)
         device_s += time.perf_counter() - t1
         return EdgeResult(tuple(int(i) for i in ranked[:k]), tuple(float(s) for s in fused[:k]),

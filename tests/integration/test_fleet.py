@@ -20,6 +20,7 @@ from edge_client.updates import ModelStore
 from tandem_wire.v1 import recommend_pb2 as pb
 from tandemrec.sim.network import Conditions
 from tandemrec.sim.run import SimConfig, simulate
+from tests.bundles import clone_bundle
 
 pytestmark = pytest.mark.integration
 
@@ -145,3 +146,54 @@ def test_the_shift_policy_answers_from_cached_candidates_when_nothing_moved(bund
     served = [o.served_by for o in shift.outcomes]
     assert served.count("cache") > 0 and served.count("cloud") >= 60  # first asks always go up
     assert len(shift.outcomes) == len(always.outcomes) == 240
+
+
+def test_model_updates_through_the_cloud_swap_without_a_failed_request(bundle, bundle_v2,
+                                                                        tmp_path):
+    import httpx
+
+    s = CloudSettings(bundle=str(bundle), http_port=0, grpc_port=0, cache_ttl_s=0,
+                      device_api_keys=[SecretStr("k")], admin_api_key=SecretStr("adm"),
+                      rate_burst=10**9, rate_per_s=10**9)
+    models = ModelStore(tmp_path / "device")
+    models.install_local(bundle)
+    first = models.current()
+    assert first is not None
+    with replica_in_thread(s) as r:
+        admin = httpx.Client(base_url=f"http://127.0.0.1:{r.http_port}",
+                             headers={"x-admin-key": "adm"}, timeout=60)
+        assert admin.post("/v1/admin/publish",
+                          json={"bundle_dir": str(bundle_v2)}).status_code == 200
+
+        async def go() -> tuple:
+            transport = GrpcTransport(f"127.0.0.1:{r.grpc_port}", api_key="k")
+            client = EdgeClient(EdgeModel.load(first[1]), MemoryDeviceStore([1, 2, 3]), "dev",
+                                transport, EdgeSettings(deadline_ms=2000))
+            results = []
+
+            async def keep_asking() -> None:
+                for _ in range(30):
+                    results.append(await client.recommend(10))
+                    await asyncio.sleep(0.01)
+            asker = asyncio.create_task(keep_asking())
+            good = await client.update_model(models)
+            await asker
+            version_after_good = client.model.version
+            # A bundle whose file changes after publishing: the cloud serves other bytes
+            # than its manifest lists, and the device must refuse them.
+            bad = clone_bundle(bundle_v2, tmp_path / "v3", "v3-test")
+            assert admin.post("/v1/admin/publish",
+                              json={"bundle_dir": str(bad)}).status_code == 200
+            codebook = bad / "codebook.json"
+            codebook.write_bytes(b"[" + codebook.read_bytes()[1:])
+            refused = await client.update_model(models)
+            after = await client.recommend(10)
+            await transport.close()
+            return good, version_after_good, refused, results, after, client.model.version
+
+        good, v_good, refused, results, after, v_final = asyncio.run(go())
+    assert good.updated and v_good == "v2-test"
+    assert all(len(x.items) == 10 and x.served_by == "cloud" for x in results)
+    assert not refused.updated and "codebook.json" in refused.reason
+    assert v_final == "v2-test" and len(after.items) == 10
+    assert models.current()[0] == "v2-test"  # type: ignore[index]
