@@ -115,7 +115,8 @@ class EdgeClient:
         self._rng = random.Random(seed)
         self._last_tokens: tuple[int, ...] = ()
 
-    def _knob(self, name: str, default: float, model: EdgeModel | None = None) -> float:
+    def knob(self, name: str, default: float, model: EdgeModel | None = None) -> float:
+        """A serving setting: the device's own if set, else the bundle's, else `default`."""
         value = getattr(self.s, name)
         serving = (model or self.model).serving
         return float(value if value is not None else serving.get(name, default))
@@ -129,9 +130,9 @@ class EdgeClient:
         """The upstream payload: intent tokens and the coarse intent history only."""
         m = model or self.model
         return build_request(intent_logits, history, m.item_intent,
-                             top_m=int(self._knob("top_intents", 8, m)),
-                             coarse_len=int(self._knob("coarse_history", 50, m)),
-                             k=int(self._knob("n_candidates", 600, m)),
+                             top_m=int(self.knob("top_intents", 8, m)),
+                             coarse_len=int(self.knob("coarse_history", 50, m)),
+                             k=int(self.knob("n_candidates", 600, m)),
                              model_version=m.version)
 
     async def update_model(self, models: ModelStore) -> UpdateResult:
@@ -207,7 +208,7 @@ class EdgeClient:
                device_s: float) -> EdgeResult:
         t1 = time.perf_counter()
         ranked, fused = fuse(items, t_scores, scores,
-                             self._knob("fusion_weight", 0.5, model),
+                             self.knob("fusion_weight", 0.5, model),
                              exclude=history)
         device_s += time.perf_counter() - t1
         return EdgeResult(tuple(int(i) for i in ranked[:k]), tuple(float(s) for s in fused[:k]),

@@ -34,6 +34,7 @@ class Outcome:
     bytes_up: int
     error: bool = False
     device_ms: float = 0.0
+    raw_bytes_same_len: int = 0  # the same last-L history sent as item ids (cloud-full form)
 
 
 @dataclass
@@ -51,6 +52,8 @@ class ModeRun:
         return {"mode": self.mode, "devices": len(o), "hr@10": m["hr@10"],
                 "ndcg@10": m["ndcg@10"], "mrr@10": m["mrr@10"],
                 "bytes_up": float(np.mean([x.bytes_up for x in o])) if o else 0.0,
+                "raw_bytes_same_history": float(np.mean([x.raw_bytes_same_len for x in o]))
+                if o else 0.0,
                 "p50_ms": float(np.percentile(lat, 50)) if o else 0.0,
                 "p99_ms": float(np.percentile(lat, 99)) if o else 0.0,
                 "fallback_rate": (sum(x.served_by == "fallback" for x in asked) / len(asked)
@@ -118,10 +121,12 @@ async def run_mode(mode: str, model: EdgeModel, histories: list[np.ndarray],
                             transport if mode == "collaborative" else None, settings, seed=u)
         for j in range(steps, 0, -1):
             res = await client.recommend(k)
+            raw = raw_bytes(f"sim-{u}", seq[:-j], client) if mode == "collaborative" else 0
             run.outcomes.append(Outcome(time.monotonic() - t_start,
                                         rank_of(res.items, int(seq[-j])), res.latency_ms,
                                         res.served_by if mode == "collaborative" else "local",
-                                        res.bytes_up, device_ms=res.device_ms))
+                                        res.bytes_up, device_ms=res.device_ms,
+                                        raw_bytes_same_len=raw))
             client.record(int(seq[-j]))
 
     t = time.monotonic()
@@ -129,6 +134,18 @@ async def run_mode(mode: str, model: EdgeModel, histories: list[np.ndarray],
     run.outcomes.sort(key=lambda o: o.t)
     run.seconds = time.monotonic() - t
     return run
+
+
+def raw_bytes(device_id: str, history: np.ndarray, client: EdgeClient) -> int:
+    """Size of a cloud-full request carrying the same last L items the device summarises as
+    intent tokens: the privacy and bandwidth cost at equal history length."""
+    from tandem_wire.v1 import recommend_pb2 as pb
+
+    last = int(client.knob("coarse_history", 50))
+    items = history[-last:].tolist() if last else []
+    return len(pb.RecommendFullRequest(device_id=device_id, item_history=items,
+                                       k=int(client.knob("n_candidates", 600)))
+               .SerializeToString())
 
 
 async def _cloud_full(run: ModeRun, u: int, hist: np.ndarray, target: int,

@@ -190,7 +190,8 @@ def notes(rows: list[dict], cfg: SimConfig) -> list[str]:
         c, f = by["collaborative"], by["cloud-full"]
         out.append(f"Collaborative sends {c['bytes_up']:.0f} bytes per request (intent tokens "
                    f"only) against {f['bytes_up']:.0f} for cloud-full (the raw item history) "
-                   f"on the same devices; NDCG@10 {c['ndcg@10']:.4f} against "
+                   f"on the same devices, and {c['raw_bytes_same_history']:.0f} for the same "
+                   f"last-L history sent as item ids; NDCG@10 {c['ndcg@10']:.4f} against "
                    f"{f['ndcg@10']:.4f}"
                    + (f" with a cloud feature delay of {cfg.feature_delay} interactions."
                       if cfg.feature_delay else "."))
