@@ -52,3 +52,20 @@ def eval_batches(seqs: list[np.ndarray], max_len: int,
     """Yield (slice into seqs, left-padded inputs) in order, for scoring held-out users."""
     for i in range(0, len(seqs), batch_size):
         yield slice(i, i + batch_size), left_pad(seqs[i:i + batch_size], max_len)
+
+
+def loss_positions(targets: torch.Tensor, share: float, gen: torch.Generator | None = None
+                   ) -> torch.Tensor:
+    """(B, T) bool: the positions whose next-item loss is computed this step.
+
+    Scoring the whole catalog at every position is most of a training step on a long-history
+    dataset; a random `share` of the positions (the last one always kept, as it is what serving
+    predicts) gives a full-softmax gradient at a fraction of the cost, and every position is
+    still a target over the epochs. Padded positions (target 0) are never kept.
+    """
+    keep = targets != 0
+    if share >= 1.0:
+        return keep
+    drawn = torch.rand(targets.shape, generator=gen) < share
+    drawn[:, -1] = True
+    return keep & drawn

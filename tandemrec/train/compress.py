@@ -25,7 +25,7 @@ from tandemrec.models.blocks import LowRankLinear
 from tandemrec.models.intent_vocab import IntentVocab
 from tandemrec.models.student import Student, StudentConfig
 from tandemrec.progress import log, stage_progress
-from tandemrec.train.batches import n_batches, training_batches
+from tandemrec.train.batches import loss_positions, n_batches, training_batches
 from tandemrec.train.config import CompressConfig
 from tandemrec.train.distill import kd_loss
 from tandemrec.train.loop import FitResult, fit, validation_ndcg
@@ -196,12 +196,16 @@ def finetune_compressed(small: Student, student: Student, split: LeaveOneOutSpli
     rng = np.random.default_rng(seed + 4)
     intent_of = torch.from_numpy(vocab.codes[:, 0].astype(np.int64))
 
+    gen = torch.Generator().manual_seed(seed + 4)
+
     def loss_fn(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        keep = loss_positions(y, cfg.loss_positions, gen)
+        y_k = y[keep]
         with torch.no_grad():
-            _, ref_scores = student.heads(student.hidden(x))
-        intent_logits, scores = small.heads(small.hidden(x))
-        loss = kd_loss(scores, ref_scores, y, 1.0) + next_item_loss(scores, y)
-        return loss + 0.5 * next_item_loss(intent_logits, intent_of[y])
+            _, ref_scores = student.heads(student.hidden(x)[keep])  # (M, N+1)
+        intent_logits, scores = small.heads(small.hidden(x)[keep])
+        loss = kd_loss(scores, ref_scores, y_k, 1.0) + next_item_loss(scores, y_k)
+        return loss + 0.5 * next_item_loss(intent_logits, intent_of[y_k])
 
     def validate() -> dict[str, float]:
         return validation_ndcg(lambda x: small(x)[1], split.valid_input, split.valid_target,

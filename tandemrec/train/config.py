@@ -27,6 +27,7 @@ class TeacherTrainConfig:
     max_minutes: float = 0.0  # wall-clock budget for this stage; 0 = none
     use_text: bool = True
     coarse_epochs: int = 3  # training of the intent-token (coarse) input mode
+    loss_positions: float = 1.0  # share of positions scored per step (see batches.loss_positions)
 
 
 @dataclass
@@ -56,6 +57,7 @@ class StudentTrainConfig:
     w_kd: float = 1.0  # KL to the teacher's item distribution (scaled by T^2)
     w_item: float = 1.0  # cross-entropy on the true next item
     w_intent: float = 0.5  # cross-entropy on the next intent token
+    loss_positions: float = 1.0  # share of positions scored per step
 
 
 @dataclass
@@ -66,6 +68,7 @@ class CompressConfig:
     lr: float = 1e-3
     batch_size: int = 128
     atol: float = 1e-3  # ONNX vs torch tolerance on item scores
+    loss_positions: float = 1.0  # share of positions scored per fine-tuning step
 
 
 @dataclass

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from tandemrec.data.types import LeaveOneOutSplit
 from tandemrec.models.teacher import Teacher, TeacherConfig
-from tandemrec.train.batches import n_batches, training_batches
+from tandemrec.train.batches import loss_positions, n_batches, training_batches
 from tandemrec.train.config import TeacherTrainConfig
 from tandemrec.train.loop import FitResult, fit, validation_ndcg
 
@@ -22,6 +22,13 @@ def next_item_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Full-softmax cross-entropy over all positions; padded targets (0) are ignored."""
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
                            ignore_index=0)
+
+
+def sampled_position_loss(model: Teacher, h: torch.Tensor, y: torch.Tensor, share: float,
+                          gen: torch.Generator) -> torch.Tensor:
+    """Full-softmax cross-entropy at a random `share` of the positions. h: (B, T, D), y: (B, T)."""
+    keep = loss_positions(y, share, gen)
+    return F.cross_entropy(model.scores(h[keep]), y[keep])  # scores: (M, N+1)
 
 
 def build_teacher(n_items: int, text_vecs: np.ndarray | None, cfg: TeacherTrainConfig,
@@ -49,9 +56,10 @@ def train_teacher(split: LeaveOneOutSplit, n_items: int, text_vecs: np.ndarray |
     torch.manual_seed(seed)
     model = build_teacher(n_items, text_vecs, cfg, split.train)
     rng = np.random.default_rng(seed)
+    gen = torch.Generator().manual_seed(seed)
 
     def loss_fn(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return next_item_loss(model.scores(model.hidden(x)), y)
+        return sampled_position_loss(model, model.hidden(x), y, cfg.loss_positions, gen)
 
     def validate() -> dict[str, float]:
         return validation_ndcg(model, split.valid_input, split.valid_target, cfg.max_len)
@@ -85,10 +93,12 @@ def train_coarse(model: Teacher, split: LeaveOneOutSplit, vocab: IntentVocab,
         p.requires_grad = name.startswith("intent_emb")
     codes = torch.from_numpy(vocab.codes[:, 0].astype(np.int64))
     rng = np.random.default_rng(seed + 1)
+    gen = torch.Generator().manual_seed(seed + 1)
     val_inputs = coarse_inputs(split.valid_input, vocab, coarse_history)
 
     def loss_fn(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return next_item_loss(model.scores(model.hidden(codes[x], coarse=True)), y)
+        h = model.hidden(codes[x], coarse=True)
+        return sampled_position_loss(model, h, y, cfg.loss_positions, gen)
 
     def validate() -> dict[str, float]:
         return validation_ndcg(lambda x: model(x, coarse=True), val_inputs, split.valid_target,
