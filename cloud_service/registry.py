@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from collections.abc import Callable
 
 from cloud_service.domain import RegistryState
-from cloud_service.errors import InvalidInput, NotFound
+from cloud_service.errors import InvalidInput, NotFound, Unavailable
 from cloud_service.store import Store
 
 _VERSION_PREFIX = "version:"
 _CANARY_FIELDS = ("canary", "canary_share")
+_CAS_ATTEMPTS = 20
+_Change = tuple[dict[str, str], tuple[str, ...]]  # fields to set, fields to delete
 
 
 def state_from_fields(fields: dict[str, str]) -> RegistryState:
@@ -48,9 +51,10 @@ def route(state: RegistryState, device_id: str) -> str:
 class ModelRegistry:
     """Publishes, canaries, promotes and retires bundle versions in the Store's registry hash.
 
-    Each change reads the hash, checks it, and writes the changed fields in one atomic update
-    with the revision bumped. The lock serialises changes within a process; two replicas
-    publishing at the same instant can still race (last writer wins), which admin use tolerates.
+    Each change reads the hash, checks it, and writes the changed fields with the revision
+    bumped, as a compare-and-set on the revision it read: when another replica changed the
+    registry in between, the change is re-read, re-checked and retried. Two publishes at the same
+    instant therefore get distinct revisions, and every replica's poller sees both.
     """
 
     def __init__(self, store: Store) -> None:
@@ -70,47 +74,60 @@ class ModelRegistry:
             raise InvalidInput(f"bundle directory for version {version!r} is empty")
         if not (isinstance(canary_share, int | float) and 0.0 <= canary_share < 1.0):
             raise InvalidInput(f"canary_share must be in [0, 1), got {canary_share!r}")
-        async with self._lock:
-            st = await self.state()
+
+        def change(st: RegistryState) -> _Change:
             fields = {_VERSION_PREFIX + version: bundle_dir}
-            delete: tuple[str, ...] = ()
             if canary_share == 0.0:
                 fields["current"] = version
-                delete = _CANARY_FIELDS  # a new current version ends any running canary
-            else:
-                if not st.current:
-                    raise InvalidInput("no current version to canary against; publish one first")
-                if version == st.current:
-                    raise InvalidInput(f"version {version!r} is already current")
-                fields["canary"] = version
-                fields["canary_share"] = repr(float(canary_share))
-            return await self._commit(st, fields, delete)
+                return fields, _CANARY_FIELDS  # a new current version ends any running canary
+            if not st.current:
+                raise InvalidInput("no current version to canary against; publish one first")
+            if version == st.current:
+                raise InvalidInput(f"version {version!r} is already current")
+            fields["canary"] = version
+            fields["canary_share"] = repr(float(canary_share))
+            return fields, ()
+
+        return await self._change(change)
 
     async def promote_canary(self) -> RegistryState:
         """Make the canary the current version for every device; the old current stays listed."""
-        async with self._lock:
-            st = await self.state()
+        def change(st: RegistryState) -> _Change:
             if not st.canary:
                 raise InvalidInput("there is no canary to promote")
-            return await self._commit(st, {"current": st.canary}, _CANARY_FIELDS)
+            return {"current": st.canary}, _CANARY_FIELDS
+
+        return await self._change(change)
 
     async def retire(self, version: str) -> RegistryState:
         """Forget a version (ending its canary if it is one); the current version cannot go."""
-        async with self._lock:
-            st = await self.state()
+        def change(st: RegistryState) -> _Change:
             if version not in st.versions:
                 raise NotFound(f"unknown model version {version!r}")
             if version == st.current:
                 raise InvalidInput(f"cannot retire the current version {version!r}")
             delete: tuple[str, ...] = (_VERSION_PREFIX + version,)
-            if version == st.canary:
-                delete += _CANARY_FIELDS
-            return await self._commit(st, {}, delete)
+            return {}, delete + (_CANARY_FIELDS if version == st.canary else ())
+
+        return await self._change(change)
+
+    async def _change(self, change: Callable[[RegistryState], _Change]) -> RegistryState:
+        """Read, check and write with compare-and-set, re-reading when another writer won."""
+        async with self._lock:
+            for _ in range(_CAS_ATTEMPTS):
+                st = await self.state()
+                fields, delete = change(st)
+                done = await self._commit(st, fields, delete)
+                if done is not None:
+                    return done
+        raise Unavailable("the model registry kept changing under this update: retry")
 
     async def _commit(
         self, st: RegistryState, fields: dict[str, str], delete: tuple[str, ...]
-    ) -> RegistryState:
+    ) -> RegistryState | None:
+        """Write the change if the registry is still at `st`'s revision; None if it moved."""
         fields = {**fields, "revision": str(st.revision + 1)}
-        await self._store.registry_update(fields, delete)
+        if not await self._store.registry_update(fields, delete, expect_revision=st.revision):
+            return None
         return await self.state()
 

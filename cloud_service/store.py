@@ -35,8 +35,9 @@ class Store(Protocol):
     async def rate_take(self, key: str, rate_per_s: float, burst: int) -> tuple[bool, float]: ...
     async def registry_load(self) -> dict[str, str]: ...
     async def registry_update(
-        self, fields: dict[str, str], delete: Sequence[str] = ()
-    ) -> None: ...
+        self, fields: dict[str, str], delete: Sequence[str] = (),
+        expect_revision: int | None = None,
+    ) -> bool: ...
     async def ping(self) -> bool: ...
     async def close(self) -> None: ...
 
@@ -50,6 +51,10 @@ def _check_history(cap: int, ttl_s: int) -> None:
 def _check_bucket(rate_per_s: float, burst: int) -> None:
     if not (rate_per_s > 0 and math.isfinite(rate_per_s)) or burst < 1:
         raise ValueError(f"need rate_per_s > 0 and burst >= 1, got {rate_per_s}, {burst}")
+
+
+def _revision(fields: dict[str, str]) -> int:
+    return int(fields.get("revision", "0") or 0)
 
 
 def _bucket_ttl_s(rate_per_s: float, burst: int) -> int:
@@ -155,11 +160,15 @@ class MemoryStore:
     async def registry_load(self) -> dict[str, str]:
         return dict(self._registry)
 
-    async def registry_update(self, fields: dict[str, str], delete: Sequence[str] = ()) -> None:
+    async def registry_update(self, fields: dict[str, str], delete: Sequence[str] = (),
+                              expect_revision: int | None = None) -> bool:
+        if expect_revision is not None and _revision(self._registry) != expect_revision:
+            return False
         # Deletes first, then sets, to match Redis's HDEL-then-HSET order in RedisStore.
         for name in delete:
             self._registry.pop(name, None)
         self._registry.update({str(k): str(v) for k, v in fields.items()})
+        return True
 
     async def ping(self) -> bool:
         return True
@@ -187,6 +196,22 @@ return {allowed, string.format('%.17g', retry_after)}
 """
 
 
+# Compare-and-set on the registry hash: apply the deletes and sets only if its revision is still
+# the one the caller read (ARGV[1]; "" skips the check). ARGV[2] deletes follow, then field pairs.
+_REGISTRY_CAS_LUA = """
+local expect = ARGV[1]
+if expect ~= '' and (redis.call('HGET', KEYS[1], 'revision') or '0') ~= expect then
+  return 0
+end
+local n = tonumber(ARGV[2])
+for i = 3, 2 + n do redis.call('HDEL', KEYS[1], ARGV[i]) end
+local pairs = {}
+for i = 3 + n, #ARGV do pairs[#pairs + 1] = ARGV[i] end
+if #pairs > 0 then redis.call('HSET', KEYS[1], unpack(pairs)) end
+return 1
+"""
+
+
 class RedisStore:
     """Redis-backed store shared by replicas; connection failures surface as StoreUnavailable."""
 
@@ -209,6 +234,7 @@ class RedisStore:
         )
         # The Script object reloads the Lua source itself when Redis answers NOSCRIPT.
         self._bucket = self._client.register_script(_BUCKET_LUA)
+        self._registry_cas = self._client.register_script(_REGISTRY_CAS_LUA)
 
     def _key(self, kind: str, name: str = "") -> str:
         return f"{self._prefix}{kind}:{name}" if name else f"{self._prefix}{kind}"
@@ -282,17 +308,16 @@ class RedisStore:
             raw = await self._client.hgetall(self._key("registry"))
         return {k.decode(): v.decode() for k, v in raw.items()}
 
-    async def registry_update(self, fields: dict[str, str], delete: Sequence[str] = ()) -> None:
+    async def registry_update(self, fields: dict[str, str], delete: Sequence[str] = (),
+                              expect_revision: int | None = None) -> bool:
         if not fields and not delete:
-            return
-        key = self._key("registry")
+            return True
+        sets = [x for k, v in fields.items() for x in (str(k), str(v))]
+        expect = "" if expect_revision is None else str(expect_revision)
         with self._guard("registry_update"):
-            async with self._client.pipeline(transaction=True) as pipe:
-                if delete:
-                    pipe.hdel(key, *delete)
-                if fields:
-                    pipe.hset(key, mapping={str(k): str(v) for k, v in fields.items()})
-                await pipe.execute()
+            done = await self._registry_cas(keys=[self._key("registry")],
+                                            args=[expect, len(delete), *delete, *sets])
+        return bool(int(done))
 
     async def ping(self) -> bool:
         try:

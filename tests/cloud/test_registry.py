@@ -13,6 +13,25 @@ DEVICES = [f"device-{i}" for i in range(2000)]
 
 
 @pytest.mark.core
+def test_concurrent_publishes_from_two_replicas_each_get_a_revision(store: Store, arun) -> None:
+    """Two registries on one store stand for two replicas; none of their changes is lost."""
+    import asyncio
+
+    async def body() -> None:
+        a, b = ModelRegistry(store), ModelRegistry(store)
+        await a.publish("v0", "/bundles/v0")
+        versions = [f"v{i}" for i in range(1, 21)]
+        await asyncio.gather(*(
+            (a if i % 2 else b).publish(v, f"/bundles/{v}") for i, v in enumerate(versions)))
+        st = await a.state()
+        assert st.revision == 1 + len(versions)  # one distinct revision per change
+        assert set(st.versions) == {"v0", *versions}
+        assert st.current in versions
+
+    arun(body)
+
+
+@pytest.mark.core
 def test_publish_canary_promote_retire_lifecycle(store: Store, arun) -> None:
     async def body() -> None:
         reg = ModelRegistry(store)

@@ -112,6 +112,19 @@ def test_registry_update_sets_and_deletes_together(store: Store, arun) -> None:
     arun(body)
 
 
+def test_registry_update_is_a_compare_and_set_on_the_revision(store: Store, arun) -> None:
+    async def body() -> None:
+        assert await store.registry_update({"revision": "1", "current": "v1"}, expect_revision=0)
+        # A writer that read revision 0 lost the race: nothing it asked for is applied.
+        assert not await store.registry_update({"revision": "1", "current": "v2"}, ["current"],
+                                               expect_revision=0)
+        assert await store.registry_load() == {"revision": "1", "current": "v1"}
+        assert await store.registry_update({"revision": "2", "current": "v2"}, expect_revision=1)
+        assert (await store.registry_load())["current"] == "v2"
+
+    arun(body)
+
+
 def test_invalid_limits_are_refused(store: Store, arun) -> None:
     async def body() -> None:
         with pytest.raises(ValueError):
