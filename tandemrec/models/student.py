@@ -98,7 +98,7 @@ class Student(nn.Module):
     def heads(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(..., D) -> intent logits (..., K+1), item scores (..., N+1)."""
         # Unit-RMS hidden states: scale the dot products back to O(1), as the teacher does.
-        return self.intent_head(h), self.items.score(h) * self.cfg.d_model**-0.5 + self.out_bias
+        return self.intent_head(h), self.items.score(h * self.cfg.d_model**-0.5) + self.out_bias
 
     def forward(self, seq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.hidden(seq, last_only=True)[:, -1]  # (B, D)

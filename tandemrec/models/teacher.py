@@ -106,7 +106,8 @@ class Teacher(nn.Module):
         """Item projection head: (..., D) -> (..., N+1) logits over the whole catalog."""
         vecs = self.item_vectors() if item_vecs is None else item_vecs
         # Both sides are unit-RMS, so raw dot products grow like d; scale them back to O(1).
-        return (h @ vecs.T) * self.cfg.d_model**-0.5 + self.out_bias
+        # Scaling h rather than the (..., N+1) product saves a catalog-sized pass.
+        return (h * self.cfg.d_model**-0.5) @ vecs.T + self.out_bias
 
     def forward(self, seq: torch.Tensor, coarse: bool = False) -> torch.Tensor:
         """Next-item logits at the last position: (B, T) -> (B, N+1)."""

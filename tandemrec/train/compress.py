@@ -27,8 +27,8 @@ from tandemrec.models.student import Student, StudentConfig
 from tandemrec.progress import log, stage_progress
 from tandemrec.train.batches import loss_positions, n_batches, training_batches
 from tandemrec.train.config import CompressConfig
-from tandemrec.train.distill import kd_loss
 from tandemrec.train.loop import FitResult, fit, validation_ndcg
+from tandemrec.train.losses import SoftTargets, catalog_loss
 from tandemrec.train.teacher import next_item_loss
 
 LINEARS = ("qkv", "proj", "gate_up", "down")
@@ -203,8 +203,9 @@ def finetune_compressed(small: Student, student: Student, split: LeaveOneOutSpli
         y_k = y[keep]
         with torch.no_grad():
             _, ref_scores = student.heads(student.hidden(x)[keep])  # (M, N+1)
+            ref_scores[:, 0] = -torch.inf  # padding is never a next item
         intent_logits, scores = small.heads(small.hidden(x)[keep])
-        loss = kd_loss(scores, ref_scores, y_k, 1.0) + next_item_loss(scores, y_k)
+        loss = catalog_loss(scores, y_k, 1.0, SoftTargets(p=ref_scores.softmax(-1)))
         return loss + 0.5 * next_item_loss(intent_logits, intent_of[y_k])
 
     def validate() -> dict[str, float]:

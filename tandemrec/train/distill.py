@@ -23,6 +23,7 @@ from tandemrec.train.batches import (
 )
 from tandemrec.train.config import StudentTrainConfig
 from tandemrec.train.loop import FitResult, fit, validation_ndcg
+from tandemrec.train.losses import SoftTargets, catalog_loss
 
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor,
@@ -106,6 +107,17 @@ def distill_batches(split: LeaveOneOutSplit, targets: TeacherTargets, max_len: i
         yield full[:, :-1], full[:, 1:], torch.from_numpy(t_idx), torch.from_numpy(t_logp)
 
 
+def kd_positions(x: torch.Tensor, y: torch.Tensor, share: float,
+                 gen: torch.Generator | None = None) -> torch.Tensor:
+    """(B, T) bool: positions scored this step, only where the input holds an item.
+
+    The teacher's targets exist where it read an item. The first target of a short history
+    sits after a padding input and has none: scoring it against the zero-filled rows would
+    teach the student to put K units of mass on the padding column.
+    """
+    return loss_positions(y, share, gen) & (x != 0)
+
+
 def student_config(n_items: int, vocab: IntentVocab, cfg: StudentTrainConfig) -> StudentConfig:
     return StudentConfig(n_items=n_items, n_intents=vocab.n_intents, d_model=cfg.d_model,
                          n_layers=cfg.n_layers, n_heads=cfg.n_heads, mlp_hidden=cfg.mlp_hidden,
@@ -146,12 +158,12 @@ def distill_student(teacher: Teacher, split: LeaveOneOutSplit, n_items: int,
 
     def loss_fn(x: torch.Tensor, y: torch.Tensor, t_idx: torch.Tensor,
                 t_logp: torch.Tensor) -> torch.Tensor:
-        # Teacher targets exist exactly where the input holds an item, i.e. where y != 0.
-        keep = loss_positions(y, cfg.loss_positions, gen)
+        keep = kd_positions(x, y, cfg.loss_positions, gen)
         intent_logits, item_scores = student.heads(student.hidden(x)[keep])  # (M, K+1), (M, N+1)
         y_k = y[keep]
-        loss = cfg.w_kd * topk_kd_loss(item_scores, t_idx[keep], t_logp[keep], cfg.temperature)
-        loss = loss + cfg.w_item * F.cross_entropy(item_scores, y_k)
+        soft = SoftTargets(p=t_logp[keep].exp(), idx=t_idx[keep], temperature=cfg.temperature,
+                           weight=cfg.w_kd)
+        loss = catalog_loss(item_scores, y_k, cfg.w_item, soft)  # = w_kd * topk_kd + w_item * CE
         return loss + cfg.w_intent * F.cross_entropy(intent_logits, intent_of[y_k])
 
     def validate() -> dict[str, float]:

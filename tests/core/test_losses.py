@@ -59,3 +59,86 @@ def test_sampled_teacher_loss_at_share_one_is_the_full_loss():
     assert torch.allclose(full, sampled, atol=1e-6)
     assert torch.allclose(F.cross_entropy(model.scores(h[:, -1]), y[:, -1]),
                           sampled_position_loss(model, h, y, 0.0, torch.Generator()), atol=1e-6)
+
+
+def _grads(fn, scores):
+    s = scores.clone().requires_grad_()
+    loss = fn(s)
+    loss.backward()
+    return loss.detach(), s.grad
+
+
+def test_catalog_loss_matches_autograd_for_cross_entropy_and_top_k_distillation():
+    from tandemrec.train.losses import SoftTargets, catalog_loss
+
+    torch.manual_seed(0)
+    scores, y = torch.randn(6, 40, dtype=torch.float64), torch.randint(1, 40, (6,))
+    t_idx = torch.stack([torch.randperm(39)[:5] + 1 for _ in range(6)])
+    t_logp = torch.randn(6, 5, dtype=torch.float64).log_softmax(-1)
+    for temperature in (1.0, 2.0):
+        def reference(s, t=temperature):
+            return 0.7 * topk_kd_loss(s, t_idx, t_logp, t) + F.cross_entropy(s, y)
+
+        soft = SoftTargets(p=t_logp.exp(), idx=t_idx, temperature=temperature, weight=0.7)
+        want, want_grad = _grads(reference, scores)
+        got, got_grad = _grads(lambda s, soft=soft: catalog_loss(s, y, 1.0, soft), scores)
+        assert torch.allclose(got, want, atol=1e-10)
+        assert torch.allclose(got_grad, want_grad, atol=1e-10)
+
+
+def test_catalog_loss_with_a_dense_teacher_and_alone():
+    from tandemrec.train.losses import SoftTargets, catalog_loss
+
+    torch.manual_seed(1)
+    scores, y = torch.randn(4, 12, dtype=torch.float64), torch.randint(1, 12, (4,))
+    ref = torch.randn(4, 12, dtype=torch.float64)
+
+    def reference(s):
+        kl = F.kl_div(s.log_softmax(-1), ref.log_softmax(-1), log_target=True,
+                      reduction="batchmean")
+        return kl + 0.5 * F.cross_entropy(s, y)
+
+    soft = SoftTargets(p=ref.softmax(-1))
+    want, want_grad = _grads(reference, scores)
+    got, got_grad = _grads(lambda s: catalog_loss(s, y, 0.5, soft), scores)
+    entropy = -(ref.softmax(-1) * ref.log_softmax(-1)).sum(-1).mean()
+    assert torch.allclose(got - entropy, want, atol=1e-10)  # KL = CE - teacher entropy
+    assert torch.allclose(got_grad, want_grad, atol=1e-10)
+    plain, plain_grad = _grads(lambda s: catalog_loss(s, y), scores)
+    want, want_grad = _grads(lambda s: F.cross_entropy(s, y), scores)
+    assert torch.allclose(plain, want, atol=1e-10) and torch.allclose(plain_grad, want_grad)
+
+
+def test_catalog_loss_by_hand():
+    from tandemrec.train.losses import catalog_loss
+
+    # Two items with equal scores: CE = log 2; gradient = (softmax - onehot) = (-1/2, 1/2).
+    s = torch.zeros(1, 2, requires_grad=True)
+    loss = catalog_loss(s, torch.tensor([0]))
+    loss.backward()
+    assert math.isclose(loss.item(), math.log(2), rel_tol=1e-6)
+    assert torch.allclose(s.grad, torch.tensor([[-0.5, 0.5]]))
+
+
+def test_distillation_scores_only_positions_with_teacher_targets():
+    import numpy as np
+
+    from tandemrec.data.types import LeaveOneOutSplit
+    from tandemrec.train.distill import TeacherTargets, distill_batches, kd_positions
+
+    train = [np.array([1, 2, 3]), np.array([4, 5, 6, 7, 8, 9]), np.array([2, 7])]
+    ones = np.array([1, 1, 1])
+    split = LeaveOneOutSplit(train=train, eval_users=np.arange(3), valid_input=train,
+                             valid_target=ones, test_input=train, test_target=ones)
+    k, max_len = 3, 4
+    inputs = [s[-(max_len + 1):-1] for s in train]
+    logp = [np.log(np.full((len(s), k), 1 / k, dtype=np.float16)) for s in inputs]
+    idx = [np.ones((len(s), k), dtype=np.int32) for s in inputs]
+    for x, y, t_idx, t_logp in distill_batches(split, TeacherTargets(idx, logp), max_len, 8,
+                                               np.random.default_rng(0)):
+        keep = kd_positions(x, y, 1.0)
+        assert torch.allclose(t_logp[keep].exp().sum(-1), torch.ones(int(keep.sum())),
+                              atol=1e-2)
+        assert (t_idx[keep] > 0).all()
+        # The only target dropped is the first item of a history shorter than the window.
+        assert int(((y != 0) & ~keep).sum()) == sum(len(s) <= max_len for s in train)
