@@ -143,13 +143,14 @@ def markdown(report: dict) -> str:
              f"Machine: {report['machine']['cpu']}, {report['machine']['cores']} cores. "
              f"Closed loop, {report['seconds']} s per cell, clients in "
              f"{report['client_processes']} separate processes on the same machine.", "",
-             "| transport | batching | concurrency | req/s | p50 ms | p99 ms | errors |"
-             " batched/unbatched |", "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "| transport | batching | torch threads | concurrency | req/s | p50 ms | p99 ms |"
+             " errors | batched/unbatched |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in report["rows"]:
         ratio = r.get("speedup_vs_unbatched")
         lines.append(f"| {r['transport']} | {'on' if r['batching'] else 'off'} | "
-                     f"{r['concurrency']} | {r['rps']} | {r['p50_ms']} | {r['p99_ms']} | "
-                     f"{r['errors']} | {f'{ratio:.2f}x' if ratio else ''} |")
+                     f"{r['server_threads']} | {r['concurrency']} | {r['rps']} | {r['p50_ms']} | "
+                     f"{r['p99_ms']} | {r['errors']} | {f'{ratio:.2f}x' if ratio else ''} |")
     return "\n".join(lines) + "\n"
 
 
@@ -161,7 +162,10 @@ def main() -> None:
     p.add_argument("--concurrency", default="1,8,32,64")
     p.add_argument("--transports", default="grpc,http")
     p.add_argument("--client-processes", type=int, default=2)
-    p.add_argument("--server-threads", type=int, default=2)
+    p.add_argument("--server-threads", type=int, default=1, help="the server's default")
+    p.add_argument("--compare-threads", type=int, default=2,
+                   help="also run gRPC, batched, concurrency 32 with this many torch threads "
+                        "(0 = skip)")
     p.add_argument("--out", type=Path, default=RESULTS)
     a = p.parse_args()
     from tandemrec.bundle import read_manifest
@@ -170,14 +174,18 @@ def main() -> None:
     manifest = read_manifest(a.bundle)
     reqs = build_requests(a.bundle, a.dataset or manifest["dataset"])
     rows = []
-    for batching in (True, False):
-        proc, http, grpc_port = start_server(a.bundle, batching, a.server_threads)
+    cells = [(b, a.server_threads, a.transports.split(","), a.concurrency) for b in (True, False)]
+    if a.compare_threads:
+        cells.append((True, a.compare_threads, ["grpc"], "32"))
+    for batching, threads, transports, concurrency in cells:
+        proc, http, grpc_port = start_server(a.bundle, batching, threads)
         try:
-            for transport in a.transports.split(","):
+            for transport in transports:
                 port = grpc_port if transport == "grpc" else http
                 drive(transport, port, reqs, 4, 2.0, a.client_processes)  # warm-up
-                for c in (int(x) for x in a.concurrency.split(",")):
-                    row = {"transport": transport, "batching": batching, "concurrency": c,
+                for c in (int(x) for x in concurrency.split(",")):
+                    row = {"transport": transport, "batching": batching,
+                           "server_threads": threads, "concurrency": c,
                            **drive(transport, port, reqs, c, a.seconds, a.client_processes)}
                     print(json.dumps(row), flush=True)
                     rows.append(row)
@@ -185,7 +193,7 @@ def main() -> None:
             proc.terminate()
             proc.wait(timeout=30)
     for r in rows:
-        if r["batching"]:
+        if r["batching"] and r["server_threads"] == a.server_threads:
             base = next(b for b in rows if not b["batching"] and
                         b["transport"] == r["transport"] and b["concurrency"] == r["concurrency"])
             r["speedup_vs_unbatched"] = round(r["rps"] / base["rps"], 2) if base["rps"] else None

@@ -47,18 +47,15 @@ class MicroBatcher(Generic[K]):
         while True:
             batch = [await queue.get()]
             deadline = loop.time() + self.max_wait_s
-            while len(batch) < self.max_size:
-                # Take what is already queued at once; wait only for rows not yet arrived.
-                if not queue.empty():
+            while True:
+                # Take what is already queued; then sleep once for rows not yet arrived. One
+                # timer per batch, not a wait_for task per row, keeps the event loop cheap.
+                while len(batch) < self.max_size and not queue.empty():
                     batch.append(queue.get_nowait())
-                    continue
                 remaining = deadline - loop.time()
-                if remaining <= 0:
+                if len(batch) >= self.max_size or remaining <= 0:
                     break
-                try:
-                    batch.append(await asyncio.wait_for(queue.get(), remaining))
-                except TimeoutError:
-                    break
+                await asyncio.sleep(remaining)
             live = [(r, f) for r, f in batch if not f.done()]  # drop cancelled callers
             if not live:
                 continue

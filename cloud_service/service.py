@@ -195,7 +195,7 @@ class RecommendationService:
             history = await self._safe("history", self.store.history_get(
                 session, hist_len), [])
         key = _cache_key("c", model.version, req.intent_tokens, req.intent_weights, history,
-                         req.k)
+                         req.k) if s.cache_ttl_s else ""
         hit = await self._cached(key)
         if hit:
             return _with_id(hit, req.request_id)
@@ -206,7 +206,7 @@ class RecommendationService:
         context = np.asarray(history, dtype=np.int64) if history else tokens[np.argsort(weights)]
         row = await self.batcher.submit((model, True), context)
         top = pool[np.argsort(-row[pool], kind="stable")[: req.k]]
-        rec = Recommendation(tuple(int(i) for i in top), tuple(float(row[i]) for i in top),
+        rec = Recommendation(tuple(top.tolist()), tuple(row[top].astype(np.float64).tolist()),
                              model.version, req.request_id)
         await self._cache(key, rec)
         return rec
@@ -227,9 +227,9 @@ class RecommendationService:
                 k = min(req.k, model.n_items - len(np.unique(hist)))
                 top = np.argpartition(-row, k)[:k] if k < len(row) else np.arange(len(row))
                 top = top[np.argsort(-row[top], kind="stable")]
-                return Recommendation(tuple(int(i) for i in top),
-                                      tuple(float(row[i]) for i in top), model.version,
-                                      req.request_id)
+                return Recommendation(tuple(top.tolist()),
+                                      tuple(row[top].astype(np.float64).tolist()),
+                                      model.version, req.request_id)
             finally:
                 self._inflight -= 1
 

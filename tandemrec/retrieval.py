@@ -44,8 +44,11 @@ class IntentIndex:
             chosen.append(part)
             taken += len(part)
         pool = np.concatenate(chosen) if chosen else np.zeros(0, dtype=np.int64)
-        pool = pool[np.sort(np.unique(pool, return_index=True)[1])]
+        if len(np.unique(tokens)) < len(tokens):  # intents are disjoint: only repeats overlap
+            pool = pool[np.sort(np.unique(pool, return_index=True)[1])]
         if len(pool) < n:
-            extra = self.popular[~np.isin(self.popular, pool)][: n - len(pool)]
+            fresh = np.ones(len(self.popular) + 1, dtype=bool)  # a mask, not np.isin's sort
+            fresh[pool] = False
+            extra = self.popular[fresh[self.popular]][: n - len(pool)]
             pool = np.concatenate([pool, extra])
         return pool[:n].astype(np.int64)
