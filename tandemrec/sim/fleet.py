@@ -156,7 +156,9 @@ async def _cloud_full(run: ModeRun, u: int, hist: np.ndarray, target: int,
 
     sent = hist[:-delay] if delay and len(hist) > delay else hist
     sent = sent[-1000:]
-    want = k + len(hist) - len(sent)  # the device drops items it has already seen
+    # The device drops items it has already seen but did not send, so it asks for more; at
+    # most the cloud's default max_k (a 2,000-item history would otherwise ask for k > 1,000).
+    want = min(k + len(hist) - len(sent), 1000)
     size = len(pb.RecommendFullRequest(device_id=f"sim-{u}", item_history=sent.tolist(),
                                        k=want).SerializeToString())
     assert transport is not None

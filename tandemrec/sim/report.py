@@ -109,8 +109,8 @@ def timeline(run: ModeRun, report: dict, path: Path, bins: int = 40) -> Path:
     ax.set_ylabel("NDCG@10 (per time bin)")
     ax2.set_ylabel("share served by the on-device fallback")
     ax.set_title("collaborative serving across a cloud outage")
-    fig.legend(loc="upper right")
-    fig.tight_layout()
+    fig.legend(loc="lower center", ncol=3, frameon=False)  # below: clear of both axes
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
