@@ -26,6 +26,9 @@ def build_bundle(root: Path) -> Path:
     cfg = load_config(REPO_ROOT / "configs" / "smoke.yaml", [f"dataset={logs}", *FAST])
     ctx = open_run(cfg, root / "run")
     run_pipeline(ctx, root / "results")
+    # The results carry this run's own total (not a stale one from an earlier run).
+    (report,) = [json.loads(p.read_text()) for p in (root / "results").glob("quality-*.json")]
+    assert report["run"]["pipeline"]["seconds"] > 0
     return root / "run" / "bundle"
 
 

@@ -56,6 +56,7 @@ class ModeRun:
                 if o else 0.0,
                 "p50_ms": float(np.percentile(lat, 50)) if o else 0.0,
                 "p99_ms": float(np.percentile(lat, 99)) if o else 0.0,
+                "max_ms": float(lat.max()) if o else 0.0,
                 "fallback_rate": (sum(x.served_by == "fallback" for x in asked) / len(asked)
                                   if asked else 0.0),
                 "cache_rate": sum(x.served_by == "cache" for x in o) / max(1, len(o)),

@@ -195,4 +195,10 @@ def notes(rows: list[dict], cfg: SimConfig) -> list[str]:
                    f"{f['ndcg@10']:.4f}"
                    + (f" with a cloud feature delay of {cfg.feature_delay} interactions."
                       if cfg.feature_delay else "."))
+    if cfg.conditions.outage:
+        for r in rows:
+            out.append(f"{r['mode']} across the outage: {r['fallback_rate']:.1%} of requests "
+                       f"served by the on-device fallback, {r['errors']} errors, slowest "
+                       f"request {r['max_ms']:.1f} ms against a deadline of "
+                       f"{cfg.deadline_ms:.0f} ms.")
     return out
