@@ -26,20 +26,6 @@ from tandemrec.train.loop import FitResult, fit, validation_ndcg
 from tandemrec.train.losses import SoftTargets, catalog_loss
 
 
-def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor,
-            temperature: float) -> torch.Tensor:
-    """Temperature-scaled KL(teacher || student) over real items at non-padded positions.
-
-    Multiplied by T^2 so its gradients keep their scale as the temperature changes (Hinton et
-    al., 2015). Column 0 (padding) is dropped from both distributions.
-    """
-    keep = targets.reshape(-1) != 0
-    s = student_logits.reshape(-1, student_logits.shape[-1])[keep, 1:] / temperature
-    t = teacher_logits.reshape(-1, teacher_logits.shape[-1])[keep, 1:] / temperature
-    return F.kl_div(F.log_softmax(s, -1), F.log_softmax(t, -1), log_target=True,
-                    reduction="batchmean") * temperature**2
-
-
 @dataclass
 class TeacherTargets:
     """The teacher's top-K next-item distribution at every training position, computed once.
