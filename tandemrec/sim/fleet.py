@@ -15,12 +15,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from cloud_service.settings import CloudSettings
 from edge_client.client import EdgeClient, EdgeModel, MemoryDeviceStore
 from edge_client.settings import EdgeSettings
 from edge_client.transport import CloudError, Transport
 from tandemrec.eval.metrics import MISS_RANK, metrics_from_ranks
 
 MODES = ("collaborative", "cloud-full", "edge-only", "popularity")
+
+
+CLOUD_MAX_K = CloudSettings.model_fields["max_k"].default  # the largest k a cloud serves
 
 
 @dataclass
@@ -159,7 +163,7 @@ async def _cloud_full(run: ModeRun, u: int, hist: np.ndarray, target: int,
     sent = sent[-1000:]
     # The device drops items it has already seen but did not send, so it asks for more; at
     # most the cloud's default max_k (a 2,000-item history would otherwise ask for k > 1,000).
-    want = min(k + len(hist) - len(sent), 1000)
+    want = min(k + len(hist) - len(sent), CLOUD_MAX_K)
     size = len(pb.RecommendFullRequest(device_id=f"sim-{u}", item_history=sent.tolist(),
                                        k=want).SerializeToString())
     assert transport is not None
