@@ -6,7 +6,13 @@ import torch
 
 from tandemrec.models.student import Student, StudentConfig
 from tandemrec.models.teacher import Teacher, TeacherConfig
-from tandemrec.train.compress import _split_svd, choose_ranks, n_params, svd_compress
+from tandemrec.train.compress import (
+    _split_svd,
+    _stage_params,
+    choose_ranks,
+    n_params,
+    svd_compress,
+)
 
 pytestmark = pytest.mark.core
 
@@ -89,3 +95,17 @@ def test_compression_meets_the_parameter_budget_and_keeps_shapes():
     # Truncation keeps most of the signal: the scores stay correlated with the dense student's.
     corr = np.corrcoef(a[1][0, 1:].numpy(), b[1][0, 1:].numpy())[0, 1]
     assert corr > 0.5
+
+
+def test_alignment_stages_train_one_part_each():
+    """Stage 0 trains the item table (and input norm); stage l trains block l-1 and nothing else.
+
+    Training the tied item table in later stages pulled the output head towards hidden states.
+    """
+    small = svd_compress(small_student(), 0.5)
+    ids = {id(p) for p in _stage_params(small, 0)}
+    assert ids == {id(p) for p in [*small.items.parameters(), *small.in_norm.parameters()]}
+    for stage, block in enumerate(small.decoder.blocks, start=1):
+        got = {id(p) for p in _stage_params(small, stage)}
+        assert got == {id(p) for p in block.parameters()}
+        assert not got & {id(p) for p in small.items.parameters()}
