@@ -80,6 +80,15 @@ def text_vectors(ctx: RunContext) -> np.ndarray | None:
     return vecs
 
 
+def kmeans_weights(popularity: np.ndarray, weighting: str) -> np.ndarray | None:
+    """Sample weights for the intent k-means from training counts (see IntentConfig)."""
+    options = {"none": None, "popularity": popularity.astype(np.float64),
+               "sqrt": np.sqrt(popularity.astype(np.float64))}
+    if weighting not in options:
+        raise ValueError(f"intents.weighting must be one of {sorted(options)}, got '{weighting}'")
+    return options[weighting]
+
+
 def stage_train(ctx: RunContext) -> None:
     """Teacher (full mode), then the intent vocabulary, then the teacher's coarse mode."""
     from tandemrec.train.teacher import train_coarse, train_teacher
@@ -94,7 +103,9 @@ def stage_train(ctx: RunContext) -> None:
     pop = item_popularity(ctx.split.train, ctx.n_items)
     vocab = build_intent_vocab(vecs, ctx.data.item_texts, n_intents=cfg.intents.n_intents,
                                level_sizes=(cfg.intents.level2, cfg.intents.level3),
-                               iters=cfg.intents.kmeans_iters, seed=cfg.seed)
+                               iters=cfg.intents.kmeans_iters, seed=cfg.seed,
+                               weights=kmeans_weights(pop, cfg.intents.weighting),
+                               min_items=cfg.intents.min_items)
     ctx.path("codebook.json").write_text(json.dumps(vocab.to_json()))
     log(f"intent vocabulary: {vocab.n_intents} tokens, e.g. " +
         "; ".join(vocab.labels[1:6]))

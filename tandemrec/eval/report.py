@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from tandemrec.pipeline import RunContext
 
 COLUMNS = ["mode", "hr@10", "ndcg@10", "mrr@10", "params", "size_bytes", "p50_ms"]
-FUSION_GRID = (0.0, 0.2, 0.4, 0.5, 0.6, 0.8, 1.0)
+FUSION_GRID = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0)
 
 
 def machine() -> dict[str, Any]:

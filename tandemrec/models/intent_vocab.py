@@ -199,6 +199,37 @@ class IntentVocab:
         )
 
 
+def merge_small_clusters(
+    x: np.ndarray, assign: np.ndarray, k: int, min_size: int, weights: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Fold clusters of fewer than `min_size` points into their nearest neighbours.
+
+    An intent token that covers one item says as much as that item's id; a floor on the items
+    per token keeps every token an anonymity set of at least `min_size` items. The smallest
+    cluster goes first, its points to their nearest remaining centroid, until all are large
+    enough (or one is left). Returns (centroids (k', d), assign in 0..k'-1).
+    """
+    x = np.asarray(x, dtype=np.float64)
+    w = np.ones(len(x)) if weights is None else np.asarray(weights, dtype=np.float64)
+    assign = assign.copy()
+    alive = list(range(k))
+    centroids = _means(x, assign, w, k)
+    while len(alive) > 1:
+        sizes = np.bincount(assign, minlength=k)
+        smallest = min(alive, key=lambda c: (sizes[c], c))
+        if sizes[smallest] >= min_size:
+            break
+        alive.remove(smallest)
+        moved = np.flatnonzero(assign == smallest)
+        rest = np.array(alive)
+        d = _sq_dists(x[moved], centroids[rest], (x[moved] ** 2).sum(1))
+        assign[moved] = rest[d.argmin(1)]
+        centroids = _means(x, assign, w, k)
+    renumber = np.full(k, -1, dtype=np.int64)
+    renumber[alive] = np.arange(len(alive))
+    return centroids[alive], renumber[assign]
+
+
 def build_intent_vocab(
     item_vecs: np.ndarray,
     texts: Sequence[str] | None = None,
@@ -207,12 +238,15 @@ def build_intent_vocab(
     iters: int = 25,
     seed: int = 0,
     weights: np.ndarray | None = None,
+    min_items: int = 1,
 ) -> IntentVocab:
     """Residual k-means over item vectors (row 0 = padding, skipped) -> IntentVocab.
 
     Level 1 has `n_intents` codes (capped at the item count); `level_sizes` gives the sizes of the
     finer levels. `weights` (e.g. popularity, indexed by item id, n_items or n_items + 1 long)
     pull centroids toward heavily weighted items. `texts` (aligned with item ids) give labels.
+    `min_items` is the floor on items per intent token (small clusters are merged, so there
+    may be fewer than `n_intents` tokens).
     """
     vecs = np.asarray(item_vecs, dtype=np.float64)
     n = vecs.shape[0] - 1
@@ -228,6 +262,8 @@ def build_intent_vocab(
     for level, k in enumerate([n_intents, *level_sizes]):
         # Each level gets its own seed so levels do not share their k-means++ draws.
         c, assign = kmeans(residual, k, iters=iters, seed=seed + level, weights=w)
+        if level == 0 and min_items > 1:
+            c, assign = merge_small_clusters(residual, assign, len(c), min_items, w)
         codes[1:, level] = assign + 1
         centroids.append(c.astype(np.float32))
         residual = residual - c[assign]

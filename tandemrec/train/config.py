@@ -33,6 +33,12 @@ class TeacherTrainConfig:
 @dataclass
 class IntentConfig:
     n_intents: int = 64  # level-1 codes = intent tokens
+    # k-means sample weights: "none", "popularity" or "sqrt" (of training counts). Weighted
+    # centroids split the popular items finely, which is where the next items usually are.
+    weighting: str = "none"
+    # Floor on items per intent token: smaller clusters are merged into their neighbours, so a
+    # token never narrows down to fewer items than this (1 = no floor).
+    min_items: int = 1
     level2: int = 16
     level3: int = 16
     kmeans_iters: int = 25

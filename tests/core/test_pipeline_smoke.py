@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -10,6 +11,7 @@ from tandemrec.cli import app
 from tandemrec.data import write_synthetic_csv
 from tandemrec.eval.modes import MODES
 from tandemrec.paths import REPO_ROOT
+from tandemrec.pipeline import kmeans_weights
 
 pytestmark = pytest.mark.core
 
@@ -55,3 +57,12 @@ def test_bad_dataset_is_a_clear_error(tmp_path):
                                    str(tmp_path)])
     assert res.exit_code == 2
     assert "no-such-set" in res.output
+
+
+def test_intent_kmeans_weighting_options():
+    pop = np.array([0, 9, 4, 1])
+    assert kmeans_weights(pop, "none") is None
+    np.testing.assert_allclose(kmeans_weights(pop, "popularity"), [0, 9, 4, 1])
+    np.testing.assert_allclose(kmeans_weights(pop, "sqrt"), [0, 3, 2, 1])
+    with pytest.raises(ValueError, match="intents.weighting must be one of"):
+        kmeans_weights(pop, "log")

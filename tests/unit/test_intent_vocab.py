@@ -13,6 +13,7 @@ from tandemrec.models.intent_vocab import (
     build_intent_vocab,
     kmeans,
     label_intents,
+    merge_small_clusters,
 )
 
 pytestmark = pytest.mark.unit
@@ -153,3 +154,26 @@ def test_labels_unique_on_clash() -> None:
     # Code 2 ties with code 1 on "Drama · War" and appends its next term; code 3 has none left.
     assert labels == [PAD_LABEL, "Drama · War", "Drama · War · Crime", "Drama · War (2)"]
     assert label_intents(["", "", "x"], np.array([0, 1, 2]), 2)[1:] == ["intent 1", "intent 2"]
+
+
+def test_merge_small_clusters_hand_example() -> None:
+    # Clusters {0,1,2} near 0, {3,4} near 10, {5} near 11: the singleton joins its neighbour.
+    x = np.array([[0.0], [0.2], [0.4], [10.0], [10.2], [11.0]])
+    c, assign = merge_small_clusters(x, np.array([0, 0, 0, 1, 1, 2]), 3, min_size=2)
+    assert assign.tolist() == [0, 0, 0, 1, 1, 1]
+    np.testing.assert_allclose(c, [[0.2], [31.2 / 3]])
+
+
+def test_min_items_gives_every_token_an_anonymity_set() -> None:
+    rng = np.random.default_rng(0)
+    vecs = np.vstack([np.zeros((1, 8)), rng.standard_normal((200, 8))])
+    pop = np.concatenate([[0.0], rng.pareto(1.0, 200) + 1.0])  # skewed: tiny popular clusters
+    plain = build_intent_vocab(vecs, n_intents=40, level_sizes=(4,), seed=1, weights=pop)
+    assert plain.sizes[1:].min() < 5  # the case the floor is for
+    v = build_intent_vocab(vecs, n_intents=40, level_sizes=(4,), seed=1, weights=pop, min_items=5)
+    assert v.sizes[1:].min() >= 5 and v.sizes.sum() == 200
+    assert v.n_intents < 40 and len(v.labels) == v.n_intents + 1
+    tokens = v.codes[1:, 0]
+    assert set(tokens.tolist()) == set(range(1, v.n_intents + 1))
+    for t in range(1, v.n_intents + 1):
+        assert (v.intent_of(v.items_of(t)) == t).all()
