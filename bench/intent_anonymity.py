@@ -9,6 +9,7 @@ interactions on them) and, from the same teacher and config, the vocabulary that
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
@@ -16,9 +17,9 @@ import numpy as np
 import torch
 
 from tandemrec.checkpoints import load_teacher
-from tandemrec.models.intent_vocab import IntentVocab, build_intent_vocab
+from tandemrec.models.intent_vocab import IntentVocab
 from tandemrec.paths import REPO_ROOT, artifacts_dir
-from tandemrec.pipeline import kmeans_weights
+from tandemrec.pipeline import intent_vocab
 from tandemrec.train.config import PipelineConfig, load_config
 
 
@@ -47,10 +48,7 @@ def main() -> None:
     with torch.no_grad():
         vecs = teacher.items().numpy()
     it = cfg.intents
-    floored = build_intent_vocab(vecs, None, n_intents=it.n_intents,
-                                 level_sizes=(it.level2, it.level3), iters=it.kmeans_iters,
-                                 seed=cfg.seed, weights=kmeans_weights(pop, it.weighting),
-                                 min_items=a.floor)
+    floored = intent_vocab(vecs, None, pop, dataclasses.replace(it, min_items=a.floor), cfg.seed)
     rows = [{"vocabulary": f"run ({it.n_intents} tokens, {it.weighting} weights, "
                            f"min_items {it.min_items})", **stats(run_vocab, pop, a.floor)},
             {"vocabulary": f"same with min_items {a.floor}", **stats(floored, pop, a.floor)}]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from tandemrec.data import item_popularity, leave_one_out, load_dataset
 from tandemrec.data.types import LeaveOneOutSplit, SequenceDataset
 from tandemrec.models.intent_vocab import IntentVocab, build_intent_vocab
 from tandemrec.progress import log
-from tandemrec.train.config import PipelineConfig
+from tandemrec.train.config import IntentConfig, PipelineConfig
 
 
 @dataclass
@@ -89,6 +90,15 @@ def kmeans_weights(popularity: np.ndarray, weighting: str) -> np.ndarray | None:
     return options[weighting]
 
 
+def intent_vocab(vecs: np.ndarray, texts: Sequence[str] | None, popularity: np.ndarray,
+                 cfg: IntentConfig, seed: int) -> IntentVocab:
+    """The intent vocabulary a config describes, over the teacher's item vectors."""
+    return build_intent_vocab(vecs, texts, n_intents=cfg.n_intents,
+                              level_sizes=(cfg.level2, cfg.level3), iters=cfg.kmeans_iters,
+                              seed=seed, weights=kmeans_weights(popularity, cfg.weighting),
+                              min_items=cfg.min_items)
+
+
 def stage_train(ctx: RunContext) -> None:
     """Teacher (full mode), then the intent vocabulary, then the teacher's coarse mode."""
     from tandemrec.train.teacher import train_coarse, train_teacher
@@ -101,11 +111,7 @@ def stage_train(ctx: RunContext) -> None:
     with torch.no_grad():
         vecs = teacher.items().numpy()
     pop = item_popularity(ctx.split.train, ctx.n_items)
-    vocab = build_intent_vocab(vecs, ctx.data.item_texts, n_intents=cfg.intents.n_intents,
-                               level_sizes=(cfg.intents.level2, cfg.intents.level3),
-                               iters=cfg.intents.kmeans_iters, seed=cfg.seed,
-                               weights=kmeans_weights(pop, cfg.intents.weighting),
-                               min_items=cfg.intents.min_items)
+    vocab = intent_vocab(vecs, ctx.data.item_texts, pop, cfg.intents, cfg.seed)
     ctx.path("codebook.json").write_text(json.dumps(vocab.to_json()))
     log(f"intent vocabulary: {vocab.n_intents} tokens, e.g. " +
         "; ".join(vocab.labels[1:6]))
