@@ -223,7 +223,7 @@ class Evaluator:
             if len(hit):
                 ranks[u] = hit[0]
         return ModeResult("collaborative", ranks, 0, 0, 0.0,
-                          extra={"fusion_weight": weight, "bytes_up": self.bytes_up,
+                          extra={"fusion_weight": weight, "bytes_up_json": self.bytes_up,
                                  "n_candidates": self.cfg.n_candidates,
                                  "coarse_history": self.cfg.coarse_history,
                                  "top_intents": self.cfg.top_intents})

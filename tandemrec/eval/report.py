@@ -106,7 +106,9 @@ def evaluate_run(ctx: RunContext, results_dir: Path) -> list[dict]:
     collab.params = int8_params + n_params(models.teacher)
     collab.size_bytes = models.files["student_int8"].stat().st_size
     collab.p50_ms = ev.collaborative_latency(weight)
-    collab.extra["bytes_up_note"] = "intent tokens only; no item id leaves the device"
+    collab.extra["bytes_up_note"] = ("intent tokens only; no item id leaves the device. Counted as "
+                                     "the JSON body (HTTP); `tandem simulate` counts the smaller "
+                                     "protobuf message (gRPC)")
     # Edge-only is the int8 student ranking the device's item table: the same computation.
     results += [collab, dataclasses.replace(results[-1], mode="edge-only")]
     rows = [r.row(cfg.ks) for r in results]
