@@ -102,12 +102,17 @@ class Teacher(nn.Module):
         x = self.intent_emb(seq) if coarse else F.embedding(seq, self.item_vectors())
         return self.decoder(x, seq != 0, last_only=last_only)
 
+    def head(self) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """The item projection head as (vecs (N+1, D), bias (N+1,), scale on h)."""
+        # Both sides are unit-RMS, so raw dot products grow like d; scale them back to O(1).
+        return self.item_vectors(), self.out_bias, self.cfg.d_model**-0.5
+
     def scores(self, h: torch.Tensor, item_vecs: torch.Tensor | None = None) -> torch.Tensor:
         """Item projection head: (..., D) -> (..., N+1) logits over the whole catalog."""
-        vecs = self.item_vectors() if item_vecs is None else item_vecs
-        # Both sides are unit-RMS, so raw dot products grow like d; scale them back to O(1).
+        vecs, bias, scale = self.head()
+        vecs = vecs if item_vecs is None else item_vecs
         # Scaling h rather than the (..., N+1) product saves a catalog-sized pass.
-        return (h * self.cfg.d_model**-0.5) @ vecs.T + self.out_bias
+        return (h * scale) @ vecs.T + bias
 
     def forward(self, seq: torch.Tensor, coarse: bool = False) -> torch.Tensor:
         """Next-item logits at the last position: (B, T) -> (B, N+1)."""

@@ -79,3 +79,49 @@ def catalog_loss(scores: torch.Tensor, y: torch.Tensor, w_item: float = 1.0,
         raise ValueError(f"scores must be (M, N+1) and y (M,), got {tuple(scores.shape)} "
                          f"and {tuple(y.shape)}")
     return _CatalogLoss.apply(scores, y, w_item, soft)
+
+
+class _ChunkedHeadCE(torch.autograd.Function):
+    """CE(scale * h @ vecs.T + bias, y), row mean, computed `chunk` rows at a time."""
+
+    @staticmethod
+    def forward(ctx, h: torch.Tensor, vecs: torch.Tensor, bias: torch.Tensor,  # type: ignore[override]
+                y: torch.Tensor, scale: float, chunk: int) -> torch.Tensor:
+        m_rows = h.shape[0]
+        hs = h * scale  # (M, D)
+        g_h, g_vecs, g_bias = torch.empty_like(h), torch.zeros_like(vecs), torch.zeros_like(bias)
+        total = h.new_zeros(())
+        for i in range(0, m_rows, chunk):
+            hc, yc = hs[i:i + chunk], y[i:i + chunk, None]
+            s = torch.addmm(bias, hc, vecs.T)  # (c, N+1): small enough to stay in cache
+            s.sub_(s.max(-1, keepdim=True).values)
+            target = s.gather(1, yc)
+            s.exp_()
+            z = s.sum(-1, keepdim=True)
+            total += (z.log() - target).sum()
+            s.div_(z).scatter_add_(1, yc, s.new_full(yc.shape, -1.0)).div_(m_rows)  # dL/ds
+            torch.mm(s, vecs, out=g_h[i:i + chunk])
+            g_vecs.addmm_(s.T, hc)
+            g_bias += s.sum(0)
+        ctx.save_for_backward(g_h.mul_(scale), g_vecs, g_bias)
+        return total / m_rows
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):  # type: ignore[override]
+        g_h, g_vecs, g_bias = ctx.saved_tensors
+        return g_h * g, g_vecs * g, g_bias * g, None, None, None
+
+
+def chunked_head_ce(h: torch.Tensor, vecs: torch.Tensor, bias: torch.Tensor, y: torch.Tensor,
+                    scale: float, chunk: int = 1024) -> torch.Tensor:
+    """Item head and next-item cross-entropy fused, without the (M, N+1) score matrix.
+
+    h (M, D) hidden states, vecs (N+1, D) item vectors, bias (N+1,), y (M,) true next items.
+    Same value and gradients as `catalog_loss(scale * h @ vecs.T + bias, y)`, but each chunk's
+    scores are exponentiated, normalised and turned into gradients while they are still in
+    cache, instead of in passes over a matrix of hundreds of megabytes (bench/loss_speed.py).
+    """
+    if h.dim() != 2 or vecs.shape[1] != h.shape[1] or y.shape != h.shape[:1]:
+        raise ValueError(f"h must be (M, D), vecs (N+1, D) and y (M,), got {tuple(h.shape)}, "
+                         f"{tuple(vecs.shape)} and {tuple(y.shape)}")
+    return _ChunkedHeadCE.apply(h, vecs, bias, y, scale, chunk)

@@ -13,7 +13,7 @@ from tandemrec.models.teacher import Teacher, TeacherConfig
 from tandemrec.train.batches import loss_positions, n_batches, training_batches
 from tandemrec.train.config import TeacherTrainConfig
 from tandemrec.train.loop import FitResult, fit, validation_ndcg
-from tandemrec.train.losses import catalog_loss
+from tandemrec.train.losses import chunked_head_ce
 
 if TYPE_CHECKING:
     from tandemrec.models.intent_vocab import IntentVocab
@@ -29,7 +29,8 @@ def sampled_position_loss(model: Teacher, h: torch.Tensor, y: torch.Tensor, shar
                           gen: torch.Generator) -> torch.Tensor:
     """Full-softmax cross-entropy at a random `share` of the positions. h: (B, T, D), y: (B, T)."""
     keep = loss_positions(y, share, gen)
-    return catalog_loss(model.scores(h[keep]), y[keep])  # scores: (M, N+1)
+    vecs, bias, scale = model.head()
+    return chunked_head_ce(h[keep], vecs, bias, y[keep], scale)  # never builds (M, N+1) scores
 
 
 def build_teacher(n_items: int, text_vecs: np.ndarray | None, cfg: TeacherTrainConfig,

@@ -142,3 +142,34 @@ def test_distillation_scores_only_positions_with_teacher_targets():
         assert (t_idx[keep] > 0).all()
         # The only target dropped is the first item of a history shorter than the window.
         assert int(((y != 0) & ~keep).sum()) == sum(len(s) <= max_len for s in train)
+
+
+def test_chunked_head_ce_matches_catalog_loss_in_value_and_gradients():
+    from tandemrec.train.losses import catalog_loss, chunked_head_ce
+
+    torch.manual_seed(2)
+    h = torch.randn(37, 8, dtype=torch.float64)
+    vecs, bias = torch.randn(20, 8, dtype=torch.float64), torch.randn(20, dtype=torch.float64)
+    y = torch.randint(1, 20, (37,))
+    grads = []
+    for fn in (lambda a, v, b: catalog_loss((a * 0.3) @ v.T + b, y),
+               lambda a, v, b: chunked_head_ce(a, v, b, y, 0.3, chunk=5)):  # 37 = 7 * 5 + 2
+        params = [t.clone().requires_grad_() for t in (h, vecs, bias)]
+        loss = fn(*params)
+        (2.0 * loss).backward()  # an upstream factor must reach every gradient
+        grads.append([loss.detach()] + [p.grad for p in params])
+    for want, got in zip(*grads, strict=True):
+        assert torch.allclose(got, want, atol=1e-12)
+
+
+def test_chunked_head_ce_by_hand_and_rejects_bad_shapes():
+    import pytest
+
+    from tandemrec.train.losses import chunked_head_ce
+
+    # Zero vectors and bias: every item scores 0, so CE = log(N+1) whatever the target.
+    loss = chunked_head_ce(torch.ones(3, 4), torch.zeros(5, 4), torch.zeros(5),
+                           torch.tensor([1, 2, 4]), 1.0, chunk=2)
+    assert math.isclose(loss.item(), math.log(5), rel_tol=1e-6)
+    with pytest.raises(ValueError, match="vecs"):
+        chunked_head_ce(torch.ones(3, 4), torch.zeros(5, 3), torch.zeros(5), torch.ones(3), 1.0)
