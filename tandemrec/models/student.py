@@ -95,6 +95,10 @@ class Student(nn.Module):
         x = self.in_norm(self.items.lookup(seq))
         return self.decoder(x, seq != 0, last_only=last_only, return_hidden=return_hidden)
 
+    def item_head(self) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """The tied item head as (item vectors (N+1, D), bias (N+1,), scale on h)."""
+        return self.items.dense(), self.out_bias, self.cfg.d_model**-0.5
+
     def heads(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(..., D) -> intent logits (..., K+1), item scores (..., N+1)."""
         # Unit-RMS hidden states: scale the dot products back to O(1), as the teacher does.

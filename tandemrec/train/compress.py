@@ -29,7 +29,7 @@ from tandemrec.progress import log, stage_progress
 from tandemrec.train.batches import loss_positions, n_batches, training_batches
 from tandemrec.train.config import CompressConfig
 from tandemrec.train.loop import FitResult, fit, validation_ndcg
-from tandemrec.train.losses import SoftTargets, catalog_loss
+from tandemrec.train.losses import SoftTargets, chunked_head_loss
 from tandemrec.train.teacher import next_item_loss
 
 LINEARS = ("qkv", "proj", "gate_up", "down")
@@ -210,9 +210,11 @@ def finetune_compressed(small: Student, student: Student, split: LeaveOneOutSpli
         with torch.no_grad():
             _, ref_scores = student.heads(student.hidden(x)[keep])  # (M, N+1)
             ref_scores[:, 0] = -torch.inf  # padding is never a next item
-        intent_logits, scores = small.heads(small.hidden(x)[keep])
-        loss = catalog_loss(scores, y_k, 1.0, SoftTargets(p=ref_scores.softmax(-1)))
-        return loss + 0.5 * next_item_loss(intent_logits, intent_of[y_k])
+        h = small.hidden(x)[keep]  # (M, D)
+        vecs, bias, scale = small.item_head()
+        loss = chunked_head_loss(h, vecs, bias, y_k, scale, 1.0,
+                                 SoftTargets(p=ref_scores.softmax(-1)))
+        return loss + 0.5 * next_item_loss(small.intent_head(h), intent_of[y_k])
 
     def validate() -> dict[str, float]:
         return validation_ndcg(lambda x: small(x)[1], split.valid_input, split.valid_target,

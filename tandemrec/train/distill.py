@@ -23,7 +23,7 @@ from tandemrec.train.batches import (
 )
 from tandemrec.train.config import StudentTrainConfig
 from tandemrec.train.loop import FitResult, fit, validation_ndcg
-from tandemrec.train.losses import SoftTargets, catalog_loss
+from tandemrec.train.losses import SoftTargets, chunked_head_loss
 
 
 @dataclass
@@ -145,12 +145,14 @@ def distill_student(teacher: Teacher, split: LeaveOneOutSplit, n_items: int,
     def loss_fn(x: torch.Tensor, y: torch.Tensor, t_idx: torch.Tensor,
                 t_logp: torch.Tensor) -> torch.Tensor:
         keep = kd_positions(x, y, cfg.loss_positions, gen)
-        intent_logits, item_scores = student.heads(student.hidden(x)[keep])  # (M, K+1), (M, N+1)
+        h = student.hidden(x)[keep]  # (M, D)
         y_k = y[keep]
         soft = SoftTargets(p=t_logp[keep].exp(), idx=t_idx[keep], temperature=cfg.temperature,
                            weight=cfg.w_kd)
-        loss = catalog_loss(item_scores, y_k, cfg.w_item, soft)  # = w_kd * topk_kd + w_item * CE
-        return loss + cfg.w_intent * F.cross_entropy(intent_logits, intent_of[y_k])
+        vecs, bias, scale = student.item_head()
+        # = w_kd * topk_kd + w_item * CE on the item scores, never built as one (M, N+1) matrix
+        loss = chunked_head_loss(h, vecs, bias, y_k, scale, cfg.w_item, soft)
+        return loss + cfg.w_intent * F.cross_entropy(student.intent_head(h), intent_of[y_k])
 
     def validate() -> dict[str, float]:
         return validation_ndcg(lambda x: student(x)[1], split.valid_input, split.valid_target,

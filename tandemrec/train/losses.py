@@ -25,41 +25,48 @@ class SoftTargets:
     weight: float = 1.0
 
 
+def _loss_and_grad(scores: torch.Tensor, y: torch.Tensor, w_item: float,
+                   soft: SoftTargets | None, m_rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum of the rows' losses, d(mean loss over m_rows)/d scores) for a block of rows."""
+    n = scores.shape[0]
+    peak = scores.max(-1, keepdim=True).values  # (M, 1)
+    q1 = scores - peak
+    q1.exp_()
+    z1 = q1.sum(-1, keepdim=True)
+    lse1 = (peak + z1.log()).squeeze(1)  # (M,)
+    q1.div_(z1)  # softmax(s), in place: (M, N+1)
+    per_row = w_item * (lse1 - scores.gather(1, y[:, None])[:, 0])
+    if soft is None or not soft.weight:
+        grad = q1.mul_(w_item / m_rows)
+    else:
+        t, w = soft.temperature, soft.weight
+        if t == 1.0:
+            lse_t = lse1
+            grad = q1.mul_((w_item + w) / m_rows)
+        else:
+            q_t = (scores - peak).div_(t).exp_()
+            z_t = q_t.sum(-1, keepdim=True)
+            lse_t = (peak / t + z_t.log()).squeeze(1)
+            grad = q1.mul_(w_item / m_rows).add_(q_t.div_(z_t), alpha=w * t / m_rows)
+        picked = scores if soft.idx is None else scores.gather(1, soft.idx)
+        per_row = per_row + w * t * t * (lse_t - (soft.p * picked).sum(-1) / t)
+        if soft.idx is None:
+            grad.sub_(soft.p, alpha=w * t / m_rows)
+        else:
+            grad.scatter_add_(1, soft.idx, soft.p * (-w * t / m_rows))
+    grad.scatter_add_(1, y[:, None], scores.new_full((n, 1), -w_item / m_rows))
+    return per_row.sum(), grad
+
+
 class _CatalogLoss(torch.autograd.Function):
     """w_item * CE(scores, y) + w_kd * T^2 * CE(teacher_T, softmax(scores / T)), row mean."""
 
     @staticmethod
     def forward(ctx, scores: torch.Tensor, y: torch.Tensor,  # type: ignore[override]
                 w_item: float, soft: SoftTargets | None) -> torch.Tensor:
-        m_rows = scores.shape[0]
-        peak = scores.max(-1, keepdim=True).values  # (M, 1)
-        q1 = scores - peak
-        q1.exp_()
-        z1 = q1.sum(-1, keepdim=True)
-        lse1 = (peak + z1.log()).squeeze(1)  # (M,)
-        q1.div_(z1)  # softmax(s), in place: (M, N+1)
-        per_row = w_item * (lse1 - scores.gather(1, y[:, None])[:, 0])
-        if soft is None or not soft.weight:
-            grad = q1.mul_(w_item / m_rows)
-        else:
-            t, w = soft.temperature, soft.weight
-            if t == 1.0:
-                lse_t = lse1
-                grad = q1.mul_((w_item + w) / m_rows)
-            else:
-                q_t = (scores - peak).div_(t).exp_()
-                z_t = q_t.sum(-1, keepdim=True)
-                lse_t = (peak / t + z_t.log()).squeeze(1)
-                grad = q1.mul_(w_item / m_rows).add_(q_t.div_(z_t), alpha=w * t / m_rows)
-            picked = scores if soft.idx is None else scores.gather(1, soft.idx)
-            per_row = per_row + w * t * t * (lse_t - (soft.p * picked).sum(-1) / t)
-            if soft.idx is None:
-                grad.sub_(soft.p, alpha=w * t / m_rows)
-            else:
-                grad.scatter_add_(1, soft.idx, soft.p * (-w * t / m_rows))
-        grad.scatter_add_(1, y[:, None], scores.new_full((m_rows, 1), -w_item / m_rows))
+        total, grad = _loss_and_grad(scores, y, w_item, soft, scores.shape[0])
         ctx.save_for_backward(grad)
-        return per_row.mean()
+        return total / scores.shape[0]
 
     @staticmethod
     def backward(ctx, g: torch.Tensor):  # type: ignore[override]
@@ -81,47 +88,53 @@ def catalog_loss(scores: torch.Tensor, y: torch.Tensor, w_item: float = 1.0,
     return _CatalogLoss.apply(scores, y, w_item, soft)
 
 
-class _ChunkedHeadCE(torch.autograd.Function):
-    """CE(scale * h @ vecs.T + bias, y), row mean, computed `chunk` rows at a time."""
+def _rows(soft: SoftTargets | None, sl: slice) -> SoftTargets | None:
+    if soft is None:
+        return None
+    return SoftTargets(p=soft.p[sl], idx=None if soft.idx is None else soft.idx[sl],
+                       temperature=soft.temperature, weight=soft.weight)
+
+
+class _ChunkedHeadLoss(torch.autograd.Function):
+    """catalog_loss(scale * h @ vecs.T + bias, y, w_item, soft), `chunk` rows at a time."""
 
     @staticmethod
     def forward(ctx, h: torch.Tensor, vecs: torch.Tensor, bias: torch.Tensor,  # type: ignore[override]
-                y: torch.Tensor, scale: float, chunk: int) -> torch.Tensor:
+                y: torch.Tensor, scale: float, w_item: float, soft: SoftTargets | None,
+                chunk: int) -> torch.Tensor:
         m_rows = h.shape[0]
         hs = h * scale  # (M, D)
         g_h, g_vecs, g_bias = torch.empty_like(h), torch.zeros_like(vecs), torch.zeros_like(bias)
         total = h.new_zeros(())
         for i in range(0, m_rows, chunk):
-            hc, yc = hs[i:i + chunk], y[i:i + chunk, None]
-            s = torch.addmm(bias, hc, vecs.T)  # (c, N+1): small enough to stay in cache
-            s.sub_(s.max(-1, keepdim=True).values)
-            target = s.gather(1, yc)
-            s.exp_()
-            z = s.sum(-1, keepdim=True)
-            total += (z.log() - target).sum()
-            s.div_(z).scatter_add_(1, yc, s.new_full(yc.shape, -1.0)).div_(m_rows)  # dL/ds
-            torch.mm(s, vecs, out=g_h[i:i + chunk])
-            g_vecs.addmm_(s.T, hc)
-            g_bias += s.sum(0)
+            sl = slice(i, i + chunk)
+            scores = torch.addmm(bias, hs[sl], vecs.T)  # (c, N+1): small enough to stay in cache
+            part, grad = _loss_and_grad(scores, y[sl], w_item, _rows(soft, sl), m_rows)
+            total += part
+            torch.mm(grad, vecs, out=g_h[sl])
+            g_vecs.addmm_(grad.T, hs[sl])
+            g_bias += grad.sum(0)
         ctx.save_for_backward(g_h.mul_(scale), g_vecs, g_bias)
         return total / m_rows
 
     @staticmethod
     def backward(ctx, g: torch.Tensor):  # type: ignore[override]
         g_h, g_vecs, g_bias = ctx.saved_tensors
-        return g_h * g, g_vecs * g, g_bias * g, None, None, None
+        return g_h * g, g_vecs * g, g_bias * g, None, None, None, None, None
 
 
-def chunked_head_ce(h: torch.Tensor, vecs: torch.Tensor, bias: torch.Tensor, y: torch.Tensor,
-                    scale: float, chunk: int = 1024) -> torch.Tensor:
-    """Item head and next-item cross-entropy fused, without the (M, N+1) score matrix.
+def chunked_head_loss(h: torch.Tensor, vecs: torch.Tensor, bias: torch.Tensor, y: torch.Tensor,
+                      scale: float, w_item: float = 1.0, soft: SoftTargets | None = None,
+                      chunk: int = 1024) -> torch.Tensor:
+    """An item head and `catalog_loss` fused, without the (M, N+1) score matrix.
 
-    h (M, D) hidden states, vecs (N+1, D) item vectors, bias (N+1,), y (M,) true next items.
-    Same value and gradients as `catalog_loss(scale * h @ vecs.T + bias, y)`, but each chunk's
-    scores are exponentiated, normalised and turned into gradients while they are still in
-    cache, instead of in passes over a matrix of hundreds of megabytes (bench/loss_speed.py).
+    h (M, D) hidden states, vecs (N+1, D) item vectors, bias (N+1,), y (M,) true next items;
+    `soft` holds one teacher row per row of h. Same value and gradients as
+    `catalog_loss(scale * h @ vecs.T + bias, y, w_item, soft)`, but each chunk's scores are
+    exponentiated, normalised and turned into gradients while they are still in cache, instead
+    of in passes over a matrix of hundreds of megabytes (bench/loss_speed.py).
     """
     if h.dim() != 2 or vecs.shape[1] != h.shape[1] or y.shape != h.shape[:1]:
         raise ValueError(f"h must be (M, D), vecs (N+1, D) and y (M,), got {tuple(h.shape)}, "
                          f"{tuple(vecs.shape)} and {tuple(y.shape)}")
-    return _ChunkedHeadCE.apply(h, vecs, bias, y, scale, chunk)
+    return _ChunkedHeadLoss.apply(h, vecs, bias, y, scale, w_item, soft, chunk)

@@ -13,7 +13,7 @@ from tandemrec.models.teacher import Teacher, TeacherConfig
 from tandemrec.train.batches import loss_positions, n_batches, training_batches
 from tandemrec.train.config import TeacherTrainConfig
 from tandemrec.train.loop import FitResult, fit, validation_ndcg
-from tandemrec.train.losses import chunked_head_ce
+from tandemrec.train.losses import chunked_head_loss
 
 if TYPE_CHECKING:
     from tandemrec.models.intent_vocab import IntentVocab
@@ -30,7 +30,7 @@ def sampled_position_loss(model: Teacher, h: torch.Tensor, y: torch.Tensor, shar
     """Full-softmax cross-entropy at a random `share` of the positions. h: (B, T, D), y: (B, T)."""
     keep = loss_positions(y, share, gen)
     vecs, bias, scale = model.head()
-    return chunked_head_ce(h[keep], vecs, bias, y[keep], scale)  # never builds (M, N+1) scores
+    return chunked_head_loss(h[keep], vecs, bias, y[keep], scale)  # never builds (M, N+1) scores
 
 
 def build_teacher(n_items: int, text_vecs: np.ndarray | None, cfg: TeacherTrainConfig,

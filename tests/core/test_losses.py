@@ -144,32 +144,37 @@ def test_distillation_scores_only_positions_with_teacher_targets():
         assert int(((y != 0) & ~keep).sum()) == sum(len(s) <= max_len for s in train)
 
 
-def test_chunked_head_ce_matches_catalog_loss_in_value_and_gradients():
-    from tandemrec.train.losses import catalog_loss, chunked_head_ce
+def test_chunked_head_loss_matches_catalog_loss_in_value_and_gradients():
+    from tandemrec.train.losses import SoftTargets, catalog_loss, chunked_head_loss
 
     torch.manual_seed(2)
     h = torch.randn(37, 8, dtype=torch.float64)
     vecs, bias = torch.randn(20, 8, dtype=torch.float64), torch.randn(20, dtype=torch.float64)
     y = torch.randint(1, 20, (37,))
-    grads = []
-    for fn in (lambda a, v, b: catalog_loss((a * 0.3) @ v.T + b, y),
-               lambda a, v, b: chunked_head_ce(a, v, b, y, 0.3, chunk=5)):  # 37 = 7 * 5 + 2
-        params = [t.clone().requires_grad_() for t in (h, vecs, bias)]
-        loss = fn(*params)
-        (2.0 * loss).backward()  # an upstream factor must reach every gradient
-        grads.append([loss.detach()] + [p.grad for p in params])
-    for want, got in zip(*grads, strict=True):
-        assert torch.allclose(got, want, atol=1e-12)
+    t_idx = torch.stack([torch.randperm(19)[:4] + 1 for _ in range(37)])
+    t_p = torch.randn(37, 4, dtype=torch.float64).softmax(-1)
+    dense = torch.randn(37, 20, dtype=torch.float64).softmax(-1)
+    for soft in (None, SoftTargets(p=t_p, idx=t_idx, temperature=2.0, weight=0.7),
+                 SoftTargets(p=dense, temperature=1.0, weight=0.5)):
+        grads = []
+        for fn in (lambda a, v, b, s=soft: catalog_loss((a * 0.3) @ v.T + b, y, 0.6, s),
+                   lambda a, v, b, s=soft: chunked_head_loss(a, v, b, y, 0.3, 0.6, s, chunk=5)):
+            params = [t.clone().requires_grad_() for t in (h, vecs, bias)]  # 37 = 7 * 5 + 2 rows
+            loss = fn(*params)
+            (2.0 * loss).backward()  # an upstream factor must reach every gradient
+            grads.append([loss.detach()] + [p.grad for p in params])
+        for want, got in zip(*grads, strict=True):
+            assert torch.allclose(got, want, atol=1e-12)
 
 
-def test_chunked_head_ce_by_hand_and_rejects_bad_shapes():
+def test_chunked_head_loss_by_hand_and_rejects_bad_shapes():
     import pytest
 
-    from tandemrec.train.losses import chunked_head_ce
+    from tandemrec.train.losses import chunked_head_loss
 
     # Zero vectors and bias: every item scores 0, so CE = log(N+1) whatever the target.
-    loss = chunked_head_ce(torch.ones(3, 4), torch.zeros(5, 4), torch.zeros(5),
+    loss = chunked_head_loss(torch.ones(3, 4), torch.zeros(5, 4), torch.zeros(5),
                            torch.tensor([1, 2, 4]), 1.0, chunk=2)
     assert math.isclose(loss.item(), math.log(5), rel_tol=1e-6)
     with pytest.raises(ValueError, match="vecs"):
-        chunked_head_ce(torch.ones(3, 4), torch.zeros(5, 3), torch.zeros(5), torch.ones(3), 1.0)
+        chunked_head_loss(torch.ones(3, 4), torch.zeros(5, 3), torch.zeros(5), torch.ones(3), 1.0)
