@@ -102,15 +102,16 @@ class Teacher(nn.Module):
         x = self.intent_emb(seq) if coarse else F.embedding(seq, self.item_vectors())
         return self.decoder(x, seq != 0, last_only=last_only)
 
-    def head(self) -> tuple[torch.Tensor, torch.Tensor, float]:
+    def head(self, item_vecs: torch.Tensor | None = None
+             ) -> tuple[torch.Tensor, torch.Tensor, float]:
         """The item projection head as (vecs (N+1, D), bias (N+1,), scale on h)."""
+        vecs = self.item_vectors() if item_vecs is None else item_vecs
         # Both sides are unit-RMS, so raw dot products grow like d; scale them back to O(1).
-        return self.item_vectors(), self.out_bias, self.cfg.d_model**-0.5
+        return vecs, self.out_bias, self.cfg.d_model**-0.5
 
     def scores(self, h: torch.Tensor, item_vecs: torch.Tensor | None = None) -> torch.Tensor:
         """Item projection head: (..., D) -> (..., N+1) logits over the whole catalog."""
-        vecs, bias, scale = self.head()
-        vecs = vecs if item_vecs is None else item_vecs
+        vecs, bias, scale = self.head(item_vecs)
         # Scaling h rather than the (..., N+1) product saves a catalog-sized pass.
         return (h * scale) @ vecs.T + bias
 
