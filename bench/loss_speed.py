@@ -2,10 +2,11 @@
 
 Every training stage ends in an (M, N+1) score matrix. This times forward and backward of the
 item head plus loss on ML-1M shapes (a batch of 128 histories, ~165 scored positions each,
-3,417 catalog columns), both ways in one run: autograd over `cross_entropy` (+ `logsumexp`
+3,417 catalog columns), three ways in one run: autograd over `cross_entropy` (+ `logsumexp`
 top-K distillation for the student) against `tandemrec.train.losses.catalog_loss` (closed-form
 gradient) and `chunked_head_loss` (head and loss fused, a chunk of rows at a time, which is what
-training uses). It checks that all three give the same loss. Writes bench/results/loss-speed.{json,md}.
+training uses). It checks that all three give the same loss.
+Writes bench/results/loss-speed.{json,md}.
 
     python bench/loss_speed.py [--repeats 5] [--threads 2]
 """
