@@ -34,11 +34,29 @@ def length_buckets(seqs: list[np.ndarray], batch_size: int,
         yield batches[b]
 
 
+def window(seq: np.ndarray, max_len: int, recent: float, rng: np.random.Generator) -> np.ndarray:
+    """The last `max_len + 1` items of `seq`, or with probability `1 - recent` an earlier window.
+
+    Histories longer than the window lose their older items to truncation (a third of ML-1M's
+    training interactions at 200); drawing an earlier window now and then trains on them too,
+    while the most recent window, the one serving reads, keeps most of the weight.
+    """
+    n = max_len + 1
+    if len(seq) <= n or recent >= 1.0 or rng.random() < recent:
+        return seq[-n:]
+    end = int(rng.integers(n, len(seq) + 1))  # uniform over all full windows, the last included
+    return seq[end - n:end]
+
+
 def training_batches(seqs: list[np.ndarray], max_len: int, batch_size: int,
-                     rng: np.random.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Yield (inputs, targets) (B, T) for next-item prediction at every position."""
+                     rng: np.random.Generator, recent: float = 1.0
+                     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Yield (inputs, targets) (B, T) for next-item prediction at every position.
+
+    `recent` < 1 trains long histories on earlier windows at times (see `window`).
+    """
     for rows in length_buckets(seqs, batch_size, rng):
-        full = left_pad([seqs[i][-(max_len + 1):] for i in rows], max_len + 1)
+        full = left_pad([window(seqs[i], max_len, recent, rng) for i in rows], max_len + 1)
         yield full[:, :-1], full[:, 1:]
 
 

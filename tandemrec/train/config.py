@@ -28,6 +28,9 @@ class TeacherTrainConfig:
     use_text: bool = True
     coarse_epochs: int = 3  # training of the intent-token (coarse) input mode
     loss_positions: float = 1.0  # share of positions scored per step (see batches.loss_positions)
+    # Probability that a history longer than max_len trains on its most recent window this
+    # epoch rather than an earlier one (see batches.window); 1 = truncate, as SASRec does.
+    recent_window: float = 1.0
 
 
 @dataclass

@@ -67,7 +67,8 @@ def train_teacher(split: LeaveOneOutSplit, n_items: int, text_vecs: np.ndarray |
         return validation_ndcg(model, split.valid_input, split.valid_target, cfg.max_len)
 
     result = fit(model, model.parameters(), name="teacher",
-                 batches=lambda _: training_batches(split.train, cfg.max_len, cfg.batch_size, rng),
+                 batches=lambda _: training_batches(split.train, cfg.max_len, cfg.batch_size, rng,
+                                                    cfg.recent_window),
                  n_batches=n_batches(split.train, cfg.batch_size), loss_fn=loss_fn,
                  validate=validate, lr=cfg.lr, max_epochs=cfg.max_epochs, patience=cfg.patience,
                  warmup_steps=cfg.warmup_steps, weight_decay=cfg.weight_decay,
