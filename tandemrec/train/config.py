@@ -31,6 +31,8 @@ class TeacherTrainConfig:
     # Probability that a history longer than max_len trains on its most recent window this
     # epoch rather than an earlier one (see batches.window); 1 = truncate, as SASRec does.
     recent_window: float = 1.0
+    # "bf16": bfloat16 matmuls in training where the CPU runs them natively (train/precision.py)
+    precision: str = "fp32"
 
 
 @dataclass

@@ -101,18 +101,29 @@ class _ChunkedHeadLoss(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h: torch.Tensor, vecs: torch.Tensor, bias: torch.Tensor,  # type: ignore[override]
                 y: torch.Tensor, scale: float, w_item: float, soft: SoftTargets | None,
-                chunk: int) -> torch.Tensor:
+                chunk: int, mm_dtype: torch.dtype | None) -> torch.Tensor:
         m_rows = h.shape[0]
         hs = h * scale  # (M, D)
         g_h, g_vecs, g_bias = torch.empty_like(h), torch.zeros_like(vecs), torch.zeros_like(bias)
         total = h.new_zeros(())
+        # Low-precision copies for the three products; scores and gradients stay float32.
+        hs_mm = hs if mm_dtype is None else hs.to(mm_dtype)
+        vecs_mm = vecs if mm_dtype is None else vecs.to(mm_dtype)
         for i in range(0, m_rows, chunk):
             sl = slice(i, i + chunk)
-            scores = torch.addmm(bias, hs[sl], vecs.T)  # (c, N+1): small enough to stay in cache
+            if mm_dtype is None:
+                scores = torch.addmm(bias, hs[sl], vecs.T)  # (c, N+1): stays in cache
+            else:
+                scores = (hs_mm[sl] @ vecs_mm.T).float().add_(bias)
             part, grad = _loss_and_grad(scores, y[sl], w_item, _rows(soft, sl), m_rows)
             total += part
-            torch.mm(grad, vecs, out=g_h[sl])
-            g_vecs.addmm_(grad.T, hs[sl])
+            if mm_dtype is None:
+                torch.mm(grad, vecs, out=g_h[sl])
+                g_vecs.addmm_(grad.T, hs[sl])
+            else:
+                grad_mm = grad.to(mm_dtype)
+                g_h[sl] = grad_mm @ vecs_mm
+                g_vecs += grad_mm.T @ hs_mm[sl]
             g_bias += grad.sum(0)
         ctx.save_for_backward(g_h.mul_(scale), g_vecs, g_bias)
         return total / m_rows
@@ -120,21 +131,23 @@ class _ChunkedHeadLoss(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g: torch.Tensor):  # type: ignore[override]
         g_h, g_vecs, g_bias = ctx.saved_tensors
-        return g_h * g, g_vecs * g, g_bias * g, None, None, None, None, None
+        return g_h * g, g_vecs * g, g_bias * g, None, None, None, None, None, None
 
 
 def chunked_head_loss(h: torch.Tensor, vecs: torch.Tensor, bias: torch.Tensor, y: torch.Tensor,
                       scale: float, w_item: float = 1.0, soft: SoftTargets | None = None,
-                      chunk: int = 1024) -> torch.Tensor:
+                      chunk: int = 1024, mm_dtype: torch.dtype | None = None) -> torch.Tensor:
     """An item head and `catalog_loss` fused, without the (M, N+1) score matrix.
 
     h (M, D) hidden states, vecs (N+1, D) item vectors, bias (N+1,), y (M,) true next items;
     `soft` holds one teacher row per row of h. Same value and gradients as
     `catalog_loss(scale * h @ vecs.T + bias, y, w_item, soft)`, but each chunk's scores are
     exponentiated, normalised and turned into gradients while they are still in cache, instead
-    of in passes over a matrix of hundreds of megabytes (bench/loss_speed.py).
+    of in passes over a matrix of hundreds of megabytes (bench/loss_speed.py). `mm_dtype`
+    (e.g. torch.bfloat16) runs the three matrix products in that dtype (train/precision.py).
     """
     if h.dim() != 2 or vecs.shape[1] != h.shape[1] or y.shape != h.shape[:1]:
         raise ValueError(f"h must be (M, D), vecs (N+1, D) and y (M,), got {tuple(h.shape)}, "
                          f"{tuple(vecs.shape)} and {tuple(y.shape)}")
-    return _ChunkedHeadLoss.apply(h, vecs, bias, y, scale, w_item, soft, chunk)
+    with torch.autocast("cpu", enabled=False):  # the dtypes here are chosen by mm_dtype
+        return _ChunkedHeadLoss.apply(h, vecs, bias, y, scale, w_item, soft, chunk, mm_dtype)

@@ -14,6 +14,7 @@ from tandemrec.train.batches import loss_positions, n_batches, training_batches
 from tandemrec.train.config import TeacherTrainConfig
 from tandemrec.train.loop import FitResult, fit, validation_ndcg
 from tandemrec.train.losses import chunked_head_loss
+from tandemrec.train.precision import autocast, matmul_dtype
 
 if TYPE_CHECKING:
     from tandemrec.models.intent_vocab import IntentVocab
@@ -26,11 +27,13 @@ def next_item_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 
 def sampled_position_loss(model: Teacher, h: torch.Tensor, y: torch.Tensor, share: float,
-                          gen: torch.Generator) -> torch.Tensor:
+                          gen: torch.Generator, mm_dtype: torch.dtype | None = None
+                          ) -> torch.Tensor:
     """Full-softmax cross-entropy at a random `share` of the positions. h: (B, T, D), y: (B, T)."""
     keep = loss_positions(y, share, gen)
     vecs, bias, scale = model.head()
-    return chunked_head_loss(h[keep], vecs, bias, y[keep], scale)  # never builds (M, N+1) scores
+    # Never builds the (M, N+1) score matrix; mm_dtype: see train/precision.py.
+    return chunked_head_loss(h[keep], vecs, bias, y[keep], scale, mm_dtype=mm_dtype)
 
 
 def build_teacher(n_items: int, text_vecs: np.ndarray | None, cfg: TeacherTrainConfig,
@@ -60,8 +63,12 @@ def train_teacher(split: LeaveOneOutSplit, n_items: int, text_vecs: np.ndarray |
     rng = np.random.default_rng(seed)
     gen = torch.Generator().manual_seed(seed)
 
+    mm_dtype = matmul_dtype(cfg.precision)
+
     def loss_fn(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return sampled_position_loss(model, model.hidden(x), y, cfg.loss_positions, gen)
+        with autocast(mm_dtype):
+            h = model.hidden(x)
+        return sampled_position_loss(model, h, y, cfg.loss_positions, gen, mm_dtype)
 
     def validate() -> dict[str, float]:
         return validation_ndcg(model, split.valid_input, split.valid_target, cfg.max_len)

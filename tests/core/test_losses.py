@@ -178,3 +178,33 @@ def test_chunked_head_loss_by_hand_and_rejects_bad_shapes():
     assert math.isclose(loss.item(), math.log(5), rel_tol=1e-6)
     with pytest.raises(ValueError, match="vecs"):
         chunked_head_loss(torch.ones(3, 4), torch.zeros(5, 3), torch.zeros(5), torch.ones(3), 1.0)
+
+
+def test_chunked_head_loss_in_bf16_stays_close_to_float32():
+    from tandemrec.train.losses import chunked_head_loss
+
+    torch.manual_seed(3)
+    h, vecs, bias = torch.randn(300, 32), torch.randn(500, 32), torch.randn(500)
+    y = torch.randint(1, 500, (300,))
+    out = []
+    for mm_dtype in (None, torch.bfloat16):
+        params = [t.clone().requires_grad_() for t in (h, vecs, bias)]
+        loss = chunked_head_loss(*params, y, 32**-0.5, chunk=64, mm_dtype=mm_dtype)
+        loss.backward()
+        assert all(p.grad.dtype == torch.float32 for p in params)
+        out.append([loss.detach()] + [p.grad for p in params])
+    for want, got in zip(*out, strict=True):
+        # bf16 keeps 8 bits of mantissa: products are good to ~1%, not to float32's 1e-7.
+        assert (got - want).norm() / want.norm() < 2e-2
+    assert not torch.equal(out[0][1], out[1][1])  # the bf16 path was really taken
+
+
+def test_precision_setting_is_checked_by_name():
+    import pytest
+
+    from tandemrec.train.precision import matmul_dtype
+
+    assert matmul_dtype("fp32") is None
+    assert matmul_dtype("bf16") in (torch.bfloat16, None)  # None where the CPU lacks bf16
+    with pytest.raises(ValueError, match="fp32"):
+        matmul_dtype("fp16")
