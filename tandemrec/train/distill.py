@@ -24,6 +24,7 @@ from tandemrec.train.batches import (
 from tandemrec.train.config import StudentTrainConfig
 from tandemrec.train.loop import FitResult, fit, validation_ndcg
 from tandemrec.train.losses import SoftTargets, chunked_head_loss
+from tandemrec.train.precision import autocast, matmul_dtype
 
 
 @dataclass
@@ -142,16 +143,19 @@ def distill_student(teacher: Teacher, split: LeaveOneOutSplit, n_items: int,
     rng = np.random.default_rng(seed + 2)
     gen = torch.Generator().manual_seed(seed + 2)
 
+    mm_dtype = matmul_dtype(cfg.precision)
+
     def loss_fn(x: torch.Tensor, y: torch.Tensor, t_idx: torch.Tensor,
                 t_logp: torch.Tensor) -> torch.Tensor:
         keep = kd_positions(x, y, cfg.loss_positions, gen)
-        h = student.hidden(x)[keep]  # (M, D)
+        with autocast(mm_dtype):
+            h = student.hidden(x)[keep]  # (M, D)
         y_k = y[keep]
         soft = SoftTargets(p=t_logp[keep].exp(), idx=t_idx[keep], temperature=cfg.temperature,
                            weight=cfg.w_kd)
         vecs, bias, scale = student.item_head()
         # = w_kd * topk_kd + w_item * CE on the item scores, never built as one (M, N+1) matrix
-        loss = chunked_head_loss(h, vecs, bias, y_k, scale, cfg.w_item, soft)
+        loss = chunked_head_loss(h, vecs, bias, y_k, scale, cfg.w_item, soft, mm_dtype=mm_dtype)
         return loss + cfg.w_intent * F.cross_entropy(student.intent_head(h), intent_of[y_k])
 
     def validate() -> dict[str, float]:
