@@ -26,6 +26,7 @@ class TeacherTrainConfig:
     patience: int = 4  # epochs without validation NDCG@10 improvement before stopping
     max_minutes: float = 0.0  # wall-clock budget for this stage; 0 = none
     use_text: bool = True
+    item_scale: bool = False  # learned per-item norm (models/teacher.py ItemTower)
     coarse_epochs: int = 3  # training of the intent-token (coarse) input mode
     loss_positions: float = 1.0  # share of positions scored per step (see batches.loss_positions)
     # Probability that a history longer than max_len trains on its most recent window this
