@@ -1,7 +1,7 @@
 """Benchmark: what a teacher training epoch costs on this machine, per design choice.
 
-Times a sample of real ML-1M training steps (length-bucketed batches, full softmax over the
-catalog) for several configurations in one run and reports each as an estimated epoch time and
+Times a sample of real ML-1M training steps (length-bucketed batches, the pipeline's fused
+catalog loss) for several configurations in one run and reports each as an estimated epoch time and
 as a ratio to the configuration the ML-1M pipeline uses. Writes
 bench/results/teacher-speed.{json,md}.
 
@@ -22,20 +22,27 @@ from tandemrec.data import leave_one_out, load_dataset
 from tandemrec.eval.report import machine
 from tandemrec.models.teacher import Teacher, TeacherConfig
 from tandemrec.train.batches import left_pad
-from tandemrec.train.teacher import next_item_loss
+from tandemrec.train.precision import autocast, bf16_supported
+from tandemrec.train.teacher import sampled_position_loss
 
-CONFIGS = [  # (name, max_len, d_model, fused attention, loss positions (0 = all))
-    ("pipeline: len 200, d 128, fused", 200, 128, True, 0),
-    ("len 200, d 64, fused", 200, 64, True, 0),
-    ("len 100, d 128, fused", 100, 128, True, 0),
-    ("len 200, d 128, plain matmuls", 200, 128, False, 0),
-    ("len 200, d 128, fused, loss on last 64", 200, 128, True, 64),
+CONFIGS = [  # (name, max_len, d_model, precision, fused attention, share of positions scored)
+    ("pipeline: len 200, d 128, fp32", 200, 128, "fp32", False, 1.0),
+    ("len 200, d 128, bf16", 200, 128, "bf16", False, 1.0),
+    ("len 200, d 128, fp32, fused attention", 200, 128, "fp32", True, 1.0),
+    ("len 200, d 128, bf16, fused attention", 200, 128, "bf16", True, 1.0),
+    ("len 200, d 64, fp32", 200, 64, "fp32", False, 1.0),
+    ("len 100, d 128, fp32", 100, 128, "fp32", False, 1.0),
+    ("len 200, d 128, fp32, loss on 30% of positions", 200, 128, "fp32", False, 0.3),
 ]
 
 
-def epoch_seconds(train: list[np.ndarray], n_items: int, max_len: int, d: int, fused: bool,
-                  loss_positions: int, every: int) -> float:
-    """Time every `every`-th length-sorted batch of one epoch and scale to the whole epoch."""
+def epoch_seconds(train: list[np.ndarray], n_items: int, max_len: int, d: int, precision: str,
+                  fused: bool, share: float, every: int) -> float:
+    """Time every `every`-th length-sorted batch of one epoch and scale to the whole epoch.
+
+    Each step is the pipeline's: decoder forward under the precision's autocast, the fused
+    item head and catalog loss (`sampled_position_loss`), backward, AdamW.
+    """
     torch.manual_seed(0)
     model = Teacher(TeacherConfig(n_items=n_items, text_dim=384, d_model=d, mlp_hidden=2 * d,
                                   max_len=max_len))
@@ -43,6 +50,8 @@ def epoch_seconds(train: list[np.ndarray], n_items: int, max_len: int, d: int, f
         if hasattr(mod, "fused"):
             mod.fused = fused
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    gen = torch.Generator().manual_seed(0)
+    dtype = torch.bfloat16 if precision == "bf16" else None
     seqs = [s[-(max_len + 1):] for s in train if len(s) >= 2]
     order = np.argsort([len(s) for s in seqs], kind="stable")
     batches = [order[i:i + 128] for i in range(0, len(order), 128)]
@@ -51,10 +60,9 @@ def epoch_seconds(train: list[np.ndarray], n_items: int, max_len: int, d: int, f
     def step(b: np.ndarray) -> None:
         full = left_pad([seqs[i] for i in b], max_len + 1)
         x, y = full[:, :-1], full[:, 1:]
-        h = model.hidden(x)
-        if loss_positions:
-            h, y = h[:, -loss_positions:], y[:, -loss_positions:]
-        loss = next_item_loss(model.scores(h), y)
+        with autocast(dtype):
+            h = model.hidden(x)
+        loss = sampled_position_loss(model, h, y, share, gen, dtype)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -77,17 +85,18 @@ def main() -> None:
     ds = load_dataset("ml-1m")
     train = leave_one_out(ds).train
     rows = []
-    for name, max_len, d, fused, positions in CONFIGS:
-        secs = epoch_seconds(train, ds.n_items, max_len, d, fused, positions, args.every)
-        rows.append({"config": name, "max_len": max_len, "d_model": d, "fused": fused,
-                     "loss_positions": positions, "epoch_s": secs})
+    for name, max_len, d, precision, fused, share in CONFIGS:
+        secs = epoch_seconds(train, ds.n_items, max_len, d, precision, fused, share, args.every)
+        rows.append({"config": name, "max_len": max_len, "d_model": d, "precision": precision,
+                     "fused": fused, "loss_positions": share, "epoch_s": secs})
         print(f"{name}: {secs:.1f} s per epoch (estimated)")
     base = rows[0]["epoch_s"]
     for r in rows:
         r["ratio_to_pipeline"] = r["epoch_s"] / base
     args.out.mkdir(parents=True, exist_ok=True)
     report = {"benchmark": "teacher epoch time on ML-1M", "rows": rows, "machine": machine(),
-              "threads": args.threads, "batches_timed": f"every {args.every}th of one epoch"}
+              "threads": args.threads, "batches_timed": f"every {args.every}th of one epoch",
+              "native_bf16": bf16_supported()}
     (args.out / "teacher-speed.json").write_text(json.dumps(report, indent=2))
     m = report["machine"]
     lines = ["# Teacher epoch time on ML-1M (estimated from sampled batches, one run)", "",
@@ -95,7 +104,7 @@ def main() -> None:
     lines += [f"| {r['config']} | {r['epoch_s']:.1f} | {r['ratio_to_pipeline']:.2f} |"
               for r in rows]
     lines += ["", f"Machine: {m['cpu']}, {m['cores']} cores, {args.threads} threads; "
-              f"torch {m['torch']}.", ""]
+              f"torch {m['torch']}; native bf16 matmuls: {report['native_bf16']}.", ""]
     (args.out / "teacher-speed.md").write_text("\n".join(lines))
 
 

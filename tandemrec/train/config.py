@@ -21,6 +21,7 @@ class TeacherTrainConfig:
     batch_size: int = 128
     lr: float = 2e-3
     weight_decay: float = 0.0
+    ema: float = 0.0  # > 0: validate and keep a moving average of the weights (train/loop.py)
     warmup_steps: int = 100
     max_epochs: int = 40
     patience: int = 4  # epochs without validation NDCG@10 improvement before stopping

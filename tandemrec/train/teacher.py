@@ -80,7 +80,7 @@ def train_teacher(split: LeaveOneOutSplit, n_items: int, text_vecs: np.ndarray |
                  n_batches=n_batches(split.train, cfg.batch_size), loss_fn=loss_fn,
                  validate=validate, lr=cfg.lr, max_epochs=cfg.max_epochs, patience=cfg.patience,
                  warmup_steps=cfg.warmup_steps, weight_decay=cfg.weight_decay,
-                 max_minutes=cfg.max_minutes)
+                 max_minutes=cfg.max_minutes, ema=cfg.ema)
     return model, result
 
 
