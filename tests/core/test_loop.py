@@ -6,6 +6,8 @@ from torch import nn
 
 from tandemrec.train.loop import WeightAverage, fit
 
+pytestmark = pytest.mark.core
+
 
 def test_weight_average_by_hand_and_swap_round_trip():
     p = nn.Parameter(torch.tensor([0.0, 10.0]))
