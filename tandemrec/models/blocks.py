@@ -133,10 +133,15 @@ class Decoder(nn.Module):
     """Learned positions (counted from the most recent item) plus a stack of blocks."""
 
     def __init__(self, d_model: int, n_layers: int, n_heads: int, max_len: int, dropout: float,
-                 mlp_hidden: int, layer_ranks: list[dict[str, int | None]] | None = None) -> None:
+                 mlp_hidden: int, layer_ranks: list[dict[str, int | None]] | None = None,
+                 pos_std: float = 1.0) -> None:
         super().__init__()
         self.max_len = max_len
         self.pos = nn.Embedding(max_len, d_model)
+        # Item vectors enter at unit RMS; positions drawn at std 1 weigh as much as the item
+        # itself, GPT-2 and SASRec start them small (0.02) so that identity dominates.
+        if pos_std != 1.0:  # nn.Embedding already draws at std 1; redrawing would shift seeds
+            nn.init.normal_(self.pos.weight, std=pos_std)
         self.drop = nn.Dropout(dropout)
         ranks = layer_ranks or [{} for _ in range(n_layers)]
         self.blocks = nn.ModuleList(

@@ -34,6 +34,7 @@ class TeacherConfig:
     max_len: int = 200
     dropout: float = 0.2
     item_scale: bool = False  # a learned norm per item on top of the unit-RMS item vector
+    pos_std: float = 1.0  # initial std of the position embeddings (see blocks.Decoder)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -77,7 +78,7 @@ class Teacher(nn.Module):
         self.cfg = cfg
         self.items = ItemTower(cfg)
         self.decoder = Decoder(cfg.d_model, cfg.n_layers, cfg.n_heads, cfg.max_len, cfg.dropout,
-                               cfg.mlp_hidden)
+                               cfg.mlp_hidden, pos_std=cfg.pos_std)
         self.intent_emb = nn.Embedding(cfg.n_intents + 1, cfg.d_model, padding_idx=0)
         self.out_bias = nn.Parameter(torch.zeros(cfg.n_items + 1))
         self._vec_cache: torch.Tensor | None = None

@@ -28,6 +28,7 @@ class TeacherTrainConfig:
     max_minutes: float = 0.0  # wall-clock budget for this stage; 0 = none
     use_text: bool = True
     item_scale: bool = False  # learned per-item norm (models/teacher.py ItemTower)
+    pos_std: float = 1.0  # initial std of the position embeddings (models/blocks.Decoder)
     coarse_epochs: int = 3  # training of the intent-token (coarse) input mode
     loss_positions: float = 1.0  # share of positions scored per step (see batches.loss_positions)
     # Probability that a history longer than max_len trains on its most recent window this

@@ -43,7 +43,7 @@ def build_teacher(n_items: int, text_vecs: np.ndarray | None, cfg: TeacherTrainC
     mcfg = TeacherConfig(n_items=n_items, text_dim=text_vecs.shape[1] if use_text else 0,
                          d_model=cfg.d_model, n_layers=cfg.n_layers, n_heads=cfg.n_heads,
                          mlp_hidden=cfg.mlp_hidden, max_len=cfg.max_len, dropout=cfg.dropout,
-                         item_scale=cfg.item_scale)
+                         item_scale=cfg.item_scale, pos_std=cfg.pos_std)
     model = Teacher(mcfg)
     seen = np.zeros(n_items + 1, dtype=np.float32)
     for s in train:

@@ -81,6 +81,13 @@ def test_item_scale_starts_at_unit_rms_and_scales_one_item():
     assert torch.allclose(scaled[4], vecs[4])
 
 
+def test_position_init_scale():
+    small = Teacher(TeacherConfig(n_items=10, text_dim=4, max_len=400, pos_std=0.02))
+    assert small.decoder.pos.weight.std().item() == pytest.approx(0.02, rel=0.05)
+    default = Teacher(TeacherConfig(n_items=10, text_dim=4, max_len=400))
+    assert default.decoder.pos.weight.std().item() == pytest.approx(1.0, rel=0.05)
+
+
 def test_coarse_mode_reads_intent_tokens():
     t = small_teacher()
     t.set_intents(4, torch.randn(4, 16))
