@@ -31,6 +31,7 @@ class StudentConfig:
     mlp_hidden: int = 128
     max_len: int = 200
     dropout: float = 0.2
+    pos_std: float = 1.0  # initial std of the position embeddings (see blocks.Decoder)
     # Low-rank shape after compression: {"emb": r, "layers": [{"qkv": r, ...}, ...]}; {} = dense.
     ranks: dict = field(default_factory=dict)
 
@@ -85,7 +86,7 @@ class Student(nn.Module):
         # Token normalisation (OD-LLM): unit-RMS item vectors suit the low-rank factorisation.
         self.in_norm = RMSNorm(cfg.d_model)
         self.decoder = Decoder(cfg.d_model, cfg.n_layers, cfg.n_heads, cfg.max_len, cfg.dropout,
-                               cfg.mlp_hidden, ranks.get("layers"))
+                               cfg.mlp_hidden, ranks.get("layers"), pos_std=cfg.pos_std)
         self.intent_head = nn.Linear(cfg.d_model, cfg.n_intents + 1)
         self.out_bias = nn.Parameter(torch.zeros(cfg.n_items + 1))
 

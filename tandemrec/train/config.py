@@ -73,6 +73,7 @@ class StudentTrainConfig:
     w_intent: float = 0.5  # cross-entropy on the next intent token
     loss_positions: float = 1.0  # share of positions scored per step
     precision: str = "fp32"  # "bf16": bfloat16 matmuls in training (train/precision.py)
+    pos_std: float = 1.0  # initial std of the position embeddings (models/blocks.Decoder)
 
 
 @dataclass

@@ -1,0 +1,114 @@
+"""Compare teacher training runs by their validation curves, read from the runs' own output.
+
+Each variant is one `tandem train` (or `tandem pipeline`) run with `--set` overrides; its log
+holds a line per epoch ("teacher epoch 7: loss ... val NDCG@10 ... HR@10 ... (432s)"), and a
+finished pipeline's quality JSON holds the same history. This script parses them, so every
+figure is what a run printed, and writes bench/results/teacher-variants-<dataset>.{json,md,png}.
+Runs stopped early by hand are marked with the epochs they ran of those planned.
+
+    python bench/teacher_variants.py --dataset ml-1m \\
+        --variant "run B (committed)" bench/results/quality-ml-1m.json "" 30 \\
+        --variant "earlier windows" /tmp/runs/C.log "--set teacher.recent_window=0.5" 40
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from pathlib import Path
+
+from tandemrec.eval.report import machine
+
+AT_EPOCHS = (10, 20, 30)  # table columns: runs compared at equal epochs
+LINE = re.compile(r"teacher epoch (\d+): loss ([\d.]+) val NDCG@10 ([\d.]+) HR@10 ([\d.]+) "
+                  r"\((\d+)s\)")
+
+
+def read_history(path: Path) -> tuple[list[dict], str]:
+    """(per-epoch validation entries, CPU) from a training log or a pipeline's quality JSON.
+
+    A log is taken to come from this machine; a quality JSON names the machine it ran on.
+    """
+    if path.suffix == ".json":
+        data = json.loads(path.read_text())
+        return data["run"]["train"]["history"], data["machine"]["cpu"]
+    history = []
+    for m in LINE.finditer(path.read_text(errors="replace")):
+        epoch, loss, ndcg, hr, secs = m.groups()
+        history.append({"epoch": int(epoch), "loss": float(loss), "val_ndcg@10": float(ndcg),
+                        "val_hr@10": float(hr), "seconds": float(secs)})
+    if not history:
+        raise SystemExit(f"{path}: no 'teacher epoch N: ...' lines; is it a tandem train log?")
+    return history, machine()["cpu"]
+
+
+def summary(label: str, overrides: str, planned: int, history: list[dict], cpu: str) -> dict:
+    best = max(history, key=lambda h: h["val_ndcg@10"])
+    at = {f"val_ndcg@10_epoch_{e}": next((h["val_ndcg@10"] for h in history if h["epoch"] == e),
+                                         None) for e in AT_EPOCHS}
+    return {"variant": label, "overrides": overrides, "planned_epochs": planned,
+            "epochs_run": len(history), **at,
+            "best_val_ndcg@10": best["val_ndcg@10"], "best_epoch": best["epoch"],
+            "seconds_per_epoch": history[-1]["seconds"] / len(history), "cpu": cpu,
+            "history": history}
+
+
+def write_plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for r in rows:
+        ep = [h["epoch"] for h in r["history"]]
+        ax.plot(ep, [h["val_ndcg@10"] for h in r["history"]],
+                label=f"{r['variant']} ({r['epochs_run']}/{r['planned_epochs']} ep)")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation NDCG@10")
+    ax.set_ylim(bottom=0.12)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--dataset", default="ml-1m")
+    parser.add_argument("--variant", nargs=4, action="append", required=True,
+                        metavar=("LABEL", "LOG_OR_JSON", "OVERRIDES", "PLANNED_EPOCHS"),
+                        help="one run: a label, its log (or quality JSON), the --set "
+                             "overrides it ran with, and the epochs its schedule planned")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    args = parser.parse_args()
+    rows = [summary(label, overrides, int(planned), *read_history(Path(log)))
+            for label, log, overrides, planned in args.variant]
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = args.out / f"teacher-variants-{args.dataset}"
+    report = {"benchmark": f"teacher validation curves on {args.dataset}", "rows": rows,
+              "machine": machine(),
+              "note": "validation NDCG@10 (full ranking, history excluded) after each epoch; "
+                      "each run's cosine schedule spans its planned epochs"}
+    stem.with_suffix(".json").write_text(json.dumps(report, indent=2))
+    lines = [f"# Teacher variants on {args.dataset}: validation NDCG@10", "",
+             "| variant | --set overrides | epochs run / planned | "
+             + " | ".join(f"epoch {e}" for e in AT_EPOCHS) + " | best (epoch) | s/epoch | CPU |",
+             "| --- | --- | ---: | " + "---: | " * len(AT_EPOCHS) + "---: | ---: | --- |"]
+    for r in rows:
+        at = " | ".join("" if r[f"val_ndcg@10_epoch_{e}"] is None
+                        else f"{r[f'val_ndcg@10_epoch_{e}']:.4f}" for e in AT_EPOCHS)
+        lines.append(f"| {r['variant']} | `{r['overrides'] or '(config)'}` | "
+                     f"{r['epochs_run']} / {r['planned_epochs']} | {at} | "
+                     f"{r['best_val_ndcg@10']:.4f} ({r['best_epoch']}) | "
+                     f"{r['seconds_per_epoch']:.0f} | {r['cpu']} |")
+    lines += ["", "2-core machines. Runs stopped by hand have fewer epochs run than planned: "
+              "compare them at equal epochs, not by their best.", ""]
+    stem.with_suffix(".md").write_text("\n".join(lines))
+    write_plot(rows, stem.with_suffix(".png"))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
