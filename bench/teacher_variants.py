@@ -51,7 +51,18 @@ def summary(label: str, overrides: str, planned: int, history: list[dict], cpu: 
             "epochs_run": len(history), **at,
             "best_val_ndcg@10": best["val_ndcg@10"], "best_epoch": best["epoch"],
             "seconds_per_epoch": history[-1]["seconds"] / len(history), "cpu": cpu,
-            "history": history}
+            "test_ndcg@10": None, "test_hr@10": None, "history": history}
+
+
+def test_metrics(dataset: str, run_dir: Path) -> dict[str, float]:
+    """Full-ranking test metrics of the teacher a `tandem train` run saved, as cloud-full."""
+    from tandemrec.checkpoints import load_teacher
+    from tandemrec.data import leave_one_out, load_dataset
+    from tandemrec.train.loop import validation_ndcg
+
+    split = leave_one_out(load_dataset(dataset))
+    teacher, _ = load_teacher(run_dir / "teacher.pt")
+    return validation_ndcg(teacher, split.test_input, split.test_target, teacher.cfg.max_len)
 
 
 def write_plot(rows: list[dict], path: Path) -> None:
@@ -81,10 +92,25 @@ def main() -> None:
                         metavar=("LABEL", "LOG_OR_JSON", "OVERRIDES", "PLANNED_EPOCHS"),
                         help="one run: a label, its log (or quality JSON), the --set "
                              "overrides it ran with, and the epochs its schedule planned")
+    parser.add_argument("--test", nargs=2, action="append", default=[],
+                        metavar=("LABEL", "RUN_DIR"),
+                        help="also rank the test users with the teacher.pt that the run of "
+                             "LABEL saved in RUN_DIR (runs that finished their train stage)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()
     rows = [summary(label, overrides, int(planned), *read_history(Path(log)))
             for label, log, overrides, planned in args.variant]
+    for r, (_, log, _, _) in zip(rows, args.variant, strict=True):
+        if log.endswith(".json"):  # a finished pipeline: its cloud-full row is the teacher's
+            full = next(x for x in json.loads(Path(log).read_text())["rows"]
+                        if x["mode"] == "cloud-full")
+            r["test_ndcg@10"], r["test_hr@10"] = full["ndcg@10"], full["hr@10"]
+    for label, run_dir in args.test:
+        row = next((r for r in rows if r["variant"] == label), None)
+        if row is None:
+            raise SystemExit(f"--test {label!r}: no --variant has that label")
+        metrics = test_metrics(args.dataset, Path(run_dir))
+        row["test_ndcg@10"], row["test_hr@10"] = metrics["ndcg@10"], metrics["hr@10"]
     args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / f"teacher-variants-{args.dataset}"
     report = {"benchmark": f"teacher validation curves on {args.dataset}", "rows": rows,
@@ -94,14 +120,16 @@ def main() -> None:
     stem.with_suffix(".json").write_text(json.dumps(report, indent=2))
     lines = [f"# Teacher variants on {args.dataset}: validation NDCG@10", "",
              "| variant | --set overrides | epochs run / planned | "
-             + " | ".join(f"epoch {e}" for e in AT_EPOCHS) + " | best (epoch) | s/epoch | CPU |",
-             "| --- | --- | ---: | " + "---: | " * len(AT_EPOCHS) + "---: | ---: | --- |"]
+             + " | ".join(f"epoch {e}" for e in AT_EPOCHS)
+             + " | best (epoch) | test NDCG@10 | s/epoch | CPU |",
+             "| --- | --- | ---: | " + "---: | " * len(AT_EPOCHS) + "---: | ---: | ---: | --- |"]
     for r in rows:
         at = " | ".join("" if r[f"val_ndcg@10_epoch_{e}"] is None
                         else f"{r[f'val_ndcg@10_epoch_{e}']:.4f}" for e in AT_EPOCHS)
         lines.append(f"| {r['variant']} | `{r['overrides'] or '(config)'}` | "
                      f"{r['epochs_run']} / {r['planned_epochs']} | {at} | "
                      f"{r['best_val_ndcg@10']:.4f} ({r['best_epoch']}) | "
+                     f"{'' if r['test_ndcg@10'] is None else format(r['test_ndcg@10'], '.4f')} | "
                      f"{r['seconds_per_epoch']:.0f} | {r['cpu']} |")
     lines += ["", "2-core machines. Runs stopped by hand have fewer epochs run than planned: "
               "compare them at equal epochs, not by their best.", ""]
