@@ -22,7 +22,7 @@ from tandemrec.data import leave_one_out, load_dataset
 from tandemrec.eval.report import machine
 from tandemrec.models.teacher import Teacher, TeacherConfig
 from tandemrec.train.batches import left_pad
-from tandemrec.train.precision import autocast, bf16_supported
+from tandemrec.train.precision import autocast, bf16_supported, matmul_dtype
 from tandemrec.train.teacher import sampled_position_loss
 
 CONFIGS = [  # (name, max_len, d_model, precision, fused attention, share of positions scored)
@@ -51,7 +51,7 @@ def epoch_seconds(train: list[np.ndarray], n_items: int, max_len: int, d: int, p
             mod.fused = fused
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     gen = torch.Generator().manual_seed(0)
-    dtype = torch.bfloat16 if precision == "bf16" else None
+    dtype = matmul_dtype(precision)  # float32 where the CPU has no native bf16, as in training
     seqs = [s[-(max_len + 1):] for s in train if len(s) >= 2]
     order = np.argsort([len(s) for s in seqs], kind="stable")
     batches = [order[i:i + 128] for i in range(0, len(order), 128)]

@@ -7,8 +7,9 @@ figure is what a run printed, and writes bench/results/teacher-variants-<dataset
 Runs stopped early by hand are marked with the epochs they ran of those planned.
 
     python bench/teacher_variants.py --dataset ml-1m \\
-        --variant "run B (committed)" bench/results/quality-ml-1m.json "" 30 \\
-        --variant "earlier windows" /tmp/runs/C.log "--set teacher.recent_window=0.5" 40
+        --variant "committed run" bench/results/quality-ml-1m.json "" 30 \\
+        --variant "earlier windows" /tmp/runs/C.log "teacher.recent_window=0.5" 40 \\
+        --test "earlier windows" /tmp/runs/C
 """
 
 from __future__ import annotations
@@ -25,14 +26,16 @@ LINE = re.compile(r"teacher epoch (\d+): loss ([\d.]+) val NDCG@10 ([\d.]+) HR@1
                   r"\((\d+)s\)")
 
 
-def read_history(path: Path) -> tuple[list[dict], str]:
-    """(per-epoch validation entries, CPU) from a training log or a pipeline's quality JSON.
+def read_history(path: Path) -> tuple[list[dict], str, dict | None]:
+    """(per-epoch validation entries, CPU, test row or None) from a log or a quality JSON.
 
-    A log is taken to come from this machine; a quality JSON names the machine it ran on.
+    A log is taken to come from this machine and has no test figures; a finished pipeline's
+    quality JSON names its machine, and its cloud-full row is the teacher on the test users.
     """
     if path.suffix == ".json":
         data = json.loads(path.read_text())
-        return data["run"]["train"]["history"], data["machine"]["cpu"]
+        full = next(r for r in data["rows"] if r["mode"] == "cloud-full")
+        return data["run"]["train"]["history"], data["machine"]["cpu"], full
     history = []
     for m in LINE.finditer(path.read_text(errors="replace")):
         epoch, loss, ndcg, hr, secs = m.groups()
@@ -40,10 +43,11 @@ def read_history(path: Path) -> tuple[list[dict], str]:
                         "val_hr@10": float(hr), "seconds": float(secs)})
     if not history:
         raise SystemExit(f"{path}: no 'teacher epoch N: ...' lines; is it a tandem train log?")
-    return history, machine()["cpu"]
+    return history, machine()["cpu"], None
 
 
-def summary(label: str, overrides: str, planned: int, history: list[dict], cpu: str) -> dict:
+def summary(label: str, overrides: str, planned: int, history: list[dict], cpu: str,
+            test: dict | None) -> dict:
     best = max(history, key=lambda h: h["val_ndcg@10"])
     at = {f"val_ndcg@10_epoch_{e}": next((h["val_ndcg@10"] for h in history if h["epoch"] == e),
                                          None) for e in AT_EPOCHS}
@@ -51,7 +55,8 @@ def summary(label: str, overrides: str, planned: int, history: list[dict], cpu: 
             "epochs_run": len(history), **at,
             "best_val_ndcg@10": best["val_ndcg@10"], "best_epoch": best["epoch"],
             "seconds_per_epoch": history[-1]["seconds"] / len(history), "cpu": cpu,
-            "test_ndcg@10": None, "test_hr@10": None, "history": history}
+            "test_ndcg@10": test and test["ndcg@10"], "test_hr@10": test and test["hr@10"],
+            "history": history}
 
 
 def test_metrics(dataset: str, run_dir: Path) -> dict[str, float]:
@@ -100,11 +105,6 @@ def main() -> None:
     args = parser.parse_args()
     rows = [summary(label, overrides, int(planned), *read_history(Path(log)))
             for label, log, overrides, planned in args.variant]
-    for r, (_, log, _, _) in zip(rows, args.variant, strict=True):
-        if log.endswith(".json"):  # a finished pipeline: its cloud-full row is the teacher's
-            full = next(x for x in json.loads(Path(log).read_text())["rows"]
-                        if x["mode"] == "cloud-full")
-            r["test_ndcg@10"], r["test_hr@10"] = full["ndcg@10"], full["hr@10"]
     for label, run_dir in args.test:
         row = next((r for r in rows if r["variant"] == label), None)
         if row is None:
