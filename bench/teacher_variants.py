@@ -10,6 +10,9 @@ Runs stopped early by hand are marked with the epochs they ran of those planned.
         --variant "committed run" bench/results/quality-ml-1m.json "" 30 \\
         --variant "earlier windows" /tmp/runs/C.log "teacher.recent_window=0.5" 40 \\
         --test "earlier windows" /tmp/runs/C
+
+`--keep bench/results/teacher-variants-ml-1m.json` carries an earlier report's rows (their
+histories are in it) into the new one, so a new run adds a row without the old logs.
 """
 
 from __future__ import annotations
@@ -93,7 +96,7 @@ def write_plot(rows: list[dict], path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--dataset", default="ml-1m")
-    parser.add_argument("--variant", nargs=4, action="append", required=True,
+    parser.add_argument("--variant", nargs=4, action="append", default=[],
                         metavar=("LABEL", "LOG_OR_JSON", "OVERRIDES", "PLANNED_EPOCHS"),
                         help="one run: a label, its log (or quality JSON), the --set "
                              "overrides it ran with, and the epochs its schedule planned")
@@ -101,14 +104,23 @@ def main() -> None:
                         metavar=("LABEL", "RUN_DIR"),
                         help="also rank the test users with the teacher.pt that the run of "
                              "LABEL saved in RUN_DIR (runs that finished their train stage)")
+    parser.add_argument("--keep", type=Path, default=None, metavar="REPORT_JSON",
+                        help="an earlier report of this script whose rows are kept as they "
+                             "were measured (their logs need not exist any more); a --variant "
+                             "with the same label replaces its row")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()
-    rows = [summary(label, overrides, int(planned), *read_history(Path(log)))
-            for label, log, overrides, planned in args.variant]
+    new = [summary(label, overrides, int(planned), *read_history(Path(log)))
+           for label, log, overrides, planned in args.variant]
+    kept = json.loads(args.keep.read_text())["rows"] if args.keep else []
+    labels = {r["variant"] for r in new}
+    rows = [r for r in kept if r["variant"] not in labels] + new
+    if not rows:
+        raise SystemExit("nothing to compare: give at least one --variant (or --keep a report)")
     for label, run_dir in args.test:
         row = next((r for r in rows if r["variant"] == label), None)
         if row is None:
-            raise SystemExit(f"--test {label!r}: no --variant has that label")
+            raise SystemExit(f"--test {label!r}: no --variant (or kept row) has that label")
         metrics = test_metrics(args.dataset, Path(run_dir))
         row["test_ndcg@10"], row["test_hr@10"] = metrics["ndcg@10"], metrics["hr@10"]
     args.out.mkdir(parents=True, exist_ok=True)
