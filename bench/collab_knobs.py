@@ -41,12 +41,14 @@ def main() -> None:
     ctx = open_run(cfg, a.run_dir)
     models, sp = load_models(ctx), ctx.split
     grid = list(itertools.product(a.coarse_history, a.top_intents, a.retrieve))
+    # One evaluator for the whole grid: the device's pass does not depend on these knobs and is
+    # cached in it, so only the requests and the cloud's answers are recomputed per cell.
+    ev = Evaluator(models, sp.valid_input, sp.valid_target, cfg.eval, cfg.seed)
     rows = []
     for i, (hist, top, n) in enumerate(grid, 1):
         log(f"[{i}/{len(grid)}] coarse history {hist}, {top} intent tokens, {n} candidates")
-        ec = dataclasses.replace(cfg.eval, coarse_history=hist, top_intents=top,
-                                 n_retrieve=n, n_candidates=n)
-        ev = Evaluator(models, sp.valid_input, sp.valid_target, ec, cfg.seed)
+        ev.cfg = dataclasses.replace(cfg.eval, coarse_history=hist, top_intents=top,
+                                     n_retrieve=n, n_candidates=n)
         weight, by_weight = tune_fusion_weight(ev, FUSION_GRID)
         rows.append({"coarse_history": hist, "top_intents": top, "candidates": n,
                      "fusion_weight": weight, "val_ndcg@10": by_weight[str(weight)],
