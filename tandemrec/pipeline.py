@@ -62,10 +62,11 @@ def open_run(cfg: PipelineConfig, run_dir: Path, data_dir: Path | None = None) -
     torch.set_num_threads(cfg.threads)
     run_dir.mkdir(parents=True, exist_ok=True)
     data = load_dataset(cfg.dataset, data_dir)
-    split = leave_one_out(data)
+    split = leave_one_out(data, cfg.val_users, cfg.seed)
     (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
     log(f"{data.name}: {data.n_users} users, {data.n_items} items, "
-        f"{data.n_interactions} interactions; {len(split.eval_users)} held-out users")
+        f"{data.n_interactions} interactions; {len(split.eval_users)} held-out users, "
+        f"{len(split.valid_target)} of them validated")
     return RunContext(cfg, run_dir, data, split)
 
 

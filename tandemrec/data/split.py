@@ -9,13 +9,18 @@ from tandemrec.data.types import LeaveOneOutSplit, SequenceDataset
 MIN_EVAL_LENGTH = 3  # one item to train on, one to validate, one to test
 
 
-def leave_one_out(ds: SequenceDataset) -> LeaveOneOutSplit:
+def leave_one_out(ds: SequenceDataset, val_users: int = 0, seed: int = 0) -> LeaveOneOutSplit:
     """Hold out each user's last item for test and second-to-last for validation.
 
     Users with at least 3 interactions are evaluated: train = seq[:-2], validation predicts
     seq[-2] from seq[:-2], test predicts seq[-1] from seq[:-1]. Shorter users keep everything in
     train and are not evaluated. Inputs are views of the dataset's arrays (no copies).
+
+    `val_users > 0` validates on that many users drawn with `seed` and trains on the other
+    users' second-to-last items (train = seq[:-1]), as gSASRec's evaluation code does: the
+    model tested on the last item has then seen every earlier one. Test is unchanged.
     """
+    validated = _validation_users(ds, val_users, seed)
     train: list[np.ndarray] = []
     eval_users: list[int] = []
     valid_input: list[np.ndarray] = []
@@ -26,10 +31,13 @@ def leave_one_out(ds: SequenceDataset) -> LeaveOneOutSplit:
         if len(seq) < MIN_EVAL_LENGTH:
             train.append(seq)
             continue
-        train.append(seq[:-2])
         eval_users.append(user)
-        valid_input.append(seq[:-2])
-        valid_target.append(int(seq[-2]))
+        if validated is not None and user not in validated:
+            train.append(seq[:-1])
+        else:
+            train.append(seq[:-2])
+            valid_input.append(seq[:-2])
+            valid_target.append(int(seq[-2]))
         test_input.append(seq[:-1])
         test_target.append(int(seq[-1]))
     return LeaveOneOutSplit(
@@ -40,6 +48,17 @@ def leave_one_out(ds: SequenceDataset) -> LeaveOneOutSplit:
         test_input=test_input,
         test_target=np.array(test_target, dtype=np.int64),
     )
+
+
+def _validation_users(ds: SequenceDataset, val_users: int, seed: int) -> set[int] | None:
+    """The users whose second-to-last item is held out, or None for all of them."""
+    if val_users < 0:
+        raise ValueError(f"val_users must be >= 0 (0 = validate every user), got {val_users}")
+    candidates = [u for u, seq in enumerate(ds.sequences) if len(seq) >= MIN_EVAL_LENGTH]
+    if val_users == 0 or val_users >= len(candidates):
+        return None
+    rng = np.random.default_rng(seed)
+    return set(rng.choice(candidates, size=val_users, replace=False).tolist())
 
 
 def item_popularity(train: list[np.ndarray], n_items: int) -> np.ndarray:

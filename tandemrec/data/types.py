@@ -40,7 +40,8 @@ class LeaveOneOutSplit:
     """Leave-one-out by time: last item = test target, second to last = validation target.
 
     Only users with at least 3 interactions are evaluated (`eval_users`); the others train on
-    everything they have. `train[u]` never contains user u's validation or test target.
+    everything they have. `train[u]` never contains user u's test target, nor its validation
+    target when u is validated (`val_users` in `leave_one_out` validates a sample of users).
     """
 
     train: list[np.ndarray]

@@ -47,7 +47,9 @@ def machine() -> dict[str, Any]:
 def protocol(ctx: RunContext) -> dict[str, Any]:
     cfg = ctx.cfg.eval
     return {
-        "split": "leave-one-out by time: last item = test target, second to last = validation",
+        "split": "leave-one-out by time: last item = test target, second to last = validation"
+                 + (f" for {len(ctx.split.valid_target)} sampled users (the others train on it)"
+                    if ctx.cfg.val_users else ""),
         "users": f"all {len(ctx.split.eval_users)} users with >= 3 interactions, "
                  "the same users for every mode",
         "ranking": "full ranking over the whole catalog; items in the user's history excluded "

@@ -105,6 +105,9 @@ class PipelineConfig:
     dataset: str = "ml-100k"
     seed: int = 42
     threads: int = 2
+    # Users validated (early stopping, fusion tuning); the others also train on their
+    # second-to-last item (data/split.leave_one_out). 0 = validate every user.
+    val_users: int = 0
     teacher: TeacherTrainConfig = field(default_factory=TeacherTrainConfig)
     intents: IntentConfig = field(default_factory=IntentConfig)
     student: StudentTrainConfig = field(default_factory=StudentTrainConfig)

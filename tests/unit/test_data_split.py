@@ -59,6 +59,34 @@ def test_split_leaks_no_target_into_train() -> None:
         assert np.array_equal(split.test_input[k], seq[:-1])
 
 
+def test_sampled_validation_users_train_on_their_second_to_last_item() -> None:
+    ds = make_synthetic(n_users=60, n_items=40, min_len=1, max_len=12, seed=5)
+    full = leave_one_out(ds)
+    split = leave_one_out(ds, val_users=10, seed=3)
+    assert split.valid_target.size == len(split.valid_input) == 10
+    # Test is the same for every user whatever the validation sample.
+    assert np.array_equal(split.eval_users, full.eval_users)
+    assert np.array_equal(split.test_target, full.test_target)
+    validated = 0
+    for k, u in enumerate(split.eval_users.tolist()):
+        seq, train = ds.sequences[u], split.train[u]
+        assert split.test_target[k] == seq[-1]
+        assert len(train) in (len(seq) - 2, len(seq) - 1)  # the test target never trains
+        assert np.array_equal(train, seq[: len(train)])
+        validated += len(train) == len(seq) - 2
+    assert validated == 10
+    # Each validation pair is a held-out (prefix, next item) of a user that trains on the prefix.
+    held = {(tuple(v.tolist()), int(t)) for v, t in zip(split.valid_input, split.valid_target,
+                                                         strict=True)}
+    assert held <= {(tuple(ds.sequences[u][:-2].tolist()), int(ds.sequences[u][-2]))
+                    for u in split.eval_users.tolist()}
+    again = leave_one_out(ds, val_users=10, seed=3)
+    assert np.array_equal(again.valid_target, split.valid_target)
+    assert np.array_equal(leave_one_out(ds, val_users=10_000).valid_target, full.valid_target)
+    with pytest.raises(ValueError, match="val_users"):
+        leave_one_out(ds, val_users=-1)
+
+
 def test_item_popularity_counts_train_only() -> None:
     split = leave_one_out(dataset([1, 1, 2, 3, 3], [2, 3]))
     pop = item_popularity(split.train, n_items=4)
