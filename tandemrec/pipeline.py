@@ -122,6 +122,7 @@ def stage_train(ctx: RunContext) -> None:
     np.save(ctx.path("popularity.npy"), pop)
     ctx.record("train", {"seconds": time.time() - t0, "best_epoch": fit.best_epoch,
                          "val_ndcg@10": fit.best_score, "stopped": fit.stopped,
+                         "planned_epochs": fit.planned_epochs,
                          "history": fit.history, "coarse_val_ndcg@10": coarse.best_score,
                          "coarse_history": coarse.history})
 
@@ -141,7 +142,7 @@ def stage_distill(ctx: RunContext) -> None:
     log(f"student: best val NDCG@10 {fit.best_score:.4f} at epoch {fit.best_epoch}")
     ctx.record("distill", {"seconds": time.time() - t0, "best_epoch": fit.best_epoch,
                            "val_ndcg@10": fit.best_score, "stopped": fit.stopped,
-                           "history": fit.history})
+                           "planned_epochs": fit.planned_epochs, "history": fit.history})
 
 
 def stage_compress(ctx: RunContext) -> None:

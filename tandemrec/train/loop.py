@@ -24,6 +24,7 @@ class FitResult:
     history: list[dict] = field(default_factory=list)
     seconds: float = 0.0
     stopped: str = "max_epochs"
+    planned_epochs: int = 0  # max_epochs, or fewer when the time budget shrank the schedule
 
 
 def rank_users(score_fn: Callable[[torch.Tensor], torch.Tensor], inputs: list[np.ndarray],
@@ -50,14 +51,28 @@ def validation_ndcg(score_fn: Callable[[torch.Tensor], torch.Tensor], inputs: li
     return metrics_from_ranks(rank_users(score_fn, inputs, targets, max_len, exclude))
 
 
-def lr_lambda(warmup: int, total: int, floor: float = 0.05) -> Callable[[int], float]:
-    """Linear warmup then cosine decay to `floor` of the peak rate."""
-    def f(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        t = min(1.0, (step - warmup) / max(1, total - warmup))
-        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t))
-    return f
+class CosineSchedule:
+    """Linear warmup then cosine decay to `floor` of the peak rate at step `total`.
+
+    `total` may shrink mid-run: a stage that will not finish its epochs inside its time budget
+    then still ends its decay (a schedule cut off at a high rate leaves the weights noisy).
+    """
+
+    def __init__(self, warmup: int, total: int, floor: float = 0.05) -> None:
+        self.warmup, self.total, self.floor = warmup, total, floor
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup:
+            return (step + 1) / self.warmup
+        t = min(1.0, (step - self.warmup) / max(1, self.total - self.warmup))
+        return self.floor + (1 - self.floor) * 0.5 * (1 + math.cos(math.pi * t))
+
+
+def epochs_within(budget_s: float, elapsed_s: float, done: int, planned: int,
+                  per_epoch_s: float) -> int:
+    """Epochs that fit the budget at `per_epoch_s` each: from `done` up to `planned`."""
+    fit_more = int((budget_s - elapsed_s) // per_epoch_s) if per_epoch_s > 0 else planned
+    return max(done, min(planned, done + fit_more))
 
 
 class WeightAverage:
@@ -91,23 +106,27 @@ def fit(model: nn.Module, params: Iterable[nn.Parameter], *, name: str,
         loss_fn: Callable[..., torch.Tensor], validate: Callable[[], dict[str, float]],
         lr: float, max_epochs: int, patience: int, warmup_steps: int = 100,
         weight_decay: float = 0.0, max_minutes: float = 0.0, grad_clip: float = 1.0,
-        ema: float = 0.0) -> FitResult:
+        ema: float = 0.0, clock: Callable[[], float] = time.time) -> FitResult:
     """Train until validation NDCG@10 stops improving, then restore the best weights.
 
     `batches(epoch)` yields the arguments of `loss_fn`; `validate()` returns metrics with
-    "ndcg@10". Stops early on patience or when `max_minutes` of wall clock are spent.
+    "ndcg@10". Stops early on patience. With `max_minutes`, the epochs (and the cosine decay)
+    shrink to what fits the budget at the epoch time measured so far, on a slower machine.
     `ema` > 0 validates (and keeps) an exponential moving average of the weights instead.
     """
     params = [p for p in params if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     average = WeightAverage(params, ema) if ema else None
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(warmup_steps, max_epochs * n_batches))
-    result = FitResult(best_epoch=-1, best_score=-1.0)
+    schedule = CosineSchedule(warmup_steps, max_epochs * n_batches)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+    result = FitResult(best_epoch=-1, best_score=-1.0, planned_epochs=max_epochs)
     best_state = copy.deepcopy(model.state_dict())
-    start, bad = time.time(), 0
+    start, bad = clock(), 0
     with stage_progress() as progress:
         task = progress.add_task(name, total=max_epochs * n_batches, status="")
-        for epoch in range(max_epochs):
+        epoch = -1
+        while epoch + 1 < result.planned_epochs:
+            epoch += 1
             model.train()
             losses = []
             for batch in batches(epoch):
@@ -129,7 +148,7 @@ def fit(model: nn.Module, params: Iterable[nn.Parameter], *, name: str,
             metrics = validate()
             score = metrics["ndcg@10"]
             entry = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "val_ndcg@10": score,
-                     "val_hr@10": metrics.get("hr@10"), "seconds": time.time() - start}
+                     "val_hr@10": metrics.get("hr@10"), "seconds": clock() - start}
             result.history.append(entry)
             log(f"{name} epoch {epoch + 1}: loss {entry['loss']:.4f} "
                 f"val NDCG@10 {score:.4f} HR@10 {metrics.get('hr@10', 0):.4f} "
@@ -144,10 +163,31 @@ def fit(model: nn.Module, params: Iterable[nn.Parameter], *, name: str,
             if bad >= patience:
                 result.stopped = "early_stopping"
                 break
-            if max_minutes and (time.time() - start) / 60 >= max_minutes:
-                result.stopped = "time_budget"
-                break
+            if max_minutes:
+                _fit_budget(result, schedule, max_minutes * 60, max_epochs, n_batches, name)
+                progress.update(task, total=result.planned_epochs * n_batches)
     model.load_state_dict(best_state)
     model.eval()
-    result.seconds = time.time() - start
+    result.seconds = clock() - start
     return result
+
+
+def _fit_budget(result: FitResult, schedule: CosineSchedule, budget_s: float, max_epochs: int,
+                n_batches: int, name: str) -> None:
+    """Set the planned epochs and the decay to what the time budget allows.
+
+    From the third epoch on, the epoch time is the median of the last three, so one slow epoch
+    (a busy machine) moves the plan little; it may grow back up to `max_epochs`.
+    """
+    seconds = [0.0] + [h["seconds"] for h in result.history]
+    done = len(result.history)
+    if done < 3 and seconds[-1] < budget_s:
+        return  # too few epochs timed to plan by
+    per_epoch = float(np.median(np.diff(seconds)[-3:]))
+    planned = epochs_within(budget_s, seconds[-1], done, max_epochs, per_epoch)
+    if planned != result.planned_epochs and planned > done:
+        log(f"{name}: {budget_s / 60:.0f}-minute budget at {per_epoch:.0f}s per epoch: "
+            f"{planned} epochs of {max_epochs}")
+    result.planned_epochs = planned
+    result.stopped = "time_budget" if planned < max_epochs else "max_epochs"
+    schedule.total = planned * n_batches
