@@ -225,7 +225,7 @@ def finetune_compressed(small: Student, student: Student, split: LeaveOneOutSpli
                                                   cfg.batch_size, rng),
                n_batches=n_batches(split.train, cfg.batch_size), loss_fn=loss_fn,
                validate=validate, lr=cfg.lr, max_epochs=cfg.finetune_epochs,
-               patience=cfg.finetune_epochs, warmup_steps=10)
+               patience=cfg.finetune_epochs, warmup_steps=10, max_minutes=cfg.max_minutes)
 
 
 def compress_student(student: Student, split: LeaveOneOutSplit, vocab: IntentVocab,

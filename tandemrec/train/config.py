@@ -81,6 +81,7 @@ class CompressConfig:
     param_ratio: float = 0.5  # target share of the student's parameters after SVD
     align_steps: int = 150  # progressive alignment steps per stage (embedding, each layer)
     finetune_epochs: int = 3  # final logit alignment to the uncompressed student
+    max_minutes: float = 0.0  # wall-clock budget for the fine-tuning epochs; 0 = none
     lr: float = 1e-3
     batch_size: int = 128
     atol: float = 1e-3  # ONNX vs torch tolerance on item scores
