@@ -31,7 +31,7 @@ CLOUD_MAX_K = CloudSettings.model_fields["max_k"].default  # the largest k a clo
 class Outcome:
     """One device's request."""
 
-    t: float  # seconds since the run started
+    t: float  # when the request was asked, in seconds since the run started
     rank: int  # 0-based position of the true next item in the k shown, MISS_RANK if absent
     latency_ms: float
     served_by: str
@@ -125,9 +125,10 @@ async def run_mode(mode: str, model: EdgeModel, histories: list[np.ndarray],
         client = EdgeClient(model, MemoryDeviceStore(seq[:-steps]), f"sim-{u}",
                             transport if mode == "collaborative" else None, settings, seed=u)
         for j in range(steps, 0, -1):
+            asked = time.monotonic() - t_start
             res = await client.recommend(k)
             raw = raw_bytes(f"sim-{u}", seq[:-j], client) if mode == "collaborative" else 0
-            run.outcomes.append(Outcome(time.monotonic() - t_start,
+            run.outcomes.append(Outcome(asked,
                                         rank_of(res.items, int(seq[-j])), res.latency_ms,
                                         res.served_by if mode == "collaborative" else "local",
                                         res.bytes_up, device_ms=res.device_ms,

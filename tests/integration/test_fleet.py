@@ -94,11 +94,11 @@ def test_an_outage_is_served_by_the_fallback_within_the_deadline(bundle, cloud):
                     conditions=Conditions(outage=(1.0, 2.5)))
     _, (run,) = simulate(cfg)
 
-    def asked(o) -> float:  # noqa: ANN001
-        return o.t - o.latency_ms / 1000  # an outcome's t is when its answer came
+    def answered(o) -> float:  # noqa: ANN001
+        return o.t + o.latency_ms / 1000  # an outcome's t is when it was asked
 
-    during = [o for o in run.outcomes if asked(o) >= 1.0 and o.t < 2.5]
-    after = [o for o in run.outcomes if asked(o) >= 2.5 + 2.5]  # breaker reset (2 s) passed
+    during = [o for o in run.outcomes if o.t >= 1.0 and answered(o) < 2.5]
+    after = [o for o in run.outcomes if o.t >= 2.5 + 2.5]  # breaker reset (2 s) passed
     assert during and all(o.served_by == "fallback" for o in during)
     # Within the deadline, with room for a busy event loop on a loaded machine.
     assert all(o.latency_ms <= deadline_ms + 50 for o in during)
