@@ -124,9 +124,9 @@ def fit(model: nn.Module, params: Iterable[nn.Parameter], *, name: str,
     start, bad = clock(), 0
     with stage_progress() as progress:
         task = progress.add_task(name, total=max_epochs * n_batches, status="")
-        epoch = -1
-        while epoch + 1 < result.planned_epochs:
-            epoch += 1
+        for epoch in range(max_epochs):
+            if epoch >= result.planned_epochs:  # the time budget shrank the plan
+                break
             model.train()
             losses = []
             for batch in batches(epoch):
