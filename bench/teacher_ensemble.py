@@ -4,7 +4,7 @@ Each member is the `teacher.pt` of a finished `tandem train` (or `tandem pipelin
 ensemble (tandemrec/models/teacher_ensemble.py) averages the members' log-probabilities. The
 report gives full-ranking test metrics, parameters, checkpoint bytes and single-request p50 on
 one thread for every member and the ensemble, with the ensemble's ratios to its best member, and
-writes bench/results/teacher-ensemble-<dataset>.{json,md}.
+writes bench/results/teacher-ensemble-<dataset>[-<tag>].{json,md}.
 
     python bench/teacher_ensemble.py --dataset ml-1m \\
         --member "d128, dropout 0.3" /tmp/runs/do3 --member "d192, dropout 0.2" /tmp/runs/d192
@@ -49,6 +49,8 @@ def main() -> None:
     parser.add_argument("--member", nargs=2, action="append", default=[],
                         metavar=("LABEL", "RUN_DIR"), required=True,
                         help="a label and the run directory holding its teacher.pt")
+    parser.add_argument("--tag", default="", help="suffix of the report's file names, so "
+                        "several ensembles can be kept side by side")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()
 
@@ -75,7 +77,7 @@ def main() -> None:
     rows.append(ens)
 
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / f"teacher-ensemble-{args.dataset}"
+    stem = args.out / f"teacher-ensemble-{args.dataset}{'-' + args.tag if args.tag else ''}"
     report = {"benchmark": f"teacher ensemble on {args.dataset}", "rows": rows,
               "machine": machine(), "protocol": f"full ranking over the catalog, "
               f"{len(split.test_target)} test users (last item), history items excluded; "
