@@ -32,12 +32,9 @@ class TeacherEnsemble(nn.Module):
         # Histories are cut to the shortest window any member reads.
         self.max_len = min(m.cfg.max_len for m in members)
 
-    def log_probs(self, seq: torch.Tensor, coarse: bool = False) -> torch.Tensor:
+    def forward(self, seq: torch.Tensor, coarse: bool = False) -> torch.Tensor:
         """(B, T) item ids (or intent tokens if coarse) -> (B, N+1) next-item log-probabilities."""
         seq = seq[:, -self.max_len:]
-        total = sum(torch.log_softmax(m(seq, coarse=coarse), dim=-1) for m in self.members)
-        assert isinstance(total, torch.Tensor)
-        return torch.log_softmax(total / len(self.members), dim=-1)
-
-    def forward(self, seq: torch.Tensor, coarse: bool = False) -> torch.Tensor:
-        return self.log_probs(seq, coarse=coarse)
+        logp = torch.stack([torch.log_softmax(m(seq, coarse=coarse), dim=-1)
+                            for m in self.members])  # (M, B, N+1)
+        return torch.log_softmax(logp.mean(0), dim=-1)

@@ -36,7 +36,7 @@ def test_two_members_average_log_probabilities_and_renormalise():
     # Renormalising shifts each row by one constant: the ranking is the mean's.
     assert torch.allclose(out, mean - torch.logsumexp(mean, -1, keepdim=True), atol=1e-6)
     assert torch.allclose(out.exp().sum(-1), torch.ones(2), atol=1e-5)
-    # Hand check on one row: an item's score sits between the two members' scores.
+    # Before renormalising, every item's score lies between the two members' scores.
     lo, hi = torch.minimum(la, lb), torch.maximum(la, lb)
     shift = torch.logsumexp(mean, -1, keepdim=True)
     assert bool(((out + shift >= lo - 1e-6) & (out + shift <= hi + 1e-6)).all())
