@@ -46,7 +46,7 @@ def main() -> None:
     run_vocab = IntentVocab.from_json(json.loads((a.run_dir / "codebook.json").read_text()))
     teacher, _ = load_teacher(a.run_dir / "teacher.pt")
     with torch.no_grad():
-        vecs = teacher.items().numpy()
+        vecs = teacher.item_vectors().numpy()  # an ensemble's members side by side
     it = cfg.intents
     floored = intent_vocab(vecs, None, pop, dataclasses.replace(it, min_items=a.floor), cfg.seed)
     rows = [{"vocabulary": f"run ({it.n_intents} tokens, {it.weighting} weights, "

@@ -13,7 +13,9 @@ writes bench/results/teacher-ensemble-<dataset>[-<tag>].{json,md}.
 from __future__ import annotations
 
 import argparse
+import io
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +25,7 @@ from tandemrec.checkpoints import load_teacher
 from tandemrec.data import leave_one_out, load_dataset
 from tandemrec.eval.modes import n_params, p50_ms
 from tandemrec.eval.report import machine
+from tandemrec.models.teacher import Teacher
 from tandemrec.models.teacher_ensemble import TeacherEnsemble
 from tandemrec.train.loop import validation_ndcg
 
@@ -43,12 +46,30 @@ def measure(label: str, model: torch.nn.Module, max_len: int, inputs: list[np.nd
             "params": n_params(model), "size_bytes": size, "p50_ms": lat}
 
 
+def load_members(specs: list[list[str]]) -> Iterator[tuple[str, Path, Teacher, int]]:
+    """(label, checkpoint, teacher, bytes) per member; an ensemble run gives each of its own."""
+    for label, run_dir in specs:
+        path = Path(run_dir) / "teacher.pt"
+        if not path.exists():
+            raise SystemExit(f"{path}: no teacher checkpoint; run `tandem train` into {run_dir}")
+        teacher, _ = load_teacher(path)
+        if isinstance(teacher, Teacher):
+            yield label, path, teacher, path.stat().st_size
+            continue
+        for i, m in enumerate(teacher.members):
+            assert isinstance(m, Teacher)
+            buf = io.BytesIO()  # a member's share of the file: its weights serialised alone
+            torch.save(m.state_dict(), buf)
+            yield f"{label} [{i + 1}]", path, m, buf.tell()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--dataset", default="ml-1m")
     parser.add_argument("--member", nargs=2, action="append", default=[],
                         metavar=("LABEL", "RUN_DIR"), required=True,
-                        help="a label and the run directory holding its teacher.pt")
+                        help="a label and the run directory holding its teacher.pt; a run that "
+                        "trained an ensemble (teacher.members) adds each of its members")
     parser.add_argument("--tag", default="", help="suffix of the report's file names, so "
                         "several ensembles can be kept side by side")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
@@ -56,20 +77,15 @@ def main() -> None:
 
     split = leave_one_out(load_dataset(args.dataset))
     members, rows = [], []
-    for label, run_dir in args.member:
-        path = Path(run_dir) / "teacher.pt"
-        if not path.exists():
-            raise SystemExit(f"{path}: no teacher checkpoint; run `tandem train` into {run_dir}")
-        teacher, _ = load_teacher(path)
+    for label, path, teacher, size in load_members(args.member):
         members.append(teacher)
         cfg = teacher.cfg
-        row = measure(label, teacher, cfg.max_len, split.test_input, split.test_target,
-                      path.stat().st_size)
+        row = measure(label, teacher, cfg.max_len, split.test_input, split.test_target, size)
         row["config"] = {"d_model": cfg.d_model, "n_layers": cfg.n_layers,
-                         "dropout": cfg.dropout, "max_len": cfg.max_len}
+                         "dropout": cfg.dropout, "max_len": cfg.max_len, "run": str(path)}
         rows.append(row)
     ensemble = TeacherEnsemble(members).eval()
-    ens = measure(f"ensemble of {len(members)}", ensemble, ensemble.max_len, split.test_input,
+    ens = measure(f"ensemble of {len(members)}", ensemble, ensemble.cfg.max_len, split.test_input,
                   split.test_target, sum(r["size_bytes"] for r in rows))
     best = max(rows, key=lambda r: r["ndcg@10"])
     ens["ndcg@10_ratio_to_best_member"] = ens["ndcg@10"] / best["ndcg@10"]
@@ -77,7 +93,8 @@ def main() -> None:
     rows.append(ens)
 
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / f"teacher-ensemble-{args.dataset}{'-' + args.tag if args.tag else ''}"
+    name = Path(args.dataset).stem  # a path to the user's own logs names the report by its file
+    stem = args.out / f"teacher-ensemble-{name}{'-' + args.tag if args.tag else ''}"
     report = {"benchmark": f"teacher ensemble on {args.dataset}", "rows": rows,
               "machine": machine(), "protocol": f"full ranking over the catalog, "
               f"{len(split.test_target)} test users (last item), history items excluded; "

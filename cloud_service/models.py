@@ -17,7 +17,7 @@ import torch
 from cloud_service.domain import ArtifactInfo, ManifestInfo
 from tandemrec.bundle import MANIFEST_NAME, BundleError, read_manifest, verify_bundle
 from tandemrec.checkpoints import load_teacher
-from tandemrec.models.teacher import Teacher
+from tandemrec.models.teacher_ensemble import AnyTeacher
 from tandemrec.retrieval import IntentIndex
 from tandemrec.train.batches import left_pad
 
@@ -29,7 +29,7 @@ class LoadedModel:
     version: str
     bundle_dir: Path
     manifest: ManifestInfo
-    teacher: Teacher
+    teacher: AnyTeacher
     index: IntentIndex
     item_intent: np.ndarray  # (N+1,) level-1 token of each item
     n_items: int
@@ -38,7 +38,7 @@ class LoadedModel:
     serving: dict  # retrieval settings the bundle was evaluated with (manifest extra)
 
     def score(self, seqs: list[np.ndarray], coarse: bool) -> np.ndarray:
-        """Teacher logits at the last position: (B, N+1), float32."""
+        """Teacher scores at the last position: (B, N+1) logits, or an ensemble's log-probs."""
         x = left_pad(seqs, self.teacher.cfg.max_len)
         with self.lock, torch.inference_mode():
             return self.teacher(x, coarse=coarse).float().numpy()

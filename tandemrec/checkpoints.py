@@ -9,38 +9,48 @@ import torch
 
 from tandemrec.models.student import Student, StudentConfig
 from tandemrec.models.teacher import Teacher, TeacherConfig
+from tandemrec.models.teacher_ensemble import AnyTeacher, TeacherEnsemble
+
+KINDS = {Teacher: "teacher", TeacherEnsemble: "teacher-ensemble", Student: "student"}
 
 
-def save_model(model: Teacher | Student, path: Path, extra: dict[str, Any] | None = None) -> Path:
+def save_model(model: AnyTeacher | Student, path: Path,
+               extra: dict[str, Any] | None = None) -> Path:
     """Write {kind, config, state_dict, extra} atomically (tmp file, then rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    kind = "teacher" if isinstance(model, Teacher) else "student"
     tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save({"kind": kind, "config": model.cfg.to_dict(), "state_dict": model.state_dict(),
-                "extra": extra or {}}, tmp)
+    torch.save({"kind": KINDS[type(model)], "config": model.cfg.to_dict(),
+                "state_dict": model.state_dict(), "extra": extra or {}}, tmp)
     tmp.replace(path)
     return path
 
 
-def _load(path: Path, kind: str) -> dict[str, Any]:
+def _load(path: Path, kinds: tuple[str, ...]) -> dict[str, Any]:
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: run the stage that writes it first "
                                 f"(tandem pipeline runs them all)")
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    if ckpt.get("kind") != kind:
-        raise ValueError(f"{path} holds a {ckpt.get('kind')} checkpoint, expected a {kind}")
+    if ckpt.get("kind") not in kinds:
+        raise ValueError(f"{path} holds a {ckpt.get('kind')} checkpoint, expected "
+                         + " or ".join(kinds))
     return ckpt
 
 
-def load_teacher(path: Path) -> tuple[Teacher, dict[str, Any]]:
-    ckpt = _load(path, "teacher")
-    model = Teacher(TeacherConfig(**ckpt["config"]))
+def load_teacher(path: Path) -> tuple[AnyTeacher, dict[str, Any]]:
+    """A teacher or a teacher ensemble, whichever the checkpoint holds, in eval mode."""
+    ckpt = _load(path, ("teacher", "teacher-ensemble"))
+    model: AnyTeacher
+    if ckpt["kind"] == "teacher":
+        model = Teacher(TeacherConfig(**ckpt["config"]))
+    else:
+        model = TeacherEnsemble([Teacher(TeacherConfig(**c))
+                                 for c in ckpt["config"]["members"]])
     model.load_state_dict(ckpt["state_dict"])
     return model.eval(), ckpt["extra"]
 
 
 def load_student(path: Path) -> tuple[Student, dict[str, Any]]:
-    ckpt = _load(path, "student")
+    ckpt = _load(path, ("student",))
     model = Student(StudentConfig(**ckpt["config"]))
     model.load_state_dict(ckpt["state_dict"])
     return model.eval(), ckpt["extra"]

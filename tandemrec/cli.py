@@ -102,7 +102,11 @@ def data(data_dir: DataDirOpt = None) -> None:
 @app.command()
 def train(dataset: DatasetOpt = "ml-100k", config: ConfigOpt = None, set_: SetOpt = None,
           run_dir: RunDirOpt = None, data_dir: DataDirOpt = None) -> None:
-    """Train the teacher, build the intent vocabulary, train the teacher's coarse mode."""
+    """Train the teacher, build the intent vocabulary, train the teacher's coarse mode.
+
+    With `teacher.members` (e.g. --set 'teacher.members=[{dropout: 0.3}, {}]') it trains an
+    ensemble, one teacher per entry, and the cloud serves their mean log-probability.
+    """
     _stage("train", dataset, config, set_, run_dir, data_dir, DEFAULT_RESULTS)
 
 

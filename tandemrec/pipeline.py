@@ -21,8 +21,11 @@ from tandemrec.checkpoints import load_student, load_teacher, save_model
 from tandemrec.data import item_popularity, leave_one_out, load_dataset
 from tandemrec.data.types import LeaveOneOutSplit, SequenceDataset
 from tandemrec.models.intent_vocab import IntentVocab, build_intent_vocab
+from tandemrec.models.teacher import Teacher
+from tandemrec.models.teacher_ensemble import AnyTeacher, TeacherEnsemble
 from tandemrec.progress import log
 from tandemrec.train.config import IntentConfig, PipelineConfig
+from tandemrec.train.loop import FitResult
 
 
 @dataclass
@@ -100,31 +103,75 @@ def intent_vocab(vecs: np.ndarray, texts: Sequence[str] | None, popularity: np.n
                               min_items=cfg.min_items)
 
 
+def train_members(ctx: RunContext) -> tuple[list[Teacher], list[FitResult]]:
+    """Each configured teacher in turn (one unless `teacher.members` lists several).
+
+    The members share `teacher.max_minutes`: each gets an equal part of what is left, so time
+    that an early-stopping member did not use passes to the next.
+    """
+    from tandemrec.train.teacher import train_teacher
+
+    cfg = ctx.cfg
+    text = text_vectors(ctx)
+    configs = cfg.teacher.member_configs()
+    t0 = time.time()
+    members, fits = [], []
+    for i, mcfg in enumerate(configs):
+        if cfg.teacher.max_minutes:
+            left = cfg.teacher.max_minutes - (time.time() - t0) / 60
+            mcfg = dataclasses.replace(mcfg, max_minutes=max(left / (len(configs) - i), 0.01))
+        teacher, fit = train_teacher(ctx.split, ctx.n_items, text, mcfg, cfg.seed + i)
+        name = f"teacher {i + 1}/{len(configs)}" if len(configs) > 1 else "teacher"
+        log(f"{name}: best val NDCG@10 {fit.best_score:.4f} at epoch {fit.best_epoch} "
+            f"({fit.stopped}, {fit.seconds / 60:.1f} min)")
+        members.append(teacher)
+        fits.append(fit)
+    return members, fits
+
+
 def stage_train(ctx: RunContext) -> None:
-    """Teacher (full mode), then the intent vocabulary, then the teacher's coarse mode."""
-    from tandemrec.train.teacher import train_coarse, train_teacher
+    """Teacher(s) in full mode, then the intent vocabulary, then the coarse mode of each."""
+    from tandemrec.train.loop import validation_ndcg
+    from tandemrec.train.teacher import coarse_validation, train_coarse
 
     cfg = ctx.cfg
     t0 = time.time()
-    teacher, fit = train_teacher(ctx.split, ctx.n_items, text_vectors(ctx), cfg.teacher, cfg.seed)
-    log(f"teacher: best val NDCG@10 {fit.best_score:.4f} at epoch {fit.best_epoch} "
-        f"({fit.stopped}, {fit.seconds / 60:.1f} min)")
+    members, fits = train_members(ctx)
+    model: AnyTeacher = members[0] if len(members) == 1 else TeacherEnsemble(members)
     with torch.no_grad():
-        vecs = teacher.items().numpy()
+        vecs = model.eval().item_vectors().numpy()  # an ensemble's members side by side
     pop = item_popularity(ctx.split.train, ctx.n_items)
     vocab = intent_vocab(vecs, ctx.data.item_texts, pop, cfg.intents, cfg.seed)
     ctx.path("codebook.json").write_text(json.dumps(vocab.to_json()))
     log(f"intent vocabulary: {vocab.n_intents} tokens, e.g. " +
         "; ".join(vocab.labels[1:6]))
-    coarse = train_coarse(teacher, ctx.split, vocab, cfg.teacher, cfg.eval.coarse_history,
-                          cfg.seed)
-    save_model(teacher, ctx.path("teacher.pt"), {"fit": fit.history, "coarse": coarse.history})
+    coarse = [train_coarse(m, ctx.split, vocab, cfg.teacher, cfg.eval.coarse_history, cfg.seed)
+              for m in members]
+    model.eval()
+    reports = [_fit_report(f, c) for f, c in zip(fits, coarse, strict=True)]
+    if len(members) == 1:
+        save_model(model, ctx.path("teacher.pt"), {"fit": fits[0].history,
+                                                   "coarse": coarse[0].history})
+        info: dict[str, Any] = reports[0]
+    else:
+        save_model(model, ctx.path("teacher.pt"), {"members": reports})
+        with torch.no_grad():
+            val = validation_ndcg(model, ctx.split.valid_input, ctx.split.valid_target,
+                                  model.cfg.max_len)["ndcg@10"]
+            coarse_val = coarse_validation(model, ctx.split, vocab,
+                                           cfg.eval.coarse_history)["ndcg@10"]
+        log(f"teacher ensemble of {len(members)}: val NDCG@10 {val:.4f} "
+            f"(members {', '.join(f'{f.best_score:.4f}' for f in fits)}), coarse {coarse_val:.4f}")
+        info = {"val_ndcg@10": val, "coarse_val_ndcg@10": coarse_val, "members": reports}
     np.save(ctx.path("popularity.npy"), pop)
-    ctx.record("train", {"seconds": time.time() - t0, "best_epoch": fit.best_epoch,
-                         "val_ndcg@10": fit.best_score, "stopped": fit.stopped,
-                         "planned_epochs": fit.planned_epochs,
-                         "history": fit.history, "coarse_val_ndcg@10": coarse.best_score,
-                         "coarse_history": coarse.history})
+    ctx.record("train", {"seconds": time.time() - t0, **info})
+
+
+def _fit_report(fit: FitResult, coarse: FitResult) -> dict[str, Any]:
+    return {"best_epoch": fit.best_epoch, "val_ndcg@10": fit.best_score, "stopped": fit.stopped,
+            "planned_epochs": fit.planned_epochs, "seconds_fit": fit.seconds,
+            "history": fit.history, "coarse_val_ndcg@10": coarse.best_score,
+            "coarse_history": coarse.history}
 
 
 def load_vocab(ctx: RunContext) -> IntentVocab:

@@ -22,7 +22,7 @@ from edge_client.runtime import OnnxStudent
 from tandemrec.eval.metrics import MISS_RANK, metrics_from_ranks, sampled_ranks, target_ranks
 from tandemrec.models.intent_vocab import IntentVocab
 from tandemrec.models.student import Student
-from tandemrec.models.teacher import Teacher
+from tandemrec.models.teacher_ensemble import AnyTeacher
 from tandemrec.progress import stage_progress
 from tandemrec.retrieval import IntentIndex
 from tandemrec.train.batches import eval_batches
@@ -35,7 +35,7 @@ MODES = ("popularity", "cloud-full", "teacher-coarse", "student-fp32", "student-
 
 @dataclass
 class Models:
-    teacher: Teacher
+    teacher: AnyTeacher
     vocab: IntentVocab
     student: Student
     student_svd: Student

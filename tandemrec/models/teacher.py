@@ -122,6 +122,10 @@ class Teacher(nn.Module):
         # Scaling h rather than the (..., N+1) product saves a catalog-sized pass.
         return (h * scale) @ vecs.T + bias
 
+    def position_scores(self, seq: torch.Tensor) -> torch.Tensor:
+        """Next-item logits at every position: (B, T) -> (B, T, N+1)."""
+        return self.scores(self.hidden(seq))
+
     def forward(self, seq: torch.Tensor, coarse: bool = False) -> torch.Tensor:
         """Next-item logits at the last position: (B, T) -> (B, N+1)."""
         return self.scores(self.hidden(seq, coarse=coarse, last_only=True)[:, -1])

@@ -11,11 +11,36 @@ distributions, renormalised, so the output is again a log-probability over the c
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from tandemrec.models.teacher import Teacher
+from tandemrec.models.teacher import Teacher, TeacherConfig
+
+
+@dataclass
+class EnsembleConfig:
+    """The members' configs; what serving reads (catalog, intents, window) is derived from them."""
+
+    members: list[TeacherConfig]
+
+    @property
+    def n_items(self) -> int:
+        return self.members[0].n_items
+
+    @property
+    def n_intents(self) -> int:
+        # Every member reads the same intent tokens; one without a coarse mode disables it.
+        return min(m.n_intents for m in self.members)
+
+    @property
+    def max_len(self) -> int:
+        # Histories are cut to the shortest window any member reads.
+        return min(m.max_len for m in self.members)
+
+    def to_dict(self) -> dict:
+        return {"members": [m.to_dict() for m in self.members]}
 
 
 class TeacherEnsemble(nn.Module):
@@ -29,12 +54,29 @@ class TeacherEnsemble(nn.Module):
         if len(n_items) != 1:
             raise ValueError(f"ensemble members score different catalogs: n_items {n_items}")
         self.members = nn.ModuleList(members)
-        # Histories are cut to the shortest window any member reads.
-        self.max_len = min(m.cfg.max_len for m in members)
+        self._teachers = list(members)  # the same modules, typed for the loops below
+        self.cfg = EnsembleConfig([m.cfg for m in members])  # the members' own, kept live
+
+    def item_vectors(self) -> torch.Tensor:
+        """(N+1, sum of member widths): every member's item vectors side by side."""
+        return torch.cat([m.item_vectors() for m in self._teachers], dim=-1)
+
+    def position_scores(self, seq: torch.Tensor) -> torch.Tensor:
+        """Next-item log-probabilities at every position: (B, T) -> (B, T, N+1)."""
+        seq = seq[:, -self.cfg.max_len:]
+        return _mean_log_probs([m.position_scores(seq) for m in self._teachers])
 
     def forward(self, seq: torch.Tensor, coarse: bool = False) -> torch.Tensor:
         """(B, T) item ids (or intent tokens if coarse) -> (B, N+1) next-item log-probabilities."""
-        seq = seq[:, -self.max_len:]
-        logp = torch.stack([torch.log_softmax(m(seq, coarse=coarse), dim=-1)
-                            for m in self.members])  # (M, B, N+1)
-        return torch.log_softmax(logp.mean(0), dim=-1)
+        seq = seq[:, -self.cfg.max_len:]
+        return _mean_log_probs([m(seq, coarse=coarse) for m in self._teachers])
+
+
+def _mean_log_probs(scores: list[torch.Tensor]) -> torch.Tensor:
+    """Renormalised mean over members of log_softmax(scores) along the catalog axis."""
+    logp = torch.stack([torch.log_softmax(s, dim=-1) for s in scores])  # (M, ..., N+1)
+    return torch.log_softmax(logp.mean(0), dim=-1)
+
+
+# What the cloud, the evaluator and distillation score with: one teacher or an ensemble.
+AnyTeacher = Teacher | TeacherEnsemble

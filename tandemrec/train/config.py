@@ -36,6 +36,30 @@ class TeacherTrainConfig:
     recent_window: float = 1.0
     # "bf16": bfloat16 matmuls in training where the CPU runs them natively (train/precision.py)
     precision: str = "fp32"
+    # An ensemble: one entry per member, each a set of overrides of the fields above ({} = as
+    # above), trained in turn with seeds seed, seed + 1, ... and sharing max_minutes. Empty: one
+    # teacher. The cloud serves the members' mean log-probability (models/teacher_ensemble.py).
+    members: list[dict[str, Any]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.member_configs()  # a typo in a member's overrides fails at load, not an hour in
+
+    def member_configs(self) -> list[TeacherTrainConfig]:
+        """The configs the members train with (just this one when there are no members)."""
+        if not self.members:
+            return [self]
+        known = {f.name for f in dataclasses.fields(self)} - {"members"}
+        configs = []
+        for i, overrides in enumerate(self.members):
+            if not isinstance(overrides, dict):
+                raise ValueError(f"teacher.members[{i}]: expected a mapping of overrides such as "
+                                 f"{{dropout: 0.3}}, got {overrides!r}")
+            unknown = sorted(set(overrides) - known)
+            if unknown:
+                raise ValueError(f"teacher.members[{i}]: unknown key(s) {unknown}; expected "
+                                 f"some of {sorted(known)}")
+            configs.append(dataclasses.replace(self, members=[], **overrides))
+        return configs
 
 
 @dataclass

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from tandemrec.data.types import LeaveOneOutSplit
 from tandemrec.models.intent_vocab import IntentVocab
 from tandemrec.models.student import Student, StudentConfig
-from tandemrec.models.teacher import Teacher
+from tandemrec.models.teacher_ensemble import AnyTeacher
 from tandemrec.progress import stage_progress
 from tandemrec.train.batches import (
     eval_batches,
@@ -40,7 +40,7 @@ class TeacherTargets:
     # renormalised over the K items
 
 
-def teacher_targets(teacher: Teacher, seqs: list[np.ndarray], max_len: int, k: int,
+def teacher_targets(teacher: AnyTeacher, seqs: list[np.ndarray], max_len: int, k: int,
                     temperature: float, batch_size: int = 64) -> TeacherTargets:
     """Top-`k` teacher log-probs (at `temperature`) for every position of every training input."""
     teacher.eval()
@@ -51,7 +51,7 @@ def teacher_targets(teacher: Teacher, seqs: list[np.ndarray], max_len: int, k: i
     with torch.inference_mode(), stage_progress() as progress:
         task = progress.add_task("teacher targets", total=len(inputs), status="")
         for sl, x in eval_batches([inputs[i] for i in order], max_len, batch_size):
-            scores = teacher.scores(teacher.hidden(x)) / temperature  # (B, T, N+1)
+            scores = teacher.position_scores(x) / temperature  # (B, T, N+1)
             scores[..., 0] = -torch.inf
             top, top_idx = scores.topk(k, dim=-1)  # (B, T, K)
             top = top.log_softmax(-1)
@@ -111,14 +111,14 @@ def student_config(n_items: int, vocab: IntentVocab, cfg: StudentTrainConfig) ->
                          max_len=cfg.max_len, dropout=cfg.dropout, pos_std=cfg.pos_std)
 
 
-def init_from_teacher(student: Student, teacher: Teacher) -> None:
+def init_from_teacher(student: Student, teacher: AnyTeacher) -> None:
     """Start the student's item table at the top principal directions of the teacher's items.
 
     Items that the teacher places close together start close together on the device too, so
     distillation spends its epochs on the sequence model rather than on rediscovering items.
     """
     with torch.no_grad():
-        vecs = teacher.items()  # (N+1, Dt)
+        vecs = teacher.eval().item_vectors()  # (N+1, Dt); an ensemble's members side by side
         centred = vecs - vecs[1:].mean(0, keepdim=True)
         u, s, _ = torch.linalg.svd(centred[1:], full_matrices=False)
         d = student.cfg.d_model
@@ -129,7 +129,7 @@ def init_from_teacher(student: Student, teacher: Teacher) -> None:
         student.items.weight_t.copy_(table.T)
 
 
-def distill_student(teacher: Teacher, split: LeaveOneOutSplit, n_items: int,
+def distill_student(teacher: AnyTeacher, split: LeaveOneOutSplit, n_items: int,
                     vocab: IntentVocab, cfg: StudentTrainConfig,
                     seed: int) -> tuple[Student, FitResult]:
     """Train the student against the teacher's soft targets; early stopping on validation."""

@@ -18,6 +18,7 @@ from tandemrec.train.precision import autocast, matmul_dtype
 
 if TYPE_CHECKING:
     from tandemrec.models.intent_vocab import IntentVocab
+    from tandemrec.models.teacher_ensemble import AnyTeacher
 
 
 def next_item_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -89,6 +90,14 @@ def coarse_inputs(seqs: list[np.ndarray], vocab: IntentVocab, last: int) -> list
     return [vocab.intent_of(s[-last:]) if last > 0 else s[:0] for s in seqs]
 
 
+def coarse_validation(model: AnyTeacher, split: LeaveOneOutSplit, vocab: IntentVocab,
+                      coarse_history: int) -> dict[str, float]:
+    """Validation NDCG@10 of the coarse mode: intent tokens in, items already seen excluded."""
+    inputs = coarse_inputs(split.valid_input, vocab, coarse_history)
+    return validation_ndcg(lambda x: model(x, coarse=True), inputs, split.valid_target,
+                           model.cfg.max_len, exclude=split.valid_input)
+
+
 def train_coarse(model: Teacher, split: LeaveOneOutSplit, vocab: IntentVocab,
                  cfg: TeacherTrainConfig, coarse_history: int, seed: int) -> FitResult:
     """Teach the teacher to read intent tokens: a new token table, the rest frozen.
@@ -105,15 +114,13 @@ def train_coarse(model: Teacher, split: LeaveOneOutSplit, vocab: IntentVocab,
     codes = torch.from_numpy(vocab.codes[:, 0].astype(np.int64))
     rng = np.random.default_rng(seed + 1)
     gen = torch.Generator().manual_seed(seed + 1)
-    val_inputs = coarse_inputs(split.valid_input, vocab, coarse_history)
 
     def loss_fn(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         h = model.hidden(codes[x], coarse=True)
         return sampled_position_loss(model, h, y, cfg.loss_positions, gen)
 
     def validate() -> dict[str, float]:
-        return validation_ndcg(lambda x: model(x, coarse=True), val_inputs, split.valid_target,
-                               cfg.max_len, exclude=split.valid_input)
+        return coarse_validation(model, split, vocab, coarse_history)
 
     result = fit(model, model.intent_emb.parameters(), name="teacher-coarse",
                  batches=lambda _: training_batches(split.train, cfg.max_len, cfg.batch_size, rng),

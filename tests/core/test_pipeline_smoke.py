@@ -6,23 +6,29 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from cloud_service.models import load_model
 from tandemrec.bundle import verify_bundle
 from tandemrec.cli import app
 from tandemrec.data import write_synthetic_csv
 from tandemrec.eval.modes import MODES
+from tandemrec.models.teacher_ensemble import TeacherEnsemble
 from tandemrec.paths import REPO_ROOT
 from tandemrec.pipeline import kmeans_weights
 
 pytestmark = pytest.mark.core
 
 
-def test_every_stage_end_to_end(tmp_path, monkeypatch):
+@pytest.mark.parametrize("members", [None, "[{}, {d_model: 24, dropout: 0.2}]"],
+                         ids=["one-teacher", "teacher-ensemble"])
+def test_every_stage_end_to_end(tmp_path, monkeypatch, members):
     monkeypatch.setenv("TANDEM_CACHE_DIR", str(tmp_path / "cache"))
     logs = tmp_path / "shop.csv"
     write_synthetic_csv(logs, n_users=300, n_items=120, min_len=8, max_len=30, seed=3)
     run_dir, results = tmp_path / "run", tmp_path / "results"
     common = ["--dataset", str(logs), "--config", str(REPO_ROOT / "configs" / "smoke.yaml"),
               "--run-dir", str(run_dir)]
+    if members:
+        common += ["--set", f"teacher.members={members}"]
     runner = CliRunner()
     for stage in ("train", "distill", "compress", "export"):
         res = runner.invoke(app, [stage, *common])
@@ -50,6 +56,14 @@ def test_every_stage_end_to_end(tmp_path, monkeypatch):
     manifest = json.loads((run_dir / "bundle" / "manifest.json").read_text())
     assert {"teacher.pt", "codebook.json", "student_int8.onnx", "item_table.json"} <= set(
         manifest["files"])
+    if members:  # the ensemble is what the run validated, saved and the cloud serves
+        assert [m["val_ndcg@10"] > 0 for m in run["train"]["members"]] == [True, True]
+        assert run["train"]["val_ndcg@10"] > 0 and run["train"]["coarse_val_ndcg@10"] > 0
+        served = load_model(run_dir / "bundle")
+        assert isinstance(served.teacher, TeacherEnsemble)
+        scores = served.score([np.array([1, 2, 3]), np.array([4])], coarse=True)
+        assert scores.shape == (2, served.n_items + 1)
+        np.testing.assert_allclose(np.exp(scores).sum(1), 1.0, rtol=1e-4)
 
 
 def test_bad_dataset_is_a_clear_error(tmp_path):

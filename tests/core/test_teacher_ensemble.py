@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from tandemrec.checkpoints import load_teacher, save_model
 from tandemrec.models.teacher import Teacher, TeacherConfig
 from tandemrec.models.teacher_ensemble import TeacherEnsemble
 
@@ -46,7 +47,7 @@ def test_two_members_average_log_probabilities_and_renormalise():
 def test_history_is_cut_to_the_shortest_member_window():
     short, long = member(0, max_len=4), member(1, max_len=12)
     ens = TeacherEnsemble([short, long])
-    assert ens.max_len == 4
+    assert ens.cfg.max_len == 4
     assert torch.allclose(ens(SEQ), ens(SEQ[:, -4:]), atol=1e-6)
 
 
@@ -55,3 +56,35 @@ def test_members_must_share_the_catalog():
         TeacherEnsemble([member(0), member(1, n_items=31)])
     with pytest.raises(ValueError, match="at least one member"):
         TeacherEnsemble([])
+
+
+@torch.no_grad()
+def test_all_positions_agree_with_the_last_and_vectors_sit_side_by_side():
+    a, b = member(0), member(1, d_model=24)
+    ens = TeacherEnsemble([a, b]).eval()
+    every = ens.position_scores(SEQ)  # (B, T, N+1)
+    assert every.shape == (2, SEQ.shape[1], 31)
+    assert torch.allclose(every[:, -1], ens(SEQ), atol=1e-5)
+    vecs = ens.item_vectors()
+    assert vecs.shape == (31, 16 + 24)
+    assert torch.equal(vecs[:, :16], a.item_vectors()) and torch.equal(vecs[:, 16:], b.items())
+
+
+@torch.no_grad()
+def test_checkpoint_round_trip_keeps_kind_members_and_intent_tokens(tmp_path):
+    a, b = member(0), member(1, d_model=24, max_len=8)
+    for m in (a, b):
+        m.set_intents(5, torch.randn(5, m.cfg.d_model))
+    ens = TeacherEnsemble([a, b]).eval()
+    save_model(ens, tmp_path / "teacher.pt", {"members": [{"val_ndcg@10": 0.1}]})
+    loaded, extra = load_teacher(tmp_path / "teacher.pt")
+    assert isinstance(loaded, TeacherEnsemble) and not loaded.training
+    assert extra == {"members": [{"val_ndcg@10": 0.1}]}
+    assert (loaded.cfg.n_intents, loaded.cfg.max_len, loaded.cfg.n_items) == (5, 8, 30)
+    assert torch.allclose(loaded(SEQ), ens(SEQ), atol=1e-6)
+    tokens = torch.tensor([[0, 1, 2, 5]])
+    assert torch.allclose(loaded(tokens, coarse=True), ens(tokens, coarse=True), atol=1e-6)
+    # A single teacher still loads as one.
+    save_model(a, tmp_path / "one.pt")
+    one, _ = load_teacher(tmp_path / "one.pt")
+    assert isinstance(one, Teacher) and torch.allclose(one(SEQ), a(SEQ), atol=1e-6)

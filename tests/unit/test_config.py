@@ -29,6 +29,22 @@ def test_unknown_key_names_the_section(tmp_path):
         load_config(None, ["teacher.dmodel=3"])
 
 
+def test_teacher_members_are_overrides_of_the_teacher_section():
+    cfg = load_config(None, ["teacher.dropout=0.2", "teacher.members=[{dropout: 0.3}, {}]"])
+    first, second = cfg.teacher.member_configs()
+    assert (first.dropout, second.dropout) == (0.3, 0.2)
+    assert first.d_model == second.d_model == cfg.teacher.d_model
+    assert first.members == second.members == []
+    assert load_config().teacher.member_configs() == [load_config().teacher]
+
+
+def test_teacher_member_typo_fails_at_load():
+    with pytest.raises(ValueError, match=r"teacher.members\[1\]: unknown key\(s\) \['dropuot'\]"):
+        load_config(None, ["teacher.members=[{}, {dropuot: 0.3}]"])
+    with pytest.raises(ValueError, match=r"teacher.members\[0\]: expected a mapping"):
+        load_config(None, ["teacher.members=[0.3]"])
+
+
 def test_malformed_override():
     with pytest.raises(ValueError, match="key=value"):
         apply_overrides({}, ["teacher.lr"])
