@@ -62,6 +62,8 @@ def test_shipped_configs_load():
     assert paths
     for path in paths:
         cfg = load_config(path)
-        # smoke.yaml serves any generated dataset; demo.yaml is the demo's short ML-100K run.
-        expected = {"smoke": cfg.dataset, "demo": "ml-100k"}.get(path.stem, path.stem)
+        # smoke.yaml serves any generated dataset; demo.yaml is the demo's short ML-100K run;
+        # ml-1m-ensemble.yaml is ML-1M with an ensemble teacher.
+        expected = {"smoke": cfg.dataset, "demo": "ml-100k",
+                    "ml-1m-ensemble": "ml-1m"}.get(path.stem, path.stem)
         assert cfg.dataset == expected
