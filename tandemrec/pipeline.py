@@ -145,8 +145,8 @@ def stage_train(ctx: RunContext) -> None:
     ctx.path("codebook.json").write_text(json.dumps(vocab.to_json()))
     log(f"intent vocabulary: {vocab.n_intents} tokens, e.g. " +
         "; ".join(vocab.labels[1:6]))
-    coarse = [train_coarse(m, ctx.split, vocab, cfg.teacher, cfg.eval.coarse_history, cfg.seed)
-              for m in members]
+    coarse = [train_coarse(m, ctx.split, vocab, mcfg, cfg.eval.coarse_history, cfg.seed)
+              for m, mcfg in zip(members, cfg.teacher.member_configs(), strict=True)]
     model.eval()
     reports = [_fit_report(f, c) for f, c in zip(fits, coarse, strict=True)]
     if len(members) == 1:
