@@ -132,7 +132,7 @@ def train_members(ctx: RunContext) -> tuple[list[Teacher], list[FitResult]]:
 def stage_train(ctx: RunContext) -> None:
     """Teacher(s) in full mode, then the intent vocabulary, then the coarse mode of each."""
     from tandemrec.train.loop import validation_ndcg
-    from tandemrec.train.teacher import coarse_validation, train_coarse
+    from tandemrec.train.teacher import coarse_inputs, coarse_validation, train_coarse
 
     cfg = ctx.cfg
     t0 = time.time()
@@ -158,8 +158,8 @@ def stage_train(ctx: RunContext) -> None:
         with torch.no_grad():
             val = validation_ndcg(model, ctx.split.valid_input, ctx.split.valid_target,
                                   model.cfg.max_len)["ndcg@10"]
-            coarse_val = coarse_validation(model, ctx.split, vocab,
-                                           cfg.eval.coarse_history)["ndcg@10"]
+            tokens = coarse_inputs(ctx.split.valid_input, vocab, cfg.eval.coarse_history)
+            coarse_val = coarse_validation(model, ctx.split, tokens)["ndcg@10"]
         log(f"teacher ensemble of {len(members)}: val NDCG@10 {val:.4f} "
             f"(members {', '.join(f'{f.best_score:.4f}' for f in fits)}), coarse {coarse_val:.4f}")
         info = {"val_ndcg@10": val, "coarse_val_ndcg@10": coarse_val, "members": reports}

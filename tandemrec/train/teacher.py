@@ -90,10 +90,10 @@ def coarse_inputs(seqs: list[np.ndarray], vocab: IntentVocab, last: int) -> list
     return [vocab.intent_of(s[-last:]) if last > 0 else s[:0] for s in seqs]
 
 
-def coarse_validation(model: AnyTeacher, split: LeaveOneOutSplit, vocab: IntentVocab,
-                      coarse_history: int) -> dict[str, float]:
-    """Validation NDCG@10 of the coarse mode: intent tokens in, items already seen excluded."""
-    inputs = coarse_inputs(split.valid_input, vocab, coarse_history)
+def coarse_validation(model: AnyTeacher, split: LeaveOneOutSplit,
+                      inputs: list[np.ndarray]) -> dict[str, float]:
+    """Validation NDCG@10 of the coarse mode on `inputs` (the validation users' intent tokens,
+    from `coarse_inputs`); items already seen are excluded."""
     return validation_ndcg(lambda x: model(x, coarse=True), inputs, split.valid_target,
                            model.cfg.max_len, exclude=split.valid_input)
 
@@ -114,13 +114,14 @@ def train_coarse(model: Teacher, split: LeaveOneOutSplit, vocab: IntentVocab,
     codes = torch.from_numpy(vocab.codes[:, 0].astype(np.int64))
     rng = np.random.default_rng(seed + 1)
     gen = torch.Generator().manual_seed(seed + 1)
+    val_inputs = coarse_inputs(split.valid_input, vocab, coarse_history)  # once, not per epoch
 
     def loss_fn(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         h = model.hidden(codes[x], coarse=True)
         return sampled_position_loss(model, h, y, cfg.loss_positions, gen)
 
     def validate() -> dict[str, float]:
-        return coarse_validation(model, split, vocab, coarse_history)
+        return coarse_validation(model, split, val_inputs)
 
     result = fit(model, model.intent_emb.parameters(), name="teacher-coarse",
                  batches=lambda _: training_batches(split.train, cfg.max_len, cfg.batch_size, rng),
