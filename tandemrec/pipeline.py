@@ -24,6 +24,7 @@ from tandemrec.models.intent_vocab import IntentVocab, build_intent_vocab
 from tandemrec.models.teacher import Teacher
 from tandemrec.models.teacher_ensemble import AnyTeacher, TeacherEnsemble
 from tandemrec.progress import log
+from tandemrec.train.alloc import reuse_large_allocations
 from tandemrec.train.config import IntentConfig, PipelineConfig
 from tandemrec.train.loop import FitResult
 
@@ -63,6 +64,7 @@ def _jsonable(x: Any) -> Any:
 def open_run(cfg: PipelineConfig, run_dir: Path, data_dir: Path | None = None) -> RunContext:
     """Load the dataset, split it and prepare the run directory."""
     torch.set_num_threads(cfg.threads)
+    reuse_large_allocations()
     run_dir.mkdir(parents=True, exist_ok=True)
     data = load_dataset(cfg.dataset, data_dir)
     split = leave_one_out(data, cfg.val_users, cfg.seed)

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tandemrec.models.dropout import Dropout
+
 
 class RMSNorm(nn.Module):
     """Root-mean-square layer norm (Zhang & Sennrich, 2019): no mean, no bias."""
@@ -69,7 +71,7 @@ class CausalSelfAttention(nn.Module):
         self.n_heads, self.d_head = n_heads, d_model // n_heads
         self.qkv = make_linear(d_model, 3 * d_model, False, ranks.get("qkv"))
         self.proj = make_linear(d_model, d_model, False, ranks.get("proj"))
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
         # PyTorch SDPA is opt-in: with an additive mask it is slower than plain matmuls on CPU
         # (bench/teacher_speed.py), and ONNX export wants the matmuls anyway.
         self.fused = False
@@ -103,7 +105,7 @@ class SwiGLU(nn.Module):
         ranks = ranks or {}
         self.gate_up = make_linear(d_model, 2 * hidden, False, ranks.get("gate_up"))
         self.down = make_linear(hidden, d_model, False, ranks.get("down"))
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = self.gate_up(x).chunk(2, dim=-1)
@@ -142,7 +144,7 @@ class Decoder(nn.Module):
         # itself, GPT-2 and SASRec start them small (0.02) so that identity dominates.
         if pos_std != 1.0:  # nn.Embedding already draws at std 1; redrawing would shift seeds
             nn.init.normal_(self.pos.weight, std=pos_std)
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
         ranks = layer_ranks or [{} for _ in range(n_layers)]
         self.blocks = nn.ModuleList(
             Block(d_model, n_heads, mlp_hidden, dropout, ranks[i]) for i in range(n_layers)
