@@ -6,21 +6,31 @@ as a ratio to the configuration the ML-1M pipeline uses. Writes
 bench/results/teacher-speed.{json,md}.
 
     python bench/teacher_speed.py [--every 4] [--threads 2]
+
+Two more rows time the pipeline's configuration as it was before two changes: with
+`torch.dropout`'s Bernoulli masks instead of `tandemrec.models.dropout`, and (in a child
+process, since allocator settings are process-wide) with glibc's default allocation thresholds
+instead of `tandemrec.train.alloc.reuse_large_allocations`.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
 from tandemrec.data import leave_one_out, load_dataset
 from tandemrec.eval.report import machine
+from tandemrec.models.dropout import Dropout
 from tandemrec.models.teacher import Teacher, TeacherConfig
+from tandemrec.train.alloc import reuse_large_allocations
 from tandemrec.train.batches import left_pad
 from tandemrec.train.precision import autocast, bf16_supported, matmul_dtype
 from tandemrec.train.teacher import sampled_position_loss
@@ -37,7 +47,7 @@ CONFIGS = [  # (name, max_len, d_model, precision, fused attention, share of pos
 
 
 def epoch_seconds(train: list[np.ndarray], n_items: int, max_len: int, d: int, precision: str,
-                  fused: bool, share: float, every: int) -> float:
+                  fused: bool, share: float, every: int, torch_dropout: bool = False) -> float:
     """Time every `every`-th length-sorted batch of one epoch and scale to the whole epoch.
 
     Each step is the pipeline's: decoder forward under the precision's autocast, the fused
@@ -49,6 +59,8 @@ def epoch_seconds(train: list[np.ndarray], n_items: int, max_len: int, d: int, p
     for mod in model.modules():
         if hasattr(mod, "fused"):
             mod.fused = fused
+        if torch_dropout and isinstance(getattr(mod, "drop", None), Dropout):
+            mod.drop = nn.Dropout(mod.drop.p)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     gen = torch.Generator().manual_seed(0)
     dtype = matmul_dtype(precision)  # float32 where the CPU has no native bf16, as in training
@@ -75,20 +87,43 @@ def epoch_seconds(train: list[np.ndarray], n_items: int, max_len: int, d: int, p
     return (time.perf_counter() - start) * len(batches) / len(sample)
 
 
+def _default_alloc_seconds(args: argparse.Namespace) -> float:
+    """The pipeline's config timed in a fresh process that leaves glibc's thresholds alone."""
+    out = subprocess.run([sys.executable, __file__, "--default-alloc", "--every", str(args.every),
+                          "--threads", str(args.threads)], check=True, capture_output=True,
+                         text=True).stdout
+    return float(out.strip().splitlines()[-1])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--every", type=int, default=4, help="time every n-th batch")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    parser.add_argument("--default-alloc", action="store_true",
+                        help="only time the pipeline's config under glibc's default allocation "
+                             "thresholds and print the seconds (the parent run calls this)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     ds = load_dataset("ml-1m")
     train = leave_one_out(ds).train
+    if args.default_alloc:
+        print(epoch_seconds(train, ds.n_items, *CONFIGS[0][1:], args.every))
+        return
+    reuse_large_allocations()
     rows = []
     for name, max_len, d, precision, fused, share in CONFIGS:
         secs = epoch_seconds(train, ds.n_items, max_len, d, precision, fused, share, args.every)
         rows.append({"config": name, "max_len": max_len, "d_model": d, "precision": precision,
                      "fused": fused, "loss_positions": share, "epoch_s": secs})
+        print(f"{name}: {secs:.1f} s per epoch (estimated)")
+    base = CONFIGS[0]
+    before = [(f"{base[0]}, torch.dropout (before)",
+               epoch_seconds(train, ds.n_items, *base[1:], args.every, torch_dropout=True)),
+              (f"{base[0]}, glibc default allocation (before)", _default_alloc_seconds(args))]
+    for name, secs in before:
+        rows.append({"config": name, "max_len": base[1], "d_model": base[2], "precision": base[3],
+                     "fused": base[4], "loss_positions": base[5], "epoch_s": secs})
         print(f"{name}: {secs:.1f} s per epoch (estimated)")
     base = rows[0]["epoch_s"]
     for r in rows:

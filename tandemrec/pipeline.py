@@ -188,8 +188,11 @@ def stage_distill(ctx: RunContext) -> None:
     student, fit = distill_student(teacher, ctx.split, ctx.n_items, load_vocab(ctx),
                                    ctx.cfg.student, ctx.cfg.seed)
     save_model(student, ctx.path("student.pt"), {"fit": fit.history})
-    log(f"student: best val NDCG@10 {fit.best_score:.4f} at epoch {fit.best_epoch}")
+    kept = fit.history[fit.kept_epoch - 1]["val_ndcg@10"] if fit.history else fit.best_score
+    log(f"student: best val NDCG@10 {fit.best_score:.4f} at epoch {fit.best_epoch}; kept epoch "
+        f"{fit.kept_epoch} ({kept:.4f})")
     ctx.record("distill", {"seconds": time.time() - t0, "best_epoch": fit.best_epoch,
+                           "kept_epoch": fit.kept_epoch, "kept_val_ndcg@10": kept,
                            "val_ndcg@10": fit.best_score, "stopped": fit.stopped,
                            "planned_epochs": fit.planned_epochs, "history": fit.history})
 

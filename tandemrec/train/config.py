@@ -98,6 +98,7 @@ class StudentTrainConfig:
     loss_positions: float = 1.0  # share of positions scored per step
     precision: str = "fp32"  # "bf16": bfloat16 matmuls in training (train/precision.py)
     pos_std: float = 1.0  # initial std of the position embeddings (models/blocks.Decoder)
+    keep: str = "best"  # weights to end with: "best" validation epoch or "last" (train/loop.fit)
 
 
 @dataclass

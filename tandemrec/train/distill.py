@@ -166,5 +166,5 @@ def distill_student(teacher: AnyTeacher, split: LeaveOneOutSplit, n_items: int,
                  batches=lambda _: distill_batches(split, targets, max_len, cfg.batch_size, rng),
                  n_batches=n_batches(split.train, cfg.batch_size), loss_fn=loss_fn,
                  validate=validate, lr=cfg.lr, max_epochs=cfg.max_epochs, patience=cfg.patience,
-                 warmup_steps=cfg.warmup_steps, max_minutes=cfg.max_minutes)
+                 warmup_steps=cfg.warmup_steps, max_minutes=cfg.max_minutes, keep=cfg.keep)
     return student, result

@@ -25,6 +25,7 @@ class FitResult:
     seconds: float = 0.0
     stopped: str = "max_epochs"
     planned_epochs: int = 0  # max_epochs, or fewer when the time budget shrank the schedule
+    kept_epoch: int = -1  # the epoch whose weights the model ends with (best, or last)
 
 
 def rank_users(score_fn: Callable[[torch.Tensor], torch.Tensor], inputs: list[np.ndarray],
@@ -106,14 +107,19 @@ def fit(model: nn.Module, params: Iterable[nn.Parameter], *, name: str,
         loss_fn: Callable[..., torch.Tensor], validate: Callable[[], dict[str, float]],
         lr: float, max_epochs: int, patience: int, warmup_steps: int = 100,
         weight_decay: float = 0.0, max_minutes: float = 0.0, grad_clip: float = 1.0,
-        ema: float = 0.0, clock: Callable[[], float] = time.time) -> FitResult:
+        ema: float = 0.0, keep: str = "best",
+        clock: Callable[[], float] = time.time) -> FitResult:
     """Train until validation NDCG@10 stops improving, then restore the best weights.
 
     `batches(epoch)` yields the arguments of `loss_fn`; `validate()` returns metrics with
     "ndcg@10". Stops early on patience. With `max_minutes`, the epochs (and the cosine decay)
     shrink to what fits the budget at the epoch time measured so far, on a slower machine.
     `ema` > 0 validates (and keeps) an exponential moving average of the weights instead.
+    `keep="last"` ends with the last epoch's weights: on a small validation set the best
+    epoch can be a noisy spike in the middle of the schedule, at a high learning rate.
     """
+    if keep not in ("best", "last"):
+        raise ValueError(f"keep must be 'best' or 'last', got '{keep}'")
     params = [p for p in params if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     average = WeightAverage(params, ema) if ema else None
@@ -166,7 +172,13 @@ def fit(model: nn.Module, params: Iterable[nn.Parameter], *, name: str,
             if max_minutes:
                 _fit_budget(result, schedule, max_minutes * 60, max_epochs, n_batches, name)
                 progress.update(task, total=result.planned_epochs * n_batches)
-    model.load_state_dict(best_state)
+    if keep == "best":
+        model.load_state_dict(best_state)
+        result.kept_epoch = result.best_epoch
+    else:
+        if average is not None:
+            average.swap()  # the averaged weights are the ones validated
+        result.kept_epoch = len(result.history)
     model.eval()
     result.seconds = clock() - start
     return result

@@ -104,3 +104,33 @@ def test_fit_with_ema_validates_and_keeps_the_averaged_weights():
     # The weight climbs from 0 towards 1, so its average trails it at every validation.
     assert all(a < r for a, r in zip(averaged, raw, strict=True))
     assert kept == pytest.approx(averaged[best - 1])  # what was validated is what is kept
+
+
+def _fit_spiky(keep: str):
+    """fit() whose validation peaks at epoch 2 of 4; returns (result, the kept weight, weights
+    seen at each validation)."""
+    model = nn.Linear(1, 1, bias=False)
+    scores = iter([0.1, 0.5, 0.2, 0.3])
+    seen: list[float] = []
+
+    def validate() -> dict[str, float]:
+        seen.append(model.weight.item())
+        return {"ndcg@10": next(scores)}
+
+    def batches(_):
+        yield (torch.ones(2, 1),)
+
+    res = fit(model, model.parameters(), name="t", batches=batches, n_batches=1,
+              loss_fn=lambda x: model(x).pow(2).mean(), validate=validate, lr=0.1,
+              max_epochs=4, patience=4, warmup_steps=1, keep=keep)
+    return res, model.weight.item(), seen
+
+
+def test_fit_keeps_the_best_or_the_last_epoch():
+    best, w_best, seen = _fit_spiky("best")
+    assert (best.best_epoch, best.kept_epoch) == (2, 2) and w_best == pytest.approx(seen[1])
+    last, w_last, seen = _fit_spiky("last")
+    assert (last.best_epoch, last.kept_epoch) == (2, 4) and w_last == pytest.approx(seen[3])
+    assert seen[1] != pytest.approx(seen[3])  # the weights moved after the best epoch
+    with pytest.raises(ValueError, match="keep"):
+        _fit_spiky("median")
