@@ -24,13 +24,13 @@ class _Dropout(torch.autograd.Function):
     """y = x * m, with m = keep / (1 - p) kept for the backward pass."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, p: float) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx, x: torch.Tensor, p: float) -> torch.Tensor:
         m = keep_mask(x.shape, p).to(x.dtype).mul_(1.0 / (1.0 - p))
         ctx.save_for_backward(m)
         return x * m
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         (m,) = ctx.saved_tensors
         return grad * m, None
 
