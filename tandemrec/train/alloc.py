@@ -2,8 +2,8 @@
 
 glibc serves allocations over 32 MB (an ML-1M step's attention maps and catalog score chunks)
 with fresh mmap'd pages and unmaps them on free, so every step page-faults and zeroes its
-largest tensors again: up to half of a training process's CPU time went to the kernel. Raising
-the mmap and trim thresholds lets the next step reuse the same memory.
+largest tensors again (system time was 8% of a profiled ML-1M teacher epoch's CPU time, 4%
+with this). Raising the mmap and trim thresholds lets the next step reuse the same memory.
 """
 
 from __future__ import annotations
