@@ -111,19 +111,17 @@ def main() -> None:
         print(epoch_seconds(train, ds.n_items, *CONFIGS[0][1:], args.every))
         return
     reuse_large_allocations()
+    timed = [(config, epoch_seconds(train, ds.n_items, *config[1:], args.every))
+             for config in CONFIGS]
+    base = CONFIGS[0]
+    timed += [((f"{base[0]}, torch.dropout (before)", *base[1:]),
+               epoch_seconds(train, ds.n_items, *base[1:], args.every, torch_dropout=True)),
+              ((f"{base[0]}, glibc default allocation (before)", *base[1:]),
+               _default_alloc_seconds(args))]
     rows = []
-    for name, max_len, d, precision, fused, share in CONFIGS:
-        secs = epoch_seconds(train, ds.n_items, max_len, d, precision, fused, share, args.every)
+    for (name, max_len, d, precision, fused, share), secs in timed:
         rows.append({"config": name, "max_len": max_len, "d_model": d, "precision": precision,
                      "fused": fused, "loss_positions": share, "epoch_s": secs})
-        print(f"{name}: {secs:.1f} s per epoch (estimated)")
-    base = CONFIGS[0]
-    before = [(f"{base[0]}, torch.dropout (before)",
-               epoch_seconds(train, ds.n_items, *base[1:], args.every, torch_dropout=True)),
-              (f"{base[0]}, glibc default allocation (before)", _default_alloc_seconds(args))]
-    for name, secs in before:
-        rows.append({"config": name, "max_len": base[1], "d_model": base[2], "precision": base[3],
-                     "fused": base[4], "loss_positions": base[5], "epoch_s": secs})
         print(f"{name}: {secs:.1f} s per epoch (estimated)")
     base = rows[0]["epoch_s"]
     for r in rows:

@@ -126,7 +126,7 @@ def fit(model: nn.Module, params: Iterable[nn.Parameter], *, name: str,
     schedule = CosineSchedule(warmup_steps, max_epochs * n_batches)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
     result = FitResult(best_epoch=-1, best_score=-1.0, planned_epochs=max_epochs)
-    best_state = copy.deepcopy(model.state_dict())
+    best_state = copy.deepcopy(model.state_dict()) if keep == "best" else None
     start, bad = clock(), 0
     with stage_progress() as progress:
         task = progress.add_task(name, total=max_epochs * n_batches, status="")
@@ -161,7 +161,8 @@ def fit(model: nn.Module, params: Iterable[nn.Parameter], *, name: str,
                 f"({entry['seconds']:.0f}s)")
             if score > result.best_score:
                 result.best_score, result.best_epoch, bad = score, epoch + 1, 0
-                best_state = copy.deepcopy(model.state_dict())
+                if keep == "best":  # "last" never restores, so needs no copy
+                    best_state = copy.deepcopy(model.state_dict())
             else:
                 bad += 1
             if average is not None:
@@ -172,7 +173,7 @@ def fit(model: nn.Module, params: Iterable[nn.Parameter], *, name: str,
             if max_minutes:
                 _fit_budget(result, schedule, max_minutes * 60, max_epochs, n_batches, name)
                 progress.update(task, total=result.planned_epochs * n_batches)
-    if keep == "best":
+    if best_state is not None:
         model.load_state_dict(best_state)
         result.kept_epoch = result.best_epoch
     else:
