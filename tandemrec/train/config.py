@@ -5,9 +5,11 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import yaml
+
+Protocol = Literal["standard", "new-items"]
 
 
 @dataclass
@@ -134,11 +136,24 @@ class PipelineConfig:
     # Users validated (early stopping, fusion tuning); the others also train on their
     # second-to-last item (data/split.leave_one_out). 0 = validate every user.
     val_users: int = 0
+    # "new-items": the fresh-catalog protocol (data/new_items.py). A seeded share of the items,
+    # drawn in proportion to their training counts, is new to the device: the student never
+    # trains on them while the teacher does. "standard": every item is known to both.
+    protocol: Protocol = "standard"
+    new_items_share: float = 0.1  # share of the catalog that is new under "new-items"
     teacher: TeacherTrainConfig = field(default_factory=TeacherTrainConfig)
     intents: IntentConfig = field(default_factory=IntentConfig)
     student: StudentTrainConfig = field(default_factory=StudentTrainConfig)
     compress: CompressConfig = field(default_factory=CompressConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def __post_init__(self) -> None:
+        if self.protocol not in get_args(Protocol):
+            raise ValueError(f"protocol must be one of {list(get_args(Protocol))}, "
+                             f"got {self.protocol!r}")
+        share = self.new_items_share
+        if isinstance(share, bool) or not isinstance(share, int | float) or not 0 < share < 1:
+            raise ValueError(f"new_items_share must be a number with 0 < share < 1, got {share!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -67,3 +67,17 @@ def test_shipped_configs_load():
         expected = {"smoke": cfg.dataset, "demo": "ml-100k",
                     "ml-1m-ensemble": "ml-1m"}.get(path.stem, path.stem)
         assert cfg.dataset == expected
+
+
+def test_protocol_and_new_items_share():
+    cfg = load_config()
+    assert (cfg.protocol, cfg.new_items_share) == ("standard", 0.1)
+    cfg = load_config(None, ["protocol=new-items", "new_items_share=0.25"])
+    assert (cfg.protocol, cfg.new_items_share) == ("new-items", 0.25)
+    assert cfg.to_dict()["protocol"] == "new-items"
+    with pytest.raises(ValueError, match=r"protocol must be one of \['standard', 'new-items'\], "
+                                         r"got 'new_items'"):
+        load_config(None, ["protocol=new_items"])
+    for bad in ("0", "1", "1.5", "-0.1", "ten", "true"):
+        with pytest.raises(ValueError, match="new_items_share must be a number with 0 < share"):
+            load_config(None, [f"new_items_share={bad}"])
