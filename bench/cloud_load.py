@@ -38,9 +38,11 @@ def free_port() -> int:
 def build_requests(bundle: Path, dataset: str, n: int = 2000, top_m: int = 8,
                    coarse_len: int = 50) -> list[dict]:
     """Requests as devices would send them: top intents of recent items and a coarse history."""
+    from tandemrec.bundle import pair_dirs
     from tandemrec.data import leave_one_out, load_dataset
 
-    intent = np.asarray(json.loads((bundle / "item_table.json").read_text())["intent"])
+    table = pair_dirs(bundle).cloud / "item_table.json"
+    intent = np.asarray(json.loads(table.read_text())["intent"])
     split = leave_one_out(load_dataset(dataset))
     out = []
     for u, hist in enumerate(split.test_input[:n]):
@@ -168,10 +170,10 @@ def main() -> None:
                         "(0 = skip)")
     p.add_argument("--out", type=Path, default=RESULTS)
     a = p.parse_args()
-    from tandemrec.bundle import read_manifest
+    from tandemrec.bundle import read_pair
     from tandemrec.eval.report import machine
 
-    manifest = read_manifest(a.bundle)
+    manifest = read_pair(a.bundle)[1]
     reqs = build_requests(a.bundle, a.dataset or manifest["dataset"])
     rows = []
     cells = [(b, a.server_threads, a.transports.split(","), a.concurrency) for b in (True, False)]

@@ -21,6 +21,7 @@ import numpy as np
 from edge_client.client import EdgeModel
 from edge_client.request import build_request
 from edge_client.rerank import fuse
+from tandemrec.bundle import device_dir
 from tandemrec.paths import REPO_ROOT, artifacts_dir
 
 
@@ -33,8 +34,9 @@ def main() -> None:
     from tandemrec.data import leave_one_out, load_dataset
     from tandemrec.eval.report import machine
 
-    model = EdgeModel.load(a.bundle, threads=1)
-    manifest = json.loads((a.bundle / "manifest.json").read_text())
+    device = device_dir(a.bundle)  # the device side of the bundle pair
+    model = EdgeModel.load(device, threads=1)
+    manifest = json.loads((device / "manifest.json").read_text())
     sv = model.serving
     n_cand = int(sv.get("n_candidates", 600))
     split = leave_one_out(load_dataset(manifest["dataset"]))
@@ -62,7 +64,7 @@ def main() -> None:
     report = {"machine": machine(), "bundle_version": model.version,
               "dataset": manifest["dataset"], "requests": len(users), "threads": 1,
               "history_max_len": model.student.max_len, "candidates": len(cands),
-              "student_file_bytes": (a.bundle / "student_int8.onnx").stat().st_size,
+              "student_file_bytes": (device / "student_int8.onnx").stat().st_size,
               "rows": rows}
     a.out.mkdir(parents=True, exist_ok=True)
     (a.out / "edge-compute.json").write_text(json.dumps(report, indent=2) + "\n")

@@ -1,7 +1,10 @@
-"""Loaded model versions: a bundle's teacher, intent index and manifest, ready to score.
+"""Loaded model versions: a bundle pair's teacher, intent index and manifests, ready to score.
 
-Loading (checksums, torch checkpoint, item vectors) happens in a worker thread, and a version
-is served only once it is complete, so a reload never exposes a half-built model.
+A version is a bundle pair directory (``tandemrec.bundle``): the teacher, codebook and item
+table come from its cloud/ side, and devices are only ever shown its device/ side (manifest and
+files). Loading (checksums of both sides, their pairing, torch checkpoint, item vectors) happens
+in a worker thread, and a version is served only once it is complete, so a reload never exposes
+a half-built model.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import numpy as np
 import torch
 
 from cloud_service.domain import ArtifactInfo, ManifestInfo
-from tandemrec.bundle import MANIFEST_NAME, BundleError, read_manifest, verify_bundle
+from tandemrec.bundle import MANIFEST_NAME, BundleError, pair_dirs, pair_version, verify_pair
 from tandemrec.checkpoints import load_teacher
 from tandemrec.models.teacher_ensemble import AnyTeacher
 from tandemrec.retrieval import IntentIndex
@@ -27,8 +30,9 @@ class LoadedModel:
     """One bundle version in memory."""
 
     version: str
-    bundle_dir: Path
-    manifest: ManifestInfo
+    bundle_dir: Path  # the pair directory (what the registry records)
+    device_dir: Path  # its device/ side: the only files devices may download
+    manifest: ManifestInfo  # the DEVICE manifest: what GetManifest serves
     teacher: AnyTeacher
     index: IntentIndex
     item_intent: np.ndarray  # (N+1,) level-1 token of each item
@@ -44,9 +48,13 @@ class LoadedModel:
             return self.teacher(x, coarse=coarse).float().numpy()
 
     def artifact_path(self, name: str) -> Path | None:
-        """Path of a file the manifest lists (or the manifest itself); None if unknown."""
+        """Path of a device-bundle file (or the device manifest); None for anything else.
+
+        Only names the device manifest lists resolve, so the cloud side (teacher, codebook,
+        item table) and any path outside device/ are never served.
+        """
         if name == MANIFEST_NAME or any(f.name == name for f in self.manifest.files):
-            return self.bundle_dir / name
+            return self.device_dir / name
         return None
 
 
@@ -60,12 +68,12 @@ def manifest_info(bundle_dir: Path, manifest: dict, n_items: int, n_intents: int
 
 
 def load_model(bundle_dir: str | Path) -> LoadedModel:
-    """Verify every checksum, then load the teacher and build the intent index."""
-    bundle_dir = Path(bundle_dir)
-    verify_bundle(bundle_dir)
-    manifest = read_manifest(bundle_dir)
-    teacher, _ = load_teacher(bundle_dir / "teacher.pt")
-    table = json.loads((bundle_dir / "item_table.json").read_text(encoding="utf-8"))
+    """Verify both sides of a pair and their pairing, then load the teacher and the index."""
+    pair = pair_dirs(bundle_dir)
+    device_manifest, cloud_manifest = verify_pair(pair.root)
+    bundle_dir = pair.root
+    teacher, _ = load_teacher(pair.cloud / "teacher.pt")
+    table = json.loads((pair.cloud / "item_table.json").read_text(encoding="utf-8"))
     item_intent = np.asarray(table["intent"], dtype=np.int64)
     popularity = np.asarray(table["popularity"], dtype=np.float64)
     n_items, n_intents = int(table["n_items"]), int(teacher.cfg.n_intents)
@@ -73,14 +81,15 @@ def load_model(bundle_dir: str | Path) -> LoadedModel:
         raise BundleError(f"{bundle_dir}: the teacher has no coarse (intent-token) mode")
     with torch.inference_mode():
         teacher.item_vectors()  # computed once now rather than on the first request
-    return LoadedModel(version=str(manifest["version"]), bundle_dir=bundle_dir,
-                       manifest=manifest_info(bundle_dir, manifest, n_items, n_intents),
+    return LoadedModel(version=str(cloud_manifest["version"]), bundle_dir=bundle_dir,
+                       device_dir=pair.device,
+                       manifest=manifest_info(pair.device, device_manifest, n_items, n_intents),
                        teacher=teacher, index=IntentIndex(item_intent, popularity),
                        item_intent=item_intent, n_items=n_items, n_intents=n_intents,
                        lock=threading.Lock(),
-                       serving=dict((manifest.get("extra") or {}).get("serving") or {}))
+                       serving=dict((cloud_manifest.get("extra") or {}).get("serving") or {}))
 
 
 def bundle_version(bundle_dir: str | Path) -> str:
-    """The version a bundle's manifest declares (checks the manifest, not the files)."""
-    return str(read_manifest(Path(bundle_dir))["version"])
+    """The version a bundle pair declares (checks both manifests, not the files)."""
+    return pair_version(bundle_dir)

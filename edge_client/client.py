@@ -66,24 +66,35 @@ class MemoryDeviceStore:
 
 @dataclass
 class EdgeModel:
-    """What a bundle gives the device: the int8 student, item -> intent table, popularity."""
+    """What a device bundle gives the device: the int8 student, item -> intent, popularity."""
 
     version: str
     student: OnnxStudent
-    item_intent: np.ndarray  # (N+1,)
+    item_intent: np.ndarray  # (N+1,) level-1 intent token; 0 for padding and unknown items
     popularity: np.ndarray  # (N+1,)
     serving: dict  # fusion weight, intents sent, history length, candidates (manifest extra)
+    known: np.ndarray  # (N+1,) bool: items this bundle knows (padding, index 0, never)
 
     @classmethod
     def load(cls, bundle_dir: Path | str, threads: int = 1) -> EdgeModel:
-        bundle_dir = Path(bundle_dir)
-        manifest = json.loads((bundle_dir / "manifest.json").read_text())
-        table = json.loads((bundle_dir / "item_table.json").read_text())
+        """Load a device bundle, or the device/ side of a bundle pair."""
+        from tandemrec.bundle import DEVICE_ITEMS, MANIFEST_NAME, BundleError, device_dir
+
+        bundle_dir = device_dir(bundle_dir)
+        manifest = json.loads((bundle_dir / MANIFEST_NAME).read_text())
+        table = json.loads((bundle_dir / DEVICE_ITEMS).read_text())
+        n = int(table["n_items"])
+        known = np.asarray(table["known"], dtype=bool)
+        item_intent = np.asarray(table["intent"], dtype=np.int64)
+        popularity = np.asarray(table["popularity"], dtype=np.float64)
+        if not known.shape == item_intent.shape == popularity.shape == (n + 1,):
+            raise BundleError(f"{DEVICE_ITEMS}: known, intent and popularity must each have "
+                              f"n_items + 1 = {n + 1} entries")
         return cls(version=str(manifest["version"]),
                    student=OnnxStudent(bundle_dir / "student_int8.onnx", threads=threads),
-                   item_intent=np.asarray(table["intent"], dtype=np.int64),
-                   popularity=np.asarray(table["popularity"], dtype=np.float64),
-                   serving=dict((manifest.get("extra") or {}).get("serving") or {}))
+                   item_intent=item_intent, popularity=popularity,
+                   serving=dict((manifest.get("extra") or {}).get("serving") or {}),
+                   known=known)
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,8 @@
 """Installing new model bundles on the device: download, verify, then switch atomically.
 
+The device only ever holds device bundles (the ``device/`` side of a run's bundle pair: the
+int8 student and ``device_items.json``); the cloud side never reaches it.
+
 A pointer file names the current bundle and is only ever replaced with os.replace after the new
 bundle is fully on disk and verified, so a crash or a bad download never half-switches a model.
 """
@@ -16,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Final
 
-from tandemrec.bundle import MANIFEST_NAME, BundleError, read_manifest, verify_bundle
+from tandemrec.bundle import MANIFEST_NAME, BundleError, device_dir, read_manifest, verify_bundle
 
 POINTER_NAME: Final[str] = "current.json"
 _STAGING_PREFIX: Final[str] = "staging-"
@@ -127,11 +130,13 @@ class ModelStore:
             shutil.rmtree(old, ignore_errors=True)
 
     def install_local(self, bundle_dir: Path | str) -> str:
-        """Copy a bundle directory in, verify it and make it current (first install, sideload).
+        """Copy a device bundle in, verify it and make it current (first install, sideload).
 
-        Raises BundleError or OSError and leaves the current model as it was; a bundle whose
-        version is already current is a no-op.
+        ``bundle_dir`` is a device bundle or a bundle pair (then only its device/ side is
+        copied). Raises BundleError or OSError and leaves the current model as it was; a bundle
+        whose version is already current is a no-op.
         """
+        bundle_dir = device_dir(bundle_dir)
         version = _check_version(read_manifest(Path(bundle_dir))["version"])
         if version == self._current_version():
             return version

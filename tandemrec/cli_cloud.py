@@ -11,7 +11,8 @@ from typing import Annotated
 
 import typer
 
-BundleArg = Annotated[Path, typer.Argument(help="Bundle directory (tandem pipeline writes "
+BundleArg = Annotated[Path, typer.Argument(help="Bundle pair directory, holding device/ and "
+                                                "cloud/ (tandem pipeline writes "
                                                 "artifacts/<dataset>/bundle).")]
 
 
@@ -82,12 +83,15 @@ def publish(
         help="0 makes the bundle current; a share in (0, 1) routes that share of devices to "
              "it as a canary.")] = 0.0,
 ) -> None:
-    """Publish a bundle: every replica loads it in the background and switches atomically."""
-    from tandemrec.bundle import BundleError, read_manifest, verify_bundle
+    """Publish a bundle pair: every replica loads it in the background and switches atomically.
+
+    Both sides are verified (every checksum) and must be paired (same version, the cloud
+    manifest naming the device manifest's digest) before anything is published.
+    """
+    from tandemrec.bundle import BundleError, verify_pair
 
     try:
-        verify_bundle(bundle)
-        version = str(read_manifest(bundle)["version"])
+        version = str(verify_pair(bundle)[0]["version"])
     except BundleError as exc:
         _fail(f"bundle refused: {exc}")
         return

@@ -69,6 +69,7 @@ def simulate(
 ) -> None:
     """Replay held-out users as devices against the cloud and report accuracy, bytes
     upstream, latency and fallback rate per serving mode."""
+    from tandemrec.bundle import is_pair
     from tandemrec.paths import artifacts_dir
     from tandemrec.progress import console
     from tandemrec.sim.fleet import MODES
@@ -84,7 +85,7 @@ def simulate(
         _fail("--transport is grpc or http; --policy is always or shift")
     name = Path(dataset).stem if Path(dataset).suffix else dataset
     bundle = bundle or artifacts_dir() / name / "bundle"
-    if not (bundle / "manifest.json").exists():
+    if not is_pair(bundle):
         _fail(f"no bundle at {bundle}: run `tandem pipeline -d {dataset}` first, or pass "
               "--bundle")
     cond = Conditions(latency_ms, jitter_ms, loss, _outage(outage), slow_share, slow_ms)

@@ -1,4 +1,8 @@
-"""Small real model bundles for service tests: the real pipeline on a generated dataset."""
+"""Small real bundle pairs for service tests: the real pipeline on a generated dataset.
+
+A pair directory holds device/ (what devices download) and cloud/ (teacher, codebook, item
+table); see tandemrec.bundle.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,7 @@ import json
 import shutil
 from pathlib import Path
 
-from tandemrec.bundle import read_manifest, write_manifest
+from tandemrec.bundle import MANIFEST_NAME, pair_dirs, read_pair, write_pair_manifests
 from tandemrec.data import write_synthetic_csv
 from tandemrec.paths import REPO_ROOT
 
@@ -16,7 +20,10 @@ FAST = ["teacher.max_epochs=4", "teacher.coarse_epochs=1", "student.max_epochs=3
 
 
 def build_bundle(root: Path) -> Path:
-    """Train, distil, compress, export and evaluate on 200 generated users (~15 s on 2 cores)."""
+    """Train, distil, compress, export and evaluate on 200 generated users (~15 s on 2 cores).
+
+    Returns the bundle pair directory (``run/bundle``, holding device/ and cloud/).
+    """
     from tandemrec.pipeline import open_run, run_pipeline
     from tandemrec.train.config import load_config
 
@@ -53,14 +60,22 @@ def _first_interactions_only(path: Path) -> None:
 
 
 def clone_bundle(src: Path, dst: Path, version: str) -> Path:
-    """The same files under a new version (what a retrained bundle looks like to the cloud)."""
+    """The same files under a new version (what a retrained bundle pair looks like to the cloud).
+
+    Both manifests are rewritten with the new version, and the cloud one names the new device
+    manifest's digest, so the clone is a valid pair.
+    """
     shutil.copytree(src, dst)
-    m = read_manifest(dst)
-    (dst / "manifest.json").unlink()
-    write_manifest(dst, version=version, dataset=m["dataset"], config=m["config"],
-                   metrics=m["metrics"], extra=m.get("extra"))
+    device, _ = read_pair(dst)
+    pair = pair_dirs(dst)
+    for side in (pair.device, pair.cloud):
+        (side / MANIFEST_NAME).unlink()
+    write_pair_manifests(dst, version=version, dataset=device["dataset"],
+                         config=device["config"], metrics=device["metrics"],
+                         serving=(device.get("extra") or {}).get("serving") or {})
     return dst
 
 
 def item_intents(bundle: Path) -> list[int]:
-    return json.loads((bundle / "item_table.json").read_text())["intent"]
+    """Level-1 intent token per item id (0..N) from the cloud's full item table."""
+    return json.loads((pair_dirs(bundle).cloud / "item_table.json").read_text())["intent"]

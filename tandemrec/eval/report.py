@@ -5,15 +5,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import platform
-import shutil
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from tandemrec.bundle import write_manifest
 from tandemrec.checkpoints import load_student, load_teacher
+from tandemrec.eval.bundles import make_bundle
 from tandemrec.eval.modes import Evaluator, Models, n_params, tune_fusion_weight
 from tandemrec.progress import console, log, metrics_table
 
@@ -149,31 +148,3 @@ def write_results(report: dict, results_dir: Path) -> Path:
     plot = quality_plot(report, results_dir / f"quality-{name}.png")
     log(f"wrote {path}, its markdown table" + (f" and {plot.name}" if plot else ""))
     return path
-
-
-def make_bundle(ctx: RunContext, rows: list[dict], serving: dict | None = None) -> Path:
-    """The model bundle: teacher, codebook, student ONNX (fp32, int8), edge item table.
-
-    `serving` (fusion weight, intents sent, history length, candidates) is what the device and
-    the cloud need to serve as the evaluation did; it goes into the manifest's `extra`.
-    """
-    bundle = ctx.path("bundle")
-    if bundle.exists():
-        shutil.rmtree(bundle)
-    bundle.mkdir()
-    for name in ("teacher.pt", "codebook.json", "student_svd.onnx", "student_int8.onnx"):
-        shutil.copy2(ctx.path(name), bundle / name)
-    vocab_codes = json.loads(ctx.path("codebook.json").read_text())
-    texts = ctx.data.item_texts
-    pop = np.load(ctx.path("popularity.npy"))
-    level1 = [c[0] for c in vocab_codes["codes"]]
-    table = {"n_items": ctx.n_items, "item_ids": ctx.data.item_ids,
-             "titles": list(texts) if texts is not None else None,
-             "intent": level1, "popularity": pop.tolist()}
-    (bundle / "item_table.json").write_text(json.dumps(table))
-    version = time.strftime("%Y%m%d-%H%M%S")
-    metrics = {r["mode"]: {"ndcg@10": r["ndcg@10"], "hr@10": r["hr@10"]} for r in rows}
-    write_manifest(bundle, version=version, dataset=ctx.data.name, config=ctx.cfg.to_dict(),
-                   metrics=metrics, extra={"serving": serving or {}})
-    log(f"model bundle {version} written to {bundle}")
-    return bundle

@@ -7,7 +7,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cloud_service.models import load_model
-from tandemrec.bundle import verify_bundle
+from tandemrec.bundle import bundle_sizes, verify_pair
 from tandemrec.cli import app
 from tandemrec.data import write_synthetic_csv
 from tandemrec.eval.modes import MODES
@@ -52,10 +52,12 @@ def test_every_stage_end_to_end(tmp_path, monkeypatch, members):
     run = json.loads((run_dir / "run.json").read_text())
     for rep in run["export"]["parity"].values():
         assert rep["max_abs_diff_scores"] <= rep["atol"]
-    verify_bundle(run_dir / "bundle")
-    manifest = json.loads((run_dir / "bundle" / "manifest.json").read_text())
-    assert {"teacher.pt", "codebook.json", "student_int8.onnx", "item_table.json"} <= set(
-        manifest["files"])
+    device, cloud = verify_pair(run_dir / "bundle")
+    assert set(device["files"]) == {"student_int8.onnx", "device_items.json"}
+    assert set(cloud["files"]) == {"teacher.pt", "codebook.json", "item_table.json"}
+    assert device["version"] == cloud["version"]
+    sizes = bundle_sizes(run_dir / "bundle")
+    assert 0 < sizes["device_bundle_bytes"] < sizes["cloud_bundle_bytes"]
     if members:  # the ensemble is what the run validated, saved and the cloud serves
         assert [m["val_ndcg@10"] > 0 for m in run["train"]["members"]] == [True, True]
         assert run["train"]["val_ndcg@10"] > 0 and run["train"]["coarse_val_ndcg@10"] > 0

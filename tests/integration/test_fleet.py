@@ -58,7 +58,8 @@ def test_simulated_collaborative_matches_the_offline_evaluation(bundle, cloud):
 def test_no_item_id_goes_upstream(bundle, cloud):
     """Swap every history item for another item of the same intent: the upstream bytes are
     identical, so they carry intents and nothing that identifies an item."""
-    model = EdgeModel.load(bundle)
+    model = EdgeModel.load(bundle)  # the device side of the pair
+    assert not model.known[0] and model.known[1:].all()  # the standard protocol: all known
     intents = model.item_intent
     rng = np.random.default_rng(0)
     sent: list[bytes] = []
@@ -110,13 +111,15 @@ def test_an_outage_is_served_by_the_fallback_within_the_deadline(bundle, cloud):
 def test_a_corrupted_bundle_is_refused_and_a_good_one_taken(bundle, bundle_v2, tmp_path):
     bad = tmp_path / "bad"
     shutil.copytree(bundle_v2, bad)
-    (bad / "codebook.json").write_bytes(b"x" + (bad / "codebook.json").read_bytes()[1:])
+    items = bad / "device" / "device_items.json"
+    items.write_bytes(b"x" + items.read_bytes()[1:])
     store = ModelStore(tmp_path / "device")
     store.install_local(bundle)
     old = store.current()
     assert old is not None
 
-    def serve(src: Path):  # noqa: ANN202
+    def serve(pair: Path):  # noqa: ANN202
+        src = pair / "device"  # what the cloud serves devices
         manifest = json.loads((src / "manifest.json").read_text())
 
         async def fetch_manifest() -> dict:
@@ -127,7 +130,7 @@ def test_a_corrupted_bundle_is_refused_and_a_good_one_taken(bundle, bundle_v2, t
         return fetch_manifest, fetch
 
     result = asyncio.run(store.update(*serve(bad)))
-    assert not result.updated and "codebook.json" in result.reason
+    assert not result.updated and "device_items.json" in result.reason
     assert store.current() == old
     good = asyncio.run(store.update(*serve(bundle_v2)))
     assert good.updated and store.current()[0] == "v2-test"  # type: ignore[index]
@@ -193,8 +196,8 @@ def test_model_updates_through_the_cloud_swap_without_a_failed_request(bundle, b
             bad = clone_bundle(bundle_v2, tmp_path / "v3", "v3-test")
             assert admin.post("/v1/admin/publish",
                               json={"bundle_dir": str(bad)}).status_code == 200
-            codebook = bad / "codebook.json"
-            codebook.write_bytes(b"[" + codebook.read_bytes()[1:])
+            items = bad / "device" / "device_items.json"
+            items.write_bytes(b"[" + items.read_bytes()[1:])
             refused = await client.update_model(models)
             after = await client.recommend(10)
             await transport.close()
@@ -203,6 +206,6 @@ def test_model_updates_through_the_cloud_swap_without_a_failed_request(bundle, b
         good, v_good, refused, results, after, v_final = asyncio.run(go())
     assert good.updated and v_good == "v2-test"
     assert all(len(x.items) == 10 and x.served_by == "cloud" for x in results)
-    assert not refused.updated and "codebook.json" in refused.reason
+    assert not refused.updated and "device_items.json" in refused.reason
     assert v_final == "v2-test" and len(after.items) == 10
     assert models.current()[0] == "v2-test"  # type: ignore[index]
