@@ -41,9 +41,19 @@ class TeacherTargets:
 
 
 def teacher_targets(teacher: AnyTeacher, seqs: list[np.ndarray], max_len: int, k: int,
-                    temperature: float, batch_size: int = 64) -> TeacherTargets:
-    """Top-`k` teacher log-probs (at `temperature`) for every position of every training input."""
+                    temperature: float, batch_size: int = 64,
+                    exclude: np.ndarray | None = None) -> TeacherTargets:
+    """Top-`k` teacher log-probs (at `temperature`) for every position of every training input.
+
+    `exclude` (bool, (N+1,)) masks items out of the targets before the top-k: under the
+    fresh-catalog protocol the items new to the device, which the student must never be pushed
+    towards. The distribution is renormalised over the items kept; `k` shrinks to their number
+    when fewer are left.
+    """
     teacher.eval()
+    n_known = teacher.cfg.n_items - (int(exclude[1:].sum()) if exclude is not None else 0)
+    k = min(k, n_known)
+    mask = torch.from_numpy(np.asarray(exclude, dtype=bool)) if exclude is not None else None
     inputs = [s[-(max_len + 1):-1] for s in seqs]
     order = np.argsort([len(s) for s in inputs], kind="stable")  # similar lengths batch together
     idx: list[np.ndarray] = [np.zeros((0, k), np.int32)] * len(inputs)
@@ -53,6 +63,8 @@ def teacher_targets(teacher: AnyTeacher, seqs: list[np.ndarray], max_len: int, k
         for sl, x in eval_batches([inputs[i] for i in order], max_len, batch_size):
             scores = teacher.position_scores(x) / temperature  # (B, T, N+1)
             scores[..., 0] = -torch.inf
+            if mask is not None:
+                scores[..., mask] = -torch.inf
             top, top_idx = scores.topk(k, dim=-1)  # (B, T, K)
             top = top.log_softmax(-1)
             for r, i in enumerate(order[sl]):
@@ -111,34 +123,49 @@ def student_config(n_items: int, vocab: IntentVocab, cfg: StudentTrainConfig) ->
                          max_len=cfg.max_len, dropout=cfg.dropout, pos_std=cfg.pos_std)
 
 
-def init_from_teacher(student: Student, teacher: AnyTeacher) -> None:
+def init_from_teacher(student: Student, teacher: AnyTeacher,
+                      exclude: np.ndarray | None = None) -> None:
     """Start the student's item table at the top principal directions of the teacher's items.
 
     Items that the teacher places close together start close together on the device too, so
     distillation spends its epochs on the sequence model rather than on rediscovering items.
+    Items in `exclude` (bool, (N+1,): new to the device) take no part and start at zero, so
+    the student inherits nothing the teacher learnt about them.
     """
     with torch.no_grad():
         vecs = teacher.eval().item_vectors()  # (N+1, Dt); an ensemble's members side by side
-        centred = vecs - vecs[1:].mean(0, keepdim=True)
-        u, s, _ = torch.linalg.svd(centred[1:], full_matrices=False)
+        known = torch.ones(vecs.shape[0], dtype=torch.bool)
+        if exclude is not None:
+            known &= ~torch.from_numpy(np.asarray(exclude, dtype=bool))
+        known[0] = False
+        rows = vecs[known]
+        u, s, _ = torch.linalg.svd(rows - rows.mean(0, keepdim=True), full_matrices=False)
         d = student.cfg.d_model
-        proj = u[:, :d] * s[:d]  # (N, d)
+        proj = u[:, :d] * s[:d]  # (N_known, d)
         proj = proj / proj.pow(2).mean().sqrt() * 0.5
-        table = torch.zeros(student.cfg.n_items + 1, d)
-        table[1:] = proj
+        table = torch.zeros(student.cfg.n_items + 1, proj.shape[1])
+        table[known] = proj
+        if table.shape[1] < d:  # fewer known items than dimensions: pad the directions
+            table = torch.cat([table, torch.zeros(table.shape[0], d - table.shape[1])], 1)
         student.items.weight_t.copy_(table.T)
 
 
 def distill_student(teacher: AnyTeacher, split: LeaveOneOutSplit, n_items: int,
-                    vocab: IntentVocab, cfg: StudentTrainConfig,
-                    seed: int) -> tuple[Student, FitResult]:
-    """Train the student against the teacher's soft targets; early stopping on validation."""
+                    vocab: IntentVocab, cfg: StudentTrainConfig, seed: int,
+                    exclude: np.ndarray | None = None) -> tuple[Student, FitResult]:
+    """Train the student against the teacher's soft targets; early stopping on validation.
+
+    `exclude` (bool, (N+1,)): items new to the device under the fresh-catalog protocol. They
+    are kept out of the teacher's soft targets and out of the item table's initialisation;
+    `split` must already hold none of them (pipeline: drop_new_targets(device_split, new)).
+    """
     torch.manual_seed(seed)
     student = Student(student_config(n_items, vocab, cfg))
-    init_from_teacher(student, teacher)
+    init_from_teacher(student, teacher, exclude)
     # The student reads the same window as the teacher so that their positions line up.
     max_len = min(cfg.max_len, teacher.cfg.max_len)
-    targets = teacher_targets(teacher, split.train, max_len, cfg.kd_top_k, cfg.temperature)
+    targets = teacher_targets(teacher, split.train, max_len, cfg.kd_top_k, cfg.temperature,
+                              exclude=exclude)
     intent_of = torch.from_numpy(vocab.codes[:, 0].astype(np.int64))
     rng = np.random.default_rng(seed + 2)
     gen = torch.Generator().manual_seed(seed + 2)
