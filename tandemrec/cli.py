@@ -27,9 +27,19 @@ DatasetOpt = Annotated[str, typer.Option(
                             "user,item,timestamp CSV/Parquet file.")]
 RunDirOpt = Annotated[Path | None, typer.Option(
     "--run-dir", help="Where the stages read and write checkpoints (default: "
-                      "artifacts/<dataset>).")]
+                      "artifacts/<dataset>, or artifacts/<dataset>-new-items under the "
+                      "new-items protocol).")]
 ResultsOpt = Annotated[Path, typer.Option(
-    "--results-dir", help="Where quality-<dataset>.json and .md are written.")]
+    "--results-dir", help="Where quality-<dataset>.json and .md are written "
+                          "(quality-<dataset>-new-items.* under the new-items protocol).")]
+ProtocolOpt = Annotated[str | None, typer.Option(
+    "--protocol", help="standard, or new-items: a seeded share of the items "
+                       "(new_items_share, default 10%) is new to the device, known to the "
+                       "cloud. Shortcut for --set protocol=...", show_default=False)]
+TeacherFromOpt = Annotated[Path | None, typer.Option(
+    "--teacher-from", help="Copy teacher.pt, codebook.json and popularity.npy from this run "
+                           "directory instead of training a teacher; its config must match "
+                           "this run's dataset, seed, val_users, teacher and intents.")]
 DataDirOpt = Annotated[Path | None, typer.Option(
     "--data-dir", help="Datasets directory (default: $TANDEM_DATA_DIR or ../shared/data).")]
 
@@ -42,7 +52,8 @@ def _fail(message: str) -> None:
 
 
 def _context(dataset: str, config: Path | None, overrides: list[str] | None,
-             run_dir: Path | None, data_dir: Path | None):
+             run_dir: Path | None, data_dir: Path | None, protocol: str | None = None,
+             teacher_from: Path | None = None):
     from tandemrec.data.errors import DataFormatError, DatasetNotFound, UnknownDataset
     from tandemrec.pipeline import open_run
     from tandemrec.train.config import load_config
@@ -50,19 +61,25 @@ def _context(dataset: str, config: Path | None, overrides: list[str] | None,
     if config is None:
         default = REPO_ROOT / "configs" / f"{dataset}.yaml"
         config = default if default.exists() else None
+    sets = [f"dataset={dataset}", *(overrides or [])]
+    if protocol is not None:
+        sets.append(f"protocol={protocol}")
     try:
-        cfg = load_config(config, [f"dataset={dataset}", *(overrides or [])])
+        cfg = load_config(config, sets)
         name = Path(dataset).stem if Path(dataset).suffix else dataset
-        return open_run(cfg, run_dir or artifacts_dir() / name, data_dir)
+        if cfg.protocol == "new-items":
+            name += "-new-items"
+        return open_run(cfg, run_dir or artifacts_dir() / name, data_dir, teacher_from)
     except (ValueError, DataFormatError, DatasetNotFound, UnknownDataset) as exc:
         _fail(str(exc))
 
 
 def _stage(stage: str, dataset: str, config: Path | None, overrides: list[str] | None,
-           run_dir: Path | None, data_dir: Path | None, results_dir: Path) -> None:
+           run_dir: Path | None, data_dir: Path | None, results_dir: Path,
+           protocol: str | None = None, teacher_from: Path | None = None) -> None:
     from tandemrec import pipeline
 
-    ctx = _context(dataset, config, overrides, run_dir, data_dir)
+    ctx = _context(dataset, config, overrides, run_dir, data_dir, protocol, teacher_from)
     try:
         if stage == "pipeline":
             pipeline.run_pipeline(ctx, results_dir)
@@ -70,7 +87,7 @@ def _stage(stage: str, dataset: str, config: Path | None, overrides: list[str] |
             pipeline.stage_evaluate(ctx, results_dir)
         else:
             getattr(pipeline, f"stage_{stage}")(ctx)
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, pipeline.TeacherReuseError) as exc:
         _fail(str(exc))
 
 
@@ -101,50 +118,62 @@ def data(data_dir: DataDirOpt = None) -> None:
 
 @app.command()
 def train(dataset: DatasetOpt = "ml-100k", config: ConfigOpt = None, set_: SetOpt = None,
-          run_dir: RunDirOpt = None, data_dir: DataDirOpt = None) -> None:
+          run_dir: RunDirOpt = None, data_dir: DataDirOpt = None,
+          protocol: ProtocolOpt = None, teacher_from: TeacherFromOpt = None) -> None:
     """Train the teacher, build the intent vocabulary, train the teacher's coarse mode.
 
     With `teacher.members` (e.g. --set 'teacher.members=[{dropout: 0.3}, {}]') it trains an
-    ensemble, one teacher per entry, and the cloud serves their mean log-probability.
+    ensemble, one teacher per entry, and the cloud serves their mean log-probability. The
+    teacher trains on every item under either protocol; --teacher-from copies one instead.
     """
-    _stage("train", dataset, config, set_, run_dir, data_dir, DEFAULT_RESULTS)
+    _stage("train", dataset, config, set_, run_dir, data_dir, DEFAULT_RESULTS, protocol,
+           teacher_from)
 
 
 @app.command()
 def distill(dataset: DatasetOpt = "ml-100k", config: ConfigOpt = None, set_: SetOpt = None,
-            run_dir: RunDirOpt = None, data_dir: DataDirOpt = None) -> None:
+            run_dir: RunDirOpt = None, data_dir: DataDirOpt = None,
+            protocol: ProtocolOpt = None) -> None:
     """Distil the teacher into the small edge student (intent head + item head)."""
-    _stage("distill", dataset, config, set_, run_dir, data_dir, DEFAULT_RESULTS)
+    _stage("distill", dataset, config, set_, run_dir, data_dir, DEFAULT_RESULTS, protocol)
 
 
 @app.command()
 def compress(dataset: DatasetOpt = "ml-100k", config: ConfigOpt = None, set_: SetOpt = None,
-             run_dir: RunDirOpt = None, data_dir: DataDirOpt = None) -> None:
+             run_dir: RunDirOpt = None, data_dir: DataDirOpt = None,
+             protocol: ProtocolOpt = None) -> None:
     """SVD low-rank factorisation of the student with progressive layer-wise alignment."""
-    _stage("compress", dataset, config, set_, run_dir, data_dir, DEFAULT_RESULTS)
+    _stage("compress", dataset, config, set_, run_dir, data_dir, DEFAULT_RESULTS, protocol)
 
 
 @app.command()
 def export(dataset: DatasetOpt = "ml-100k", config: ConfigOpt = None, set_: SetOpt = None,
-           run_dir: RunDirOpt = None, data_dir: DataDirOpt = None) -> None:
+           run_dir: RunDirOpt = None, data_dir: DataDirOpt = None,
+           protocol: ProtocolOpt = None) -> None:
     """Export the students to ONNX, quantise to int8, check ONNX against torch."""
-    _stage("export", dataset, config, set_, run_dir, data_dir, DEFAULT_RESULTS)
+    _stage("export", dataset, config, set_, run_dir, data_dir, DEFAULT_RESULTS, protocol)
 
 
 @app.command()
 def evaluate(dataset: DatasetOpt = "ml-100k", config: ConfigOpt = None, set_: SetOpt = None,
              run_dir: RunDirOpt = None, data_dir: DataDirOpt = None,
-             results_dir: ResultsOpt = DEFAULT_RESULTS) -> None:
+             results_dir: ResultsOpt = DEFAULT_RESULTS, protocol: ProtocolOpt = None) -> None:
     """Evaluate every serving mode on the same held-out users; write the results table."""
-    _stage("evaluate", dataset, config, set_, run_dir, data_dir, results_dir)
+    _stage("evaluate", dataset, config, set_, run_dir, data_dir, results_dir, protocol)
 
 
 @app.command("pipeline")
 def pipeline_cmd(dataset: DatasetOpt = "ml-100k", config: ConfigOpt = None,
                  set_: SetOpt = None, run_dir: RunDirOpt = None, data_dir: DataDirOpt = None,
-                 results_dir: ResultsOpt = DEFAULT_RESULTS) -> None:
-    """Run train, distill, compress, export and evaluate in order."""
-    _stage("pipeline", dataset, config, set_, run_dir, data_dir, results_dir)
+                 results_dir: ResultsOpt = DEFAULT_RESULTS, protocol: ProtocolOpt = None,
+                 teacher_from: TeacherFromOpt = None) -> None:
+    """Run train, distill, compress, export and evaluate in order.
+
+    A new-items run that reuses a standard run's teacher (the teacher is the same under both
+    protocols): tandem pipeline -d ml-1m --protocol new-items --teacher-from artifacts/ml-1m
+    """
+    _stage("pipeline", dataset, config, set_, run_dir, data_dir, results_dir, protocol,
+           teacher_from)
 
 
 def _register_cloud_commands() -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ import torch
 
 from tandemrec.checkpoints import load_student, load_teacher, save_model
 from tandemrec.data import item_popularity, leave_one_out, load_dataset
+from tandemrec.data.new_items import device_view, drop_new_targets, select_new_items
 from tandemrec.data.types import LeaveOneOutSplit, SequenceDataset
 from tandemrec.models.intent_vocab import IntentVocab, build_intent_vocab
 from tandemrec.models.teacher import Teacher
@@ -31,16 +33,35 @@ from tandemrec.train.loop import FitResult
 
 @dataclass
 class RunContext:
-    """The dataset, its split and the run directory shared by all stages."""
+    """The dataset, its split and the run directory shared by all stages.
+
+    `split` is the cloud's view (every item known); `device_split` is the device's: under the
+    fresh-catalog protocol (cfg.protocol "new-items") the items in `new_items` are new to the
+    device and removed from its inputs (data/new_items.device_view), under "standard" it is
+    `split` itself and `new_items` is all False. `teacher_from`: a run directory whose teacher
+    the train stage copies instead of training one (reuse_teacher).
+    """
 
     cfg: PipelineConfig
     run_dir: Path
     data: SequenceDataset
     split: LeaveOneOutSplit
+    new_items: np.ndarray  # bool (N+1,): items new to the device; index 0 never
+    device_split: LeaveOneOutSplit
+    teacher_from: Path | None = None
 
     @property
     def n_items(self) -> int:
         return self.data.n_items
+
+    @property
+    def results_name(self) -> str:
+        """Name of this run's results: quality-<results_name>.json under the results dir."""
+        return self.data.name + ("-new-items" if self.cfg.protocol == "new-items" else "")
+
+    def device_training_split(self) -> LeaveOneOutSplit:
+        """What the student trains and validates on: the device's view, no new item a target."""
+        return drop_new_targets(self.device_split, self.new_items)
 
     def path(self, name: str) -> Path:
         return self.run_dir / name
@@ -61,18 +82,43 @@ def _jsonable(x: Any) -> Any:
     return str(x)
 
 
-def open_run(cfg: PipelineConfig, run_dir: Path, data_dir: Path | None = None) -> RunContext:
-    """Load the dataset, split it and prepare the run directory."""
+NEW_ITEMS_FILE = "new_items.npy"
+
+
+def open_run(cfg: PipelineConfig, run_dir: Path, data_dir: Path | None = None,
+             teacher_from: Path | None = None) -> RunContext:
+    """Load the dataset, split it, draw the new items and prepare the run directory.
+
+    Writes config.json and new_items.npy (bool (N+1,), all False under the standard protocol)
+    into `run_dir`; the draw depends only on the training split, cfg.new_items_share and
+    cfg.seed, so every stage of a run sees the same new items.
+    """
     torch.set_num_threads(cfg.threads)
     reuse_large_allocations()
     run_dir.mkdir(parents=True, exist_ok=True)
     data = load_dataset(cfg.dataset, data_dir)
     split = leave_one_out(data, cfg.val_users, cfg.seed)
+    if cfg.protocol == "new-items":
+        new = select_new_items(split.train, data.n_items, cfg.new_items_share, cfg.seed)
+        device_split = device_view(split, new)
+    else:
+        new, device_split = np.zeros(data.n_items + 1, dtype=bool), split
     (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+    np.save(run_dir / NEW_ITEMS_FILE, new)
     log(f"{data.name}: {data.n_users} users, {data.n_items} items, "
         f"{data.n_interactions} interactions; {len(split.eval_users)} held-out users, "
         f"{len(split.valid_target)} of them validated")
-    return RunContext(cfg, run_dir, data, split)
+    if cfg.protocol == "new-items":
+        log(f"new-items protocol: {int(new.sum())} items new to the device "
+            f"({cfg.new_items_share:.0%} of the catalog, {_interaction_share(split, new):.1%} "
+            f"of training interactions); {int(new[split.test_target].sum())} test users' "
+            f"target is new")
+    return RunContext(cfg, run_dir, data, split, new, device_split, teacher_from)
+
+
+def _interaction_share(split: LeaveOneOutSplit, new: np.ndarray) -> float:
+    pop = item_popularity(split.train, len(new) - 1)
+    return float(pop[new].sum() / max(pop.sum(), 1))
 
 
 def text_vectors(ctx: RunContext) -> np.ndarray | None:
@@ -131,11 +177,71 @@ def train_members(ctx: RunContext) -> tuple[list[Teacher], list[FitResult]]:
     return members, fits
 
 
+# What a reused teacher must share with this run: everything its training read.
+TEACHER_SECTIONS = ("dataset", "seed", "val_users", "teacher", "intents")
+TEACHER_FILES = ("teacher.pt", "codebook.json", "popularity.npy")
+
+
+class TeacherReuseError(ValueError):
+    """--teacher-from names a run whose teacher this run cannot use."""
+
+
+def _teacher_inputs(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The config values a trained teacher depends on (coarse training reads the history L)."""
+    return {**{k: cfg.get(k) for k in TEACHER_SECTIONS},
+            "eval.coarse_history": (cfg.get("eval") or {}).get("coarse_history")}
+
+
+def reuse_teacher(ctx: RunContext, source: Path) -> None:
+    """The train stage from another run: copy its teacher, intent codebook and popularity.
+
+    Refuses unless `source`/config.json agrees with this run on what the teacher was trained
+    from (TEACHER_SECTIONS and eval.coarse_history) and its popularity.npy matches this run's
+    training split (same data, same split). The teacher always trains on the cloud's view, so
+    a standard run's teacher serves a new-items run unchanged.
+    """
+    t0 = time.time()
+    source = Path(source)
+    if source.resolve() == ctx.run_dir.resolve():
+        raise TeacherReuseError(f"--teacher-from {source} is this run's own directory")
+    missing = [n for n in ("config.json", *TEACHER_FILES) if not (source / n).exists()]
+    if missing:
+        raise FileNotFoundError(f"--teacher-from {source}: no {', '.join(missing)} there "
+                                f"(run `tandem train` into it first)")
+    theirs = _teacher_inputs(json.loads((source / "config.json").read_text()))
+    ours = _teacher_inputs(json.loads(json.dumps(ctx.cfg.to_dict())))  # tuples as lists
+    differ = [k for k in ours if ours[k] != theirs[k]]
+    if differ:
+        details = "; ".join(f"{k}: {theirs[k]!r} there, {ours[k]!r} here" for k in differ)
+        raise TeacherReuseError(f"--teacher-from {source}: its teacher was trained under a "
+                                f"different config ({details})")
+    pop = item_popularity(ctx.split.train, ctx.n_items)
+    theirs_pop = np.load(source / "popularity.npy")
+    if theirs_pop.shape != pop.shape or not np.array_equal(theirs_pop, pop):
+        raise TeacherReuseError(f"--teacher-from {source}: its training split differs from "
+                                f"this run's (popularity.npy does not match); same dataset "
+                                f"file?")
+    for name in TEACHER_FILES:
+        shutil.copy2(source / name, ctx.path(name))
+    report = source / "run.json"
+    trained = json.loads(report.read_text()).get("train") if report.exists() else None
+    log(f"teacher, codebook and popularity copied from {source}")
+    ctx.record("train", {"reused_from": str(source), "seconds": time.time() - t0,
+                         "source": trained})
+
+
 def stage_train(ctx: RunContext) -> None:
-    """Teacher(s) in full mode, then the intent vocabulary, then the coarse mode of each."""
+    """Teacher(s) in full mode, then the intent vocabulary, then the coarse mode of each.
+
+    The teacher trains on `ctx.split` (the cloud knows every item, new ones included). With
+    `ctx.teacher_from` set it copies that run's teacher instead (reuse_teacher).
+    """
     from tandemrec.train.loop import validation_ndcg
     from tandemrec.train.teacher import coarse_inputs, coarse_validation, train_coarse
 
+    if ctx.teacher_from is not None:
+        reuse_teacher(ctx, ctx.teacher_from)
+        return
     cfg = ctx.cfg
     t0 = time.time()
     members, fits = train_members(ctx)
@@ -181,12 +287,15 @@ def load_vocab(ctx: RunContext) -> IntentVocab:
 
 
 def stage_distill(ctx: RunContext) -> None:
+    """The student, on the device's view: no new item in its inputs, targets or soft targets."""
     from tandemrec.train.distill import distill_student
 
     t0 = time.time()
     teacher, _ = load_teacher(ctx.path("teacher.pt"))
-    student, fit = distill_student(teacher, ctx.split, ctx.n_items, load_vocab(ctx),
-                                   ctx.cfg.student, ctx.cfg.seed)
+    exclude = ctx.new_items if ctx.new_items.any() else None
+    student, fit = distill_student(teacher, ctx.device_training_split(), ctx.n_items,
+                                   load_vocab(ctx), ctx.cfg.student, ctx.cfg.seed,
+                                   exclude=exclude)
     save_model(student, ctx.path("student.pt"), {"fit": fit.history})
     kept = fit.history[fit.kept_epoch - 1]["val_ndcg@10"] if fit.history else fit.best_score
     log(f"student: best val NDCG@10 {fit.best_score:.4f} at epoch {fit.best_epoch}; kept epoch "
@@ -198,12 +307,13 @@ def stage_distill(ctx: RunContext) -> None:
 
 
 def stage_compress(ctx: RunContext) -> None:
+    """SVD of the student, aligned to the dense student on the same device view it trained on."""
     from tandemrec.train.compress import compress_student
 
     t0 = time.time()
     student, _ = load_student(ctx.path("student.pt"))
-    small, report = compress_student(student, ctx.split, load_vocab(ctx), ctx.cfg.compress,
-                                     ctx.cfg.seed)
+    small, report = compress_student(student, ctx.device_training_split(), load_vocab(ctx),
+                                     ctx.cfg.compress, ctx.cfg.seed)
     save_model(small, ctx.path("student_svd.pt"), report)
     ctx.record("compress", {"seconds": time.time() - t0, **report})
 
@@ -218,7 +328,7 @@ def stage_export(ctx: RunContext) -> None:
     export_onnx(student, ctx.path("student_fp32.onnx"))
     export_onnx(small, ctx.path("student_svd.onnx"))
     quantize_int8(ctx.path("student_svd.onnx"), ctx.path("student_int8.onnx"))
-    sample = ctx.split.test_input[:200]
+    sample = ctx.device_split.test_input[:200]  # what the device feeds its student
     atol = ctx.cfg.compress.atol
     parity = {name: check_parity(model, ctx.path(f"{name}.onnx"), sample, atol)
               for name, model in (("student_fp32", student), ("student_svd", small))}
@@ -253,7 +363,7 @@ def run_pipeline(ctx: RunContext, results_dir: Path) -> list[dict]:
     rows = stage_evaluate(ctx, results_dir)
     seconds = time.time() - t0
     ctx.record("pipeline", {"seconds": seconds})
-    results = results_dir / f"quality-{ctx.data.name}.json"
+    results = results_dir / f"quality-{ctx.results_name}.json"
     if results.exists():  # evaluation wrote it before the total was known
         report = json.loads(results.read_text())
         report.setdefault("run", {})["pipeline"] = {"seconds": seconds}

@@ -82,3 +82,86 @@ def test_intent_kmeans_weighting_options():
     np.testing.assert_allclose(kmeans_weights(pop, "sqrt"), [0, 3, 2, 1])
     with pytest.raises(ValueError, match="intents.weighting must be one of"):
         kmeans_weights(pop, "log")
+
+
+def test_new_items_protocol_reuses_the_teacher_and_hides_new_items(tmp_path, monkeypatch):
+    """A new-items run on a standard run's teacher: the student never sees a new item."""
+    from tandemrec.pipeline import open_run
+    from tandemrec.train import compress, distill
+    from tandemrec.train.config import load_config
+
+    monkeypatch.setenv("TANDEM_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("TANDEM_ARTIFACTS_DIR", str(tmp_path / "artifacts"))
+    logs = tmp_path / "shop.csv"
+    write_synthetic_csv(logs, n_users=300, n_items=120, min_len=8, max_len=30, seed=3)
+    smoke = str(REPO_ROOT / "configs" / "smoke.yaml")
+    standard, fresh = tmp_path / "standard", tmp_path / "fresh"
+    runner = CliRunner()
+    res = runner.invoke(app, ["train", "--dataset", str(logs), "--config", smoke,
+                              "--run-dir", str(standard)])
+    assert res.exit_code == 0, res.output
+    assert not np.load(standard / "new_items.npy").any()  # standard: nothing is new
+
+    seen: dict[str, object] = {}
+
+    def spy(module, name):
+        real = getattr(module, name)
+
+        def wrapper(*args, **kwargs):
+            out = real(*args, **kwargs)
+            seen.setdefault(name, (args, kwargs, out))
+            return out
+        monkeypatch.setattr(module, name, wrapper)
+
+    spy(distill, "teacher_targets")
+    spy(distill, "distill_student")
+    spy(compress, "compress_student")
+    res = runner.invoke(app, ["pipeline", "--dataset", str(logs), "--config", smoke,
+                              "--run-dir", str(fresh), "--protocol", "new-items",
+                              "--teacher-from", str(standard),
+                              "--results-dir", str(tmp_path / "results")])
+    assert res.exit_code == 0, f"{res.output}\n{res.exception!r}"
+
+    new = np.load(fresh / "new_items.npy")
+    assert new.shape == (121,) and new.sum() == 12 and not new[0]  # 10% of 120 items
+    run = json.loads((fresh / "run.json").read_text())
+    assert run["train"]["reused_from"] == str(standard) and run["train"]["seconds"] >= 0
+    for name in ("teacher.pt", "codebook.json", "popularity.npy"):
+        assert (fresh / name).read_bytes() == (standard / name).read_bytes()
+
+    def items(seqs):
+        return np.concatenate([np.asarray(s, dtype=np.int64) for s in seqs])
+
+    # the student's split: no new item in its inputs, its next items or its validation targets
+    args, _, _ = seen["distill_student"]
+    split = args[1]
+    assert not new[items(split.train)].any() and not new[items(split.valid_input)].any()
+    assert not new[split.valid_target].any()
+    args, _, _ = seen["compress_student"]
+    assert not new[items(args[1].train)].any() and not new[args[1].valid_target].any()
+    # the teacher's soft targets: the teacher knows the new items, the targets hold none
+    _, kwargs, targets = seen["teacher_targets"]
+    assert kwargs["exclude"] is not None and kwargs["exclude"].sum() == 12
+    t_items = items([t.ravel() for t in targets.idx])
+    assert t_items.size and not new[t_items].any()
+
+    # the context the evaluator gets: the device's view and a results name of its own
+    ctx = open_run(load_config(REPO_ROOT / "configs" / "smoke.yaml",
+                               [f"dataset={logs}", "protocol=new-items"]), fresh)
+    np.testing.assert_array_equal(ctx.new_items, new)
+    assert ctx.results_name == "shop-new-items"
+    assert not new[items(ctx.device_split.test_input)].any()
+    np.testing.assert_array_equal(ctx.device_split.test_target, ctx.split.test_target)
+    assert new[ctx.split.test_target].any()  # some users' target is new: reported apart
+
+    # default run dir of the new-items protocol; a teacher of another config is refused
+    res = runner.invoke(app, ["train", "--dataset", str(logs), "--config", smoke,
+                              "--protocol", "new-items", "--teacher-from", str(standard)])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "artifacts" / "shop-new-items" / "teacher.pt").exists()
+    res = runner.invoke(app, ["train", "--dataset", str(logs), "--config", smoke,
+                              "--run-dir", str(tmp_path / "other"), "--set", "seed=8",
+                              "--teacher-from", str(standard)])
+    assert res.exit_code == 2
+    message = " ".join(res.output.split())  # the console wraps long lines
+    assert "different config (seed: 7 there, 8 here)" in message
