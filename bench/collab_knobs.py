@@ -3,8 +3,8 @@
 For each combination of the coarse history the device sends (L intent tokens), the number of
 weighted intent tokens (m) and the candidates the cloud retrieves, this runs the collaborative
 path as `tandem evaluate` does (int8 student on the device, coarse teacher in the cloud), tunes
-the fusion weight and reports validation NDCG@10: fused, device alone over the candidates
-(weight 0) and coarse teacher alone (weight 1), with the upstream JSON size. Test users are not
+the fusion setting and reports validation NDCG@10: fused, the device alone (weight 0) and the
+coarse teacher alone (weight 1), with the upstream JSON size. Test users are not
 touched, so a knob chosen here can go into the config. Writes bench/results/collab-knobs-<dataset>.
 """
 
@@ -16,8 +16,8 @@ import itertools
 import json
 from pathlib import Path
 
-from tandemrec.eval.modes import Evaluator, tune_fusion_weight
-from tandemrec.eval.report import FUSION_GRID, load_models, machine
+from tandemrec.eval.modes import Evaluator, fusion_grid, tune_fusion
+from tandemrec.eval.report import load_models, machine
 from tandemrec.paths import REPO_ROOT, artifacts_dir
 from tandemrec.pipeline import open_run
 from tandemrec.progress import log
@@ -41,18 +41,21 @@ def main() -> None:
     ctx = open_run(cfg, a.run_dir)
     models, sp = load_models(ctx), ctx.split
     grid = list(itertools.product(a.coarse_history, a.top_intents, a.retrieve))
-    # One evaluator for the whole grid: the device's pass does not depend on these knobs and is
-    # cached in it, so only the requests and the cloud's answers are recomputed per cell.
-    ev = Evaluator(models, sp.valid_input, sp.valid_target, cfg.eval, cfg.seed)
+    ev = Evaluator(models, sp.valid_input, sp.valid_target, cfg.eval, cfg.seed,
+                   device_inputs=ctx.device_split.valid_input)
+    fusions = fusion_grid(cfg.eval, bool(ctx.new_items.any()))
     rows = []
     for i, (hist, top, n) in enumerate(grid, 1):
         log(f"[{i}/{len(grid)}] coarse history {hist}, {top} intent tokens, {n} candidates")
         ev.cfg = dataclasses.replace(cfg.eval, coarse_history=hist, top_intents=top,
                                      n_retrieve=n, n_candidates=n)
-        weight, by_weight = tune_fusion_weight(ev, FUSION_GRID)
+        best, by = tune_fusion(ev, fusions)
         rows.append({"coarse_history": hist, "top_intents": top, "candidates": n,
-                     "fusion_weight": weight, "val_ndcg@10": by_weight[str(weight)],
-                     "device_alone": by_weight["0.0"], "coarse_teacher_alone": by_weight["1.0"],
+                     "fusion_weight": best.weight, "device_top": best.device_top,
+                     "val_ndcg@10": max(by.values()),
+                     "device_alone": max(v for k, v in by.items() if k.startswith("w=0.0 ")),
+                     "coarse_teacher_alone": max(v for k, v in by.items()
+                                                 if k.startswith("w=1.0 ")),
                      "bytes_up_json": round(ev.bytes_up)})
     a.out.mkdir(parents=True, exist_ok=True)
     stem = a.out / f"collab-knobs-{cfg.dataset}"

@@ -19,8 +19,14 @@ from pathlib import Path
 import numpy as np
 
 from edge_client.client import EdgeModel
+from edge_client.fusion import (
+    CloudCandidates,
+    FusionConfig,
+    device_log_probs,
+    fuse,
+    intent_log_probs,
+)
 from edge_client.request import build_request
-from edge_client.rerank import fuse
 from tandemrec.bundle import device_dir
 from tandemrec.paths import REPO_ROOT, artifacts_dir
 
@@ -43,7 +49,9 @@ def main() -> None:
     users = split.test_input[: a.requests]
     cands = np.argsort(-model.popularity)[:n_cand]
     cands = cands[cands > 0]
-    t_scores = np.linspace(1, 0, len(cands)).astype(np.float32)
+    t_logp = np.log(np.linspace(1, 0.01, len(cands)) / len(cands) / 2)
+    cloud = CloudCandidates(cands, t_logp, model.item_intent[cands], len(model.known) - 1)
+    fusion = FusionConfig.from_serving(sv)
     parts: dict[str, list[float]] = {"student": [], "request": [], "rerank": [], "total": []}
     for h in users[:50]:  # warm-up
         model.student.run(h)
@@ -55,7 +63,8 @@ def main() -> None:
                       coarse_len=int(sv.get("coarse_history", 50)), k=n_cand,
                       model_version=model.version)
         t2 = time.perf_counter()
-        fuse(cands, t_scores, scores, float(sv.get("fusion_weight", 0.5)), exclude=h)
+        fuse(device_log_probs(scores, model.view), intent_log_probs(logits), model.view, cloud,
+             fusion, exclude=h)
         t3 = time.perf_counter()
         for key, v in zip(parts, (t1 - t0, t2 - t1, t3 - t2, t3 - t0), strict=True):
             parts[key].append(v * 1000)

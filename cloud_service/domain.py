@@ -51,6 +51,8 @@ class Recommendation:
     model_version: str
     request_id: str = ""
     cached: bool = False
+    item_intents: tuple[int, ...] = ()  # collaborative: intent token of each item
+    catalog_size: int = 0  # collaborative: the catalog the scores' log-probabilities cover
 
 
 @dataclass(frozen=True)

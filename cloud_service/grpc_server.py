@@ -51,7 +51,8 @@ def recommend_full_from_pb(m: pb.RecommendFullRequest) -> RecommendFullRequest:
 def recommendation_to_pb(r: Recommendation) -> pb.RecommendResponse:
     return pb.RecommendResponse(item_ids=r.item_ids, scores=r.scores,
                                 model_version=r.model_version, request_id=r.request_id,
-                                cached=r.cached)
+                                cached=r.cached, item_intents=r.item_intents,
+                                catalog_size=r.catalog_size)
 
 
 def manifest_to_pb(m: ManifestInfo) -> pb.Manifest:

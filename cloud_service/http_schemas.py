@@ -65,11 +65,16 @@ class RecommendOut(BaseModel):
     model_version: str
     request_id: str
     cached: bool
+    item_intents: list[int] = Field(
+        default_factory=list, description="collaborative: the intent token of each item")
+    catalog_size: int = Field(
+        0, description="collaborative: the catalog the scores' log-probabilities cover")
 
     @classmethod
     def from_domain(cls, r: Recommendation) -> RecommendOut:
         return cls(item_ids=list(r.item_ids), scores=list(r.scores),
-                   model_version=r.model_version, request_id=r.request_id, cached=r.cached)
+                   model_version=r.model_version, request_id=r.request_id, cached=r.cached,
+                   item_intents=list(r.item_intents), catalog_size=r.catalog_size)
 
 
 class ArtifactOut(BaseModel):

@@ -10,6 +10,7 @@ limit, and the failure is logged and counted.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
 import logging
@@ -38,6 +39,7 @@ from cloud_service.registry import ModelRegistry
 from cloud_service.settings import CloudSettings
 from cloud_service.store import Store, StoreUnavailable, make_store
 from cloud_service.validation import check_device_id, check_recommend, check_recommend_full
+from tandemrec.retrieval import answer
 
 log = logging.getLogger("tandem.cloud")
 T = TypeVar("T")
@@ -161,11 +163,13 @@ class RecommendationService:
         if not raw:
             return None
         d = json.loads(raw)
-        return Recommendation(tuple(d["i"]), tuple(d["s"]), d["v"], cached=True)
+        return Recommendation(tuple(d["i"]), tuple(d["s"]), d["v"], cached=True,
+                              item_intents=tuple(d.get("t", ())), catalog_size=d.get("n", 0))
 
     async def _cache(self, key: str, rec: Recommendation) -> None:
         if self.settings.cache_ttl_s:
-            raw = json.dumps({"i": rec.item_ids, "s": rec.scores, "v": rec.model_version})
+            raw = json.dumps({"i": rec.item_ids, "s": rec.scores, "v": rec.model_version,
+                              "t": rec.item_intents, "n": rec.catalog_size})
             await self._safe("cache", self.store.cache_set(key, raw.encode(),
                                                            self.settings.cache_ttl_s), None)
 
@@ -205,9 +209,10 @@ class RecommendationService:
         # Without a history the teacher reads the requested intents, strongest last.
         context = np.asarray(history, dtype=np.int64) if history else tokens[np.argsort(weights)]
         row = await self.batcher.submit((model, True), context)
-        top = pool[np.argsort(-row[pool], kind="stable")[: req.k]]
-        rec = Recommendation(tuple(top.tolist()), tuple(row[top].astype(np.float64).tolist()),
-                             model.version, req.request_id)
+        top, logp, intents = answer(row, pool, req.k, model.item_intent)
+        rec = Recommendation(tuple(top.tolist()), tuple(logp.tolist()), model.version,
+                             req.request_id, item_intents=tuple(intents.tolist()),
+                             catalog_size=model.n_items)
         await self._cache(key, rec)
         return rec
 
@@ -288,7 +293,7 @@ def _cache_key(mode: str, version: str, *parts: Any) -> str:
 
 
 def _with_id(rec: Recommendation, request_id: str) -> Recommendation:
-    return Recommendation(rec.item_ids, rec.scores, rec.model_version, request_id, rec.cached)
+    return dataclasses.replace(rec, request_id=request_id)
 
 
 async def _read_chunks(path: Path, size: int) -> AsyncIterator[tuple[bytes, int, int]]:

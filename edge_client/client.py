@@ -10,6 +10,7 @@ cached pool and the local item table instead, and the result says which path ser
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import time
 from collections.abc import Sequence
@@ -19,8 +20,15 @@ from typing import Protocol
 
 import numpy as np
 
+from edge_client.fusion import (
+    CloudCandidates,
+    DeviceView,
+    FusionConfig,
+    device_log_probs,
+    fuse,
+    intent_log_probs,
+)
 from edge_client.request import CollaborativeRequest, build_request
-from edge_client.rerank import fuse
 from edge_client.resilience import CircuitBreaker, CloudUnavailable, RetryPolicy, call_with_retries
 from edge_client.runtime import OnnxStudent
 from edge_client.settings import EdgeSettings
@@ -95,6 +103,11 @@ class EdgeModel:
                    item_intent=item_intent, popularity=popularity,
                    serving=dict((manifest.get("extra") or {}).get("serving") or {}),
                    known=known)
+
+    @functools.cached_property
+    def view(self) -> DeviceView:
+        """Which items this bundle knows and its intents' sizes, for fusion."""
+        return DeviceView.build(self.known, self.item_intent, int(self.item_intent.max()))
 
 
 @dataclass(frozen=True)
@@ -174,16 +187,20 @@ class EdgeClient:
         t0 = time.perf_counter()
         model = self.model  # one model for the whole request, even if an update swaps it
         history = self.store.history()  # all of it: nothing already seen is shown again
-        intent_logits, scores = model.student.run(history)  # reads its last max_len
-        req = self.build(history, intent_logits, model)
+        own = known_history(history, model)  # items the bundle does not know are dropped
+        intent_logits, scores = model.student.run(own)  # reads its last max_len
+        req = self.build(own, intent_logits, model)
         device_s = time.perf_counter() - t0
         pool = self.store.load_pool()
         if self.s.policy == "shift" and pool is not None and not self._shifted(req, pool,
                                                                                 scores):
-            return self._fused(model, pool[1], pool[2], scores, history, k, "cache", "", req, 0,
-                               t0, device_s)
+            cached = CloudCandidates(pool[1], pool[2].astype(np.float64),
+                                     model.item_intent[np.clip(pool[1], 0, len(model.known) - 1)],
+                                     len(model.known) - 1)
+            return self._fused(model, cached, scores, intent_logits, history, k, "cache", req,
+                               0, t0, device_s)
         if self.transport is None:
-            return self._fallback(scores, history, k, "offline", req, t0, device_s)
+            return self._fallback(model, scores, history, k, "offline", req, t0, device_s)
         deadline = self.s.deadline_ms / 1000 - (time.perf_counter() - t0)
         transport = self.transport
         try:
@@ -193,14 +210,16 @@ class EdgeClient:
                 is_retryable=lambda e: isinstance(e, CloudError) and e.retryable,
                 breaker=self.breaker, rng=self._rng)
         except CloudUnavailable as exc:
-            return self._fallback(scores, history, k, exc.reason, req, t0, device_s)
+            return self._fallback(model, scores, history, k, exc.reason, req, t0, device_s)
         except CloudError as exc:  # the cloud refused the request itself: still serve the user
-            return self._fallback(scores, history, k, str(exc), req, t0, device_s)
-        items = np.asarray(answer.items, dtype=np.int64)
-        t_scores = np.asarray(answer.scores, dtype=np.float32)
+            return self._fallback(model, scores, history, k, str(exc), req, t0, device_s)
+        cloud = CloudCandidates(np.asarray(answer.items, dtype=np.int64),
+                                np.asarray(answer.scores, dtype=np.float64),
+                                _intents(answer, model), answer.catalog_size or
+                                len(model.known) - 1)
         self.store.save_pool(answer.model_version, answer.items, answer.scores)
         self._last_tokens = req.intent_tokens
-        return self._fused(model, items, t_scores, scores, history, k, "cloud", "", req,
+        return self._fused(model, cloud, scores, intent_logits, history, k, "cloud", req,
                            len(request_bytes(req, self.device_id)), t0, device_s)
 
     def _shifted(self, req: CollaborativeRequest, pool: tuple, scores: np.ndarray) -> bool:
@@ -213,25 +232,31 @@ class EdgeClient:
         top_d = set(items[np.argsort(-scores[items])[:10]].tolist())
         return len(top_t & top_d) / 10 < self.s.shift_rank_overlap
 
-    def _fused(self, model: EdgeModel, items: np.ndarray, t_scores: np.ndarray,
-               scores: np.ndarray, history: np.ndarray, k: int, served_by: str, reason: str,
+    def fusion(self, model: EdgeModel | None = None) -> FusionConfig:
+        """The fusion setting: the device's own overrides, else the bundle's."""
+        return FusionConfig.from_serving((model or self.model).serving,
+                                         weight=self.s.fusion_weight,
+                                         device_top=self.s.device_top)
+
+    def _fused(self, model: EdgeModel, cloud: CloudCandidates, scores: np.ndarray,
+               intent_logits: np.ndarray, history: np.ndarray, k: int, served_by: str,
                req: CollaborativeRequest, bytes_up: int, t0: float,
                device_s: float) -> EdgeResult:
         t1 = time.perf_counter()
-        ranked, fused = fuse(items, t_scores, scores,
-                             self.knob("fusion_weight", 0.5, model),
-                             exclude=history)
+        ranked, fused = fuse(device_log_probs(scores, model.view), intent_log_probs(intent_logits),
+                             model.view, cloud, self.fusion(model), exclude=history)
         device_s += time.perf_counter() - t1
         return EdgeResult(tuple(int(i) for i in ranked[:k]), tuple(float(s) for s in fused[:k]),
-                          served_by, reason, req.intent_tokens, bytes_up,
+                          served_by, "", req.intent_tokens, bytes_up,
                           (time.perf_counter() - t0) * 1000, device_s * 1000)
 
-    def _fallback(self, scores: np.ndarray, history: np.ndarray, k: int, reason: str,
-                  req: CollaborativeRequest, t0: float, device_s: float) -> EdgeResult:
-        """The student alone over the local item table (which holds the cached pool too)."""
+    def _fallback(self, model: EdgeModel, scores: np.ndarray, history: np.ndarray, k: int,
+                  reason: str, req: CollaborativeRequest, t0: float,
+                  device_s: float) -> EdgeResult:
+        """The student alone over the items its bundle knows."""
         t1 = time.perf_counter()
         s = scores.astype(np.float32).copy()
-        s[0] = -np.inf
+        s[~model.known[: len(s)]] = -np.inf
         s[history] = -np.inf
         top = np.argpartition(-s, k)[:k]
         top = top[np.argsort(-s[top], kind="stable")]
@@ -249,3 +274,20 @@ def request_bytes(req: CollaborativeRequest, device_id: str) -> bytes:
                                intent_weights=req.intent_weights,
                                coarse_history=req.coarse_history, k=req.k,
                                model_version=req.model_version).SerializeToString()
+
+
+def _intents(answer: CloudAnswer, model: EdgeModel) -> np.ndarray:
+    """Each answered item's intent token: the cloud's, else the bundle's (an older cloud)."""
+    if len(answer.intents) == len(answer.items):
+        return np.asarray(answer.intents, dtype=np.int64)
+    items = np.clip(np.asarray(answer.items, dtype=np.int64), 0, len(model.item_intent) - 1)
+    return model.item_intent[items]
+
+
+def known_history(history: np.ndarray, model: EdgeModel) -> np.ndarray:
+    """The part of the history the device's student reads: items its bundle knows."""
+    h = np.asarray(history, dtype=np.int64)
+    inside = h < len(model.known)
+    keep = np.zeros(len(h), dtype=bool)
+    keep[inside] = model.known[h[inside]]
+    return h[keep]

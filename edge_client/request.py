@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from edge_client.rerank import top_intents
+from edge_client.intents import top_intents
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,7 @@ def build_request(intent_logits: np.ndarray, history: np.ndarray, item_intents: 
     tokens, weights = top_intents(intent_logits, top_m)
     recent = history[-coarse_len:] if coarse_len > 0 else history[:0]
     coarse = item_intents[np.asarray(recent, dtype=np.int64)]
+    coarse = coarse[coarse > 0]  # an item the bundle does not know (token 0) says nothing
     return CollaborativeRequest(tuple(int(t) for t in tokens),
                                 tuple(round(float(w), 6) for w in weights),
                                 tuple(int(t) for t in coarse), int(k), model_version)

@@ -40,6 +40,8 @@ class EdgeSettings(BaseSettings):
         "the cached candidates shares less than this with the cached teacher's top 10")
 
     fusion_weight: float | None = Field(None, ge=0, le=1, description="teacher share in fusion")
+    device_top: int | None = Field(
+        None, ge=0, description="the device's own top items ranked beside the cloud's")
     top_intents: int | None = Field(None, ge=1)
     coarse_history: int | None = Field(None, ge=0, description="L: 0 sends no history")
     n_candidates: int | None = Field(None, ge=1, description="candidates asked of the cloud")

@@ -31,8 +31,10 @@ class CloudAnswer:
     """Candidates with the teacher's scores, best first, and the version that scored them."""
 
     items: tuple[int, ...]
-    scores: tuple[float, ...]
+    scores: tuple[float, ...]  # collaborative: teacher log-probabilities over the catalog
     model_version: str
+    intents: tuple[int, ...] = ()  # collaborative: each item's intent token
+    catalog_size: int = 0
 
 
 class Transport(Protocol):
@@ -86,7 +88,8 @@ class GrpcTransport:
             rep = await self.stub.Recommend(msg, timeout=timeout_s, metadata=self.metadata)
         except self._grpc.RpcError as exc:
             raise self._error(exc) from exc
-        return CloudAnswer(tuple(rep.item_ids), tuple(rep.scores), rep.model_version)
+        return CloudAnswer(tuple(rep.item_ids), tuple(rep.scores), rep.model_version,
+                           tuple(rep.item_intents), rep.catalog_size)
 
     async def recommend_full(self, history: list[int], k: int, device_id: str,
                              timeout_s: float) -> CloudAnswer:
@@ -164,7 +167,8 @@ class HttpTransport:
                 "coarse_history": list(req.coarse_history), "k": req.k,
                 "model_version": req.model_version}
         out = await self._post("/v1/recommend", body, timeout_s)
-        return CloudAnswer(tuple(out["item_ids"]), tuple(out["scores"]), out["model_version"])
+        return CloudAnswer(tuple(out["item_ids"]), tuple(out["scores"]), out["model_version"],
+                           tuple(out.get("item_intents", ())), int(out.get("catalog_size", 0)))
 
     async def recommend_full(self, history: list[int], k: int, device_id: str,
                              timeout_s: float) -> CloudAnswer:

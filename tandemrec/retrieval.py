@@ -52,3 +52,19 @@ class IntentIndex:
             extra = self.popular[fresh[self.popular]][: n - len(pool)]
             pool = np.concatenate([pool, extra])
         return pool[:n].astype(np.int64)
+
+
+def answer(row: np.ndarray, pool: np.ndarray, k: int,
+           item_intent: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The cloud's answer from one teacher row (N+1,): its top k of the retrieved pool.
+
+    Returns (items, log-probabilities over the catalog 1..N, intent tokens), best first: the
+    one answer the service serves and the offline evaluation scores. The log-probabilities
+    are rounded to float32, what both transports carry, so every path sees the same numbers.
+    """
+    catalog = row[1:].astype(np.float64)
+    peak = catalog.max()
+    lse = peak + np.log(np.exp(catalog - peak).sum())
+    top = pool[np.argsort(-row[pool], kind="stable")[:k]]
+    logp = (row[top].astype(np.float64) - lse).astype(np.float32).astype(np.float64)
+    return top, logp, item_intent[top]

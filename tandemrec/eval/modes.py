@@ -2,35 +2,50 @@
 
 Each mode yields the 0-based rank of every user's target under full ranking over the catalog
 (history items excluded), plus parameters, model file size and single-request p50 latency on one
-thread. Modes that return only a candidate list (collaborative) count a target outside the list
-as a miss. See `protocol()` for the exact rules written into the results file.
+thread. Collaborative ranks the union of the cloud's candidates and the device's own top items
+with `edge_client.fusion.fuse`, the function the SDK serves with; a target outside that union
+is a miss. See `report.protocol()` for the exact rules written into the results file.
+
+Users are processed in chunks of `CHUNK`: nothing here holds a users x catalog matrix, so peak
+memory grows with the catalog and the chunk, not with the number of users.
 """
 
 from __future__ import annotations
 
+import itertools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from edge_client.fusion import (
+    CloudCandidates,
+    DeviceView,
+    FusionConfig,
+    device_log_probs,
+    fuse,
+    fusion_parts,
+    intent_log_probs,
+    target_positions,
+)
 from edge_client.request import CollaborativeRequest, build_request
-from edge_client.rerank import fuse
 from edge_client.runtime import OnnxStudent
 from tandemrec.eval.metrics import MISS_RANK, metrics_from_ranks, sampled_ranks, target_ranks
 from tandemrec.models.intent_vocab import IntentVocab
 from tandemrec.models.student import Student
 from tandemrec.models.teacher_ensemble import AnyTeacher
 from tandemrec.progress import stage_progress
-from tandemrec.retrieval import IntentIndex
+from tandemrec.retrieval import IntentIndex, answer
 from tandemrec.train.batches import eval_batches
 from tandemrec.train.config import EvalConfig
 from tandemrec.train.teacher import coarse_inputs
 
 MODES = ("popularity", "cloud-full", "teacher-coarse", "student-fp32", "student-svd",
          "student-int8", "collaborative", "edge-only")
+CHUNK = 256  # users scored together: bounds memory at CHUNK x catalog floats per score matrix
 
 
 @dataclass
@@ -42,6 +57,7 @@ class Models:
     popularity: np.ndarray  # (N+1,) training counts
     files: dict[str, Path]  # teacher, student_fp32, student_svd, student_int8
     n_items: int
+    known: np.ndarray | None = None  # (N+1,) items the device's bundle knows; None = all
 
 
 @dataclass
@@ -99,18 +115,56 @@ def torch_scores(score_fn: Callable[[torch.Tensor], torch.Tensor], inputs: list[
     return by_batch
 
 
+def fusion_grid(cfg: EvalConfig, new_items: bool) -> list[FusionConfig]:
+    """The fusion settings tried on validation users (fixed ones where the config sets them).
+
+    Weight 0 (the device alone) is always a choice; the rule for items the device does not
+    know is tried only where such items exist (the new-item protocol).
+    """
+    weights = (cfg.fusion_weight,) if cfg.fusion_weight is not None else FUSION_WEIGHTS
+    tops = (cfg.device_top,) if cfg.device_top is not None else DEVICE_TOPS
+    cloud = (cfg.cloud_missing,) if cfg.cloud_missing else ("floor", "mass")
+    device = ((cfg.device_missing,) if cfg.device_missing else
+              ("intent", "teacher") if new_items else ("intent",))
+    out = []
+    for w, n, c, d in itertools.product(weights, tops, cloud, device):
+        if w == 0 and c != cloud[0]:
+            continue  # with no teacher share its missing-score rule changes nothing
+        out.append(FusionConfig(w, n, c, d))  # type: ignore[arg-type]
+    return out
+
+
+FUSION_WEIGHTS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0)
+DEVICE_TOPS = (0, 20, 100)  # 0 = rank the cloud's candidates only (no device items added)
+
+
 class Evaluator:
-    """Runs the modes for one set of held-out users (validation or test)."""
+    """Runs the modes for one set of held-out users (validation or test).
+
+    `inputs` are the users' whole histories (what cloud-full reads and what ranking excludes);
+    `device_inputs` what the device's student reads (items its bundle does not know dropped),
+    by default the same.
+    """
 
     def __init__(self, models: Models, inputs: list[np.ndarray], targets: np.ndarray,
-                 cfg: EvalConfig, seed: int = 0) -> None:
+                 cfg: EvalConfig, seed: int = 0,
+                 device_inputs: list[np.ndarray] | None = None) -> None:
         self.m, self.inputs, self.targets, self.cfg, self.seed = models, inputs, targets, cfg, seed
+        self.device_inputs = device_inputs if device_inputs is not None else inputs
         self.index = IntentIndex(models.vocab.codes[:, 0], models.popularity)
+        self.item_intent = models.vocab.codes[:, 0].astype(np.int64)
+        known = (models.known if models.known is not None
+                 else np.ones(models.n_items + 1, dtype=bool))
+        self.view = DeviceView.build(known, self.item_intent, models.vocab.n_intents)
+        self.has_unknown = bool((~self.view.known[1:]).any())
         self.max_len = models.teacher.cfg.max_len
         self.n_lat = min(cfg.latency_requests, len(inputs))
         self.bytes_up = 0.0
         self._runners: dict[str, OnnxStudent] = {}
-        self._passes: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+    def chunks(self) -> Iterator[slice]:
+        for i in range(0, len(self.inputs), CHUNK):
+            yield slice(i, i + CHUNK)
 
     def _full(self, mode: str, scores_of: Callable[[slice], np.ndarray], params: int,
               size: int, latency: float) -> ModeResult:
@@ -118,13 +172,16 @@ class Evaluator:
         # Sampled metrics need enough non-history items to draw negatives from.
         longest = max((len(set(h.tolist())) for h in self.inputs), default=0)
         can_sample = self.m.n_items - longest - 1 >= self.cfg.sampled_negatives
-        for i in range(0, len(self.inputs), 256):
-            sl = slice(i, i + 256)
-            s = scores_of(sl)
-            ranks.append(target_ranks(s, self.targets[sl], self.inputs[sl]))
-            if can_sample:
-                sampled.append(sampled_ranks(s, self.targets[sl], self.inputs[sl],
-                                             self.cfg.sampled_negatives, seed=self.seed + i))
+        with stage_progress() as progress:
+            task = progress.add_task(mode, total=len(self.inputs), status="")
+            for sl in self.chunks():
+                s = scores_of(sl)
+                ranks.append(target_ranks(s, self.targets[sl], self.inputs[sl]))
+                if can_sample:
+                    sampled.append(sampled_ranks(s, self.targets[sl], self.inputs[sl],
+                                                 self.cfg.sampled_negatives,
+                                                 seed=self.seed + sl.start))
+                progress.advance(task, len(self.inputs[sl]))
         return ModeResult(mode, np.concatenate(ranks), params, size, latency,
                           np.concatenate(sampled) if sampled else None)
 
@@ -155,104 +212,107 @@ class Evaluator:
             self._runners[key] = OnnxStudent(self.m.files[key], threads=1)
         return self._runners[key]
 
-    def _pass(self, key: str) -> tuple[np.ndarray, np.ndarray]:
-        """Intent logits and item scores of a student file for every user, one request each."""
-        if key not in self._passes:
-            runner = self._runner(key)
-            intents, scores = [], []
-            with stage_progress() as progress:
-                task = progress.add_task(key, total=len(self.inputs), status="")
-                for h in self.inputs:
-                    i, s = runner.run(h)
-                    intents.append(i)
-                    scores.append(s)
-                    progress.advance(task)
-            self._passes[key] = (np.stack(intents), np.stack(scores))
-        return self._passes[key]
+    def device_chunk(self, key: str, sl: slice) -> tuple[np.ndarray, np.ndarray]:
+        """Intent logits (B, K+1) and item scores (B, N+1) of a student file, one request each;
+        items the device does not know score -inf (it cannot rank them)."""
+        runner = self._runner(key)
+        out = [runner.run(h) for h in self.device_inputs[sl]]
+        scores = np.stack([s for _, s in out]).astype(np.float32)
+        scores[:, ~self.view.known[: scores.shape[1]]] = -np.inf
+        return np.stack([i for i, _ in out]), scores
 
     def student_onnx(self, mode: str, key: str, params: int) -> ModeResult:
-        scores = self._pass(key)[1]
         runner = self._runner(key)
-        lat = p50_ms(lambda i: runner.run(self.inputs[i]), self.n_lat)
-        return self._full(mode, lambda sl: scores[sl], params,
+        lat = p50_ms(lambda i: runner.run(self.device_inputs[i]), self.n_lat)
+        return self._full(mode, lambda sl: self.device_chunk(key, sl)[1], params,
                           self.m.files[key].stat().st_size, lat)
 
-    def device_pass(self) -> tuple[np.ndarray, np.ndarray]:
-        """What the int8 student computes per request: intent logits and item scores."""
-        return self._pass("student_int8")
+    def request(self, intent_logits: np.ndarray, history: np.ndarray) -> CollaborativeRequest:
+        """Device side: one user's upstream payload (intent tokens only)."""
+        return build_request(intent_logits, history, self.item_intent, top_m=self.cfg.top_intents,
+                             coarse_len=self.cfg.coarse_history, k=self.cfg.n_candidates,
+                             model_version="eval")
 
-    def requests(self, intent_logits: np.ndarray) -> list[CollaborativeRequest]:
-        """Device side: each user's upstream payload (intent tokens only)."""
-        item_intents = self.m.vocab.codes[:, 0]
-        return [build_request(logits, h, item_intents, top_m=self.cfg.top_intents,
-                              coarse_len=self.cfg.coarse_history, k=10, model_version="eval")
-                for logits, h in zip(intent_logits, self.inputs, strict=True)]
-
-    def cloud_answer(self, req: CollaborativeRequest,
-                     teacher_row: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def cloud_answer(self, req: CollaborativeRequest, teacher_row: np.ndarray) -> CloudCandidates:
         """Cloud side for one request: retrieve under its intents, keep the teacher's top N."""
         pool = self.index.candidates(np.array(req.intent_tokens), np.array(req.intent_weights),
                                      self.cfg.n_retrieve, self.cfg.popular_share)
-        top = np.argsort(-teacher_row[pool], kind="stable")[: self.cfg.n_candidates]
-        return pool[top], teacher_row[pool[top]]
+        items, logp, intents = answer(teacher_row, pool, self.cfg.n_candidates, self.item_intent)
+        return CloudCandidates(items, logp, intents, self.m.n_items)
 
-    def cloud_candidates(self, intent_logits: np.ndarray) -> tuple[list, list]:
-        """All users' cloud answers; the coarse teacher reads only each request's tokens."""
+    def cloud_chunk(self, sl: slice, intent_logits: np.ndarray) -> list[CloudCandidates]:
+        """The cloud's answers for a chunk of users; the coarse teacher reads only the tokens."""
         t = self.m.teacher
-        reqs = self.requests(intent_logits)
+        reqs = [self.request(lg, h) for lg, h in zip(intent_logits, self.device_inputs[sl],
+                                                      strict=True)]
         coarse = [np.array(r.coarse_history, dtype=np.int64) for r in reqs]
-        cands, t_scores = [], []
-        for i in range(0, len(reqs), 256):
-            sl = slice(i, i + 256)
-            full = torch_scores(lambda x: t(x, coarse=True), coarse, self.max_len)(sl)
-            for row, req in zip(full, reqs[sl], strict=True):
-                c, ts = self.cloud_answer(req, row)
-                cands.append(c)
-                t_scores.append(ts)
-        self.bytes_up = float(np.mean([len(r.to_json_bytes()) for r in reqs]))
-        return cands, t_scores
+        rows = torch_scores(lambda x: t(x, coarse=True), coarse, self.max_len)(slice(None))
+        self.bytes_up += sum(len(r.to_json_bytes()) for r in reqs)
+        return [self.cloud_answer(r, row) for r, row in zip(reqs, rows, strict=True)]
 
-    def collaborative(self, device: tuple[np.ndarray, np.ndarray], weight: float,
-                      cloud: tuple[list, list] | None = None) -> ModeResult:
-        intent_logits, scores = device
-        cands, t_scores = cloud or self.cloud_candidates(intent_logits)
-        ranks = np.full(len(self.inputs), MISS_RANK, dtype=np.int64)
-        for u, (c, ts) in enumerate(zip(cands, t_scores, strict=True)):
-            items, _ = fuse(c, ts, scores[u], weight, exclude=self.inputs[u])
-            hit = np.flatnonzero(items == self.targets[u])
-            if len(hit):
-                ranks[u] = hit[0]
+    def _exclude(self, u: int) -> np.ndarray:
+        """The history ranking excludes; the target never is (as in `target_ranks`)."""
+        h = self.inputs[u]
+        return h[h != self.targets[u]]
+
+    def collaborative_ranks(self, configs: Sequence[FusionConfig]) -> np.ndarray:
+        """(len(configs), users) ranks of the target under each fusion setting.
+
+        Configs that differ only in weight share one `fusion_parts`; the position each weight
+        gives the target is `target_positions`, the ordering `fuse` itself produces.
+        """
+        groups: dict[tuple, list[int]] = {}
+        for j, c in enumerate(configs):
+            groups.setdefault((c.device_top, c.cloud_missing, c.device_missing), []).append(j)
+        ranks = np.full((len(configs), len(self.inputs)), MISS_RANK, dtype=np.int64)
+        self.bytes_up = 0.0
+        with stage_progress() as progress:
+            task = progress.add_task("collaborative", total=len(self.inputs), status="")
+            for sl in self.chunks():
+                logits, scores = self.device_chunk("student_int8", sl)
+                answers = self.cloud_chunk(sl, logits)
+                for b, u in enumerate(range(*sl.indices(len(self.inputs)))):
+                    d, il = device_log_probs(scores[b], self.view), intent_log_probs(logits[b])
+                    excl = self._exclude(u)
+                    for js in groups.values():
+                        parts = fusion_parts(d, il, self.view, answers[b], configs[js[0]], excl)
+                        w = np.array([configs[j].weight for j in js])
+                        pos = target_positions(parts, w, int(self.targets[u]))
+                        ranks[js, u] = np.where(pos >= 0, pos, MISS_RANK)
+                progress.advance(task, len(answers))
+        self.bytes_up /= max(1, len(self.inputs))
+        return ranks
+
+    def collaborative(self, fusion: FusionConfig) -> ModeResult:
+        ranks = self.collaborative_ranks([fusion])[0]
         return ModeResult("collaborative", ranks, 0, 0, 0.0,
-                          extra={"fusion_weight": weight, "bytes_up_json": self.bytes_up,
+                          extra={**fusion.serving(), "bytes_up_json": self.bytes_up,
                                  "n_candidates": self.cfg.n_candidates,
                                  "coarse_history": self.cfg.coarse_history,
                                  "top_intents": self.cfg.top_intents})
 
-    def collaborative_latency(self, weight: float) -> float:
+    def collaborative_latency(self, fusion: FusionConfig) -> float:
         """Device student + cloud retrieval and coarse teacher + device fusion, one request."""
         runner = self._runner("student_int8")
-        t, cfg = self.m.teacher, self.cfg
+        t = self.m.teacher
 
         def one(i: int) -> None:
-            h = self.inputs[i]
+            h = self.device_inputs[i]
             logits, scores = runner.run(h)
-            req = build_request(logits, h, self.m.vocab.codes[:, 0], top_m=cfg.top_intents,
-                                coarse_len=cfg.coarse_history, k=10, model_version="eval")
+            req = self.request(logits, h)
             coarse = torch.tensor([req.coarse_history], dtype=torch.int64)
             with torch.inference_mode():
                 row = t(coarse, coarse=True)[0].numpy()
-            cands, t_scores = self.cloud_answer(req, row)
-            fuse(cands, t_scores, scores, weight, exclude=h)
+            fuse(device_log_probs(scores, self.view), intent_log_probs(logits), self.view,
+                 self.cloud_answer(req, row), fusion, exclude=self.inputs[i])
         return p50_ms(one, self.n_lat)
 
 
-def tune_fusion_weight(evaluator: Evaluator, grid: tuple[float, ...]) -> tuple[float, dict]:
-    """Pick the teacher weight of the device's fusion on validation users."""
-    device = evaluator.device_pass()
-    cloud = evaluator.cloud_candidates(device[0])
-    scores = {}
-    for w in grid:
-        r = evaluator.collaborative(device, w, cloud).ranks
-        scores[w] = metrics_from_ranks(r, (10,))["ndcg@10"]
-    best = max(scores, key=lambda w: scores[w])
-    return best, {str(k): v for k, v in scores.items()}
+def tune_fusion(evaluator: Evaluator, grid: Sequence[FusionConfig]) -> tuple[FusionConfig, dict]:
+    """Pick the fusion setting with the best NDCG@10 on validation users (ties: first in grid)."""
+    ranks = evaluator.collaborative_ranks(grid)
+    scores = [metrics_from_ranks(r, (10,))["ndcg@10"] for r in ranks]
+    best = int(np.argmax(scores))
+    table = {f"w={c.weight} top={c.device_top} cloud={c.cloud_missing} "
+             f"device={c.device_missing}": s for c, s in zip(grid, scores, strict=True)}
+    return grid[best], table

@@ -12,15 +12,22 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from tandemrec.checkpoints import load_student, load_teacher
-from tandemrec.eval.bundles import make_bundle
-from tandemrec.eval.modes import Evaluator, Models, n_params, tune_fusion_weight
+from tandemrec.eval.bundles import bundle_sizes, make_bundle
+from tandemrec.eval.lift import add_lift, lift_markdown, merge_new_items, new_items_section
+from tandemrec.eval.modes import (
+    Evaluator,
+    FusionConfig,
+    Models,
+    fusion_grid,
+    n_params,
+    tune_fusion,
+)
 from tandemrec.progress import console, log, metrics_table
 
 if TYPE_CHECKING:
     from tandemrec.pipeline import RunContext
 
 COLUMNS = ["mode", "hr@10", "ndcg@10", "mrr@10", "params", "size_bytes", "p50_ms"]
-FUSION_GRID = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0)
 
 
 def machine() -> dict[str, Any]:
@@ -56,12 +63,16 @@ def protocol(ctx: RunContext) -> dict[str, Any]:
         "collaborative": f"device int8 student sends its top {cfg.top_intents} intent tokens and "
                          f"the intent tokens of its last {cfg.coarse_history} items; the cloud "
                          f"retrieves {cfg.n_retrieve} items ({cfg.popular_share:.0%} popular), "
-                         f"scores them with the coarse teacher and returns the top "
-                         f"{cfg.n_candidates}; the device fuses teacher and own scores (weight "
-                         "tuned on validation users) and ranks; a target outside the returned "
-                         "list is a miss",
-        "edge-only": "int8 student ranking the device's item table (the whole catalog here), "
-                     "no network",
+                         f"scores them with the coarse teacher and returns its top "
+                         f"{cfg.n_candidates} with their intent tokens and catalog log-"
+                         "probabilities; the device ranks the union of those and its own top "
+                         "items with edge_client.fusion.fuse (weight, device top-N and the "
+                         "rules for missing scores chosen on validation users, the device alone "
+                         "among the choices); a target outside the union is a miss",
+        "edge-only": "int8 student ranking the items its bundle knows, no network",
+        "new_items": ("none: the device knows every item" if ctx.cfg.protocol == "standard" else
+                      f"{ctx.cfg.new_items_share:.0%} of the items are new to the device: "
+                      + NEW_ITEM_SELECTION + "; the device drops them from its own input"),
         "latency": "p50 of single requests on one thread, compute only (no network); "
                    "collaborative = device student + retrieval + coarse teacher + fusion",
         "size_bytes": "size of the model file the mode runs (device file for device modes)",
@@ -80,71 +91,114 @@ def load_models(ctx: RunContext) -> Models:
     files = {"teacher": ctx.path("teacher.pt"), "student_fp32": ctx.path("student_fp32.onnx"),
              "student_svd": ctx.path("student_svd.onnx"),
              "student_int8": ctx.path("student_int8.onnx")}
+    known = ~ctx.new_items
+    known[0] = False
     return Models(teacher, load_vocab(ctx), student, small, np.load(ctx.path("popularity.npy")),
-                  files, ctx.n_items)
+                  files, ctx.n_items, known)
+
+
+def choose_fusion(ctx: RunContext, models: Models) -> tuple[FusionConfig, dict]:
+    """The fusion setting: the config's where it fixes one, else the best on validation users."""
+    cfg = ctx.cfg.eval
+    grid = fusion_grid(cfg, bool(ctx.new_items.any()))
+    if len(grid) == 1:
+        return grid[0], {}
+    sp, dsp = ctx.split, ctx.device_split
+    val = Evaluator(models, sp.valid_input, sp.valid_target, cfg, ctx.cfg.seed,
+                    device_inputs=dsp.valid_input)
+    fusion, tuning = tune_fusion(val, grid)
+    zero = max((v for k, v in tuning.items() if k.startswith("w=0.0 ")), default=0.0)
+    log(f"fusion on {len(sp.valid_target)} validation users: {fusion} (NDCG@10 "
+        f"{max(tuning.values()):.4f}; the device alone {zero:.4f}; {len(grid)} settings tried)")
+    return fusion, tuning
 
 
 def evaluate_run(ctx: RunContext, results_dir: Path) -> list[dict]:
-    """All modes on the test users; the fusion weight is chosen on the validation users."""
+    """All modes on the test users; the fusion setting is chosen on the validation users."""
     t0 = time.time()
     models = load_models(ctx)
     cfg = ctx.cfg.eval
-    sp = ctx.split
-    weight = cfg.fusion_weight
-    tuning: dict = {}
-    if weight is None:
-        val = Evaluator(models, sp.valid_input, sp.valid_target, cfg, ctx.cfg.seed)
-        weight, tuning = tune_fusion_weight(val, FUSION_GRID)
-        log(f"fusion weight {weight} (validation NDCG@10 by weight: {tuning})")
-    ev = Evaluator(models, sp.test_input, sp.test_target, cfg, ctx.cfg.seed)
+    fusion, tuning = choose_fusion(ctx, models)
+    sp, dsp = ctx.split, ctx.device_split
+    ev = Evaluator(models, sp.test_input, sp.test_target, cfg, ctx.cfg.seed,
+                   device_inputs=dsp.test_input)
     int8_params = n_params(models.student_svd)
     results = [ev.popularity(), ev.teacher(coarse=False), ev.teacher(coarse=True),
                ev.student_onnx("student-fp32", "student_fp32", n_params(models.student)),
                ev.student_onnx("student-svd", "student_svd", int8_params),
                ev.student_onnx("student-int8", "student_int8", int8_params)]
-    device = ev.device_pass()
-    collab = ev.collaborative(device, weight)
+    collab = ev.collaborative(fusion)
     collab.params = int8_params + n_params(models.teacher)
     collab.size_bytes = models.files["student_int8"].stat().st_size
-    collab.p50_ms = ev.collaborative_latency(weight)
+    collab.p50_ms = ev.collaborative_latency(fusion)
     collab.extra["bytes_up_note"] = ("intent tokens only; no item id leaves the device. Counted as "
                                      "the JSON body (HTTP); `tandem simulate` counts the smaller "
                                      "protobuf message (gRPC)")
     # Edge-only is the int8 student ranking the device's item table: the same computation.
     results += [collab, dataclasses.replace(results[-1], mode="edge-only")]
     rows = [r.row(cfg.ks) for r in results]
-    report = {"dataset": ctx.data.name, "rows": rows, "protocol": protocol(ctx),
-              "fusion_tuning": tuning, "machine": machine(), "config": ctx.cfg.to_dict(),
-              "run": json.loads(ctx.path("run.json").read_text()) if ctx.path("run.json").exists()
-              else {}, "seconds": time.time() - t0}
-    write_results(report, results_dir)
-    serving = {"fusion_weight": weight, "top_intents": cfg.top_intents,
+    add_lift(rows)
+    serving = {**fusion.serving(), "top_intents": cfg.top_intents,
                "coarse_history": cfg.coarse_history, "n_retrieve": cfg.n_retrieve,
                "n_candidates": cfg.n_candidates, "popular_share": cfg.popular_share}
-    make_bundle(ctx, rows, serving)
-    console.print(metrics_table(f"{ctx.data.name}: held-out users, full ranking", rows, COLUMNS))
+    bundle = make_bundle(ctx, rows, serving, known=models.known)
+    report = {"dataset": ctx.data.name, "protocol_name": ctx.cfg.protocol, "rows": rows,
+              "n_test_users": len(sp.test_target), **bundle_sizes(bundle),
+              "protocol": protocol(ctx), "fusion": fusion.serving(), "fusion_tuning": tuning,
+              "machine": machine(), "config": ctx.cfg.to_dict(),
+              "run": json.loads(ctx.path("run.json").read_text()) if ctx.path("run.json").exists()
+              else {}, "seconds": time.time() - t0}
+    if ctx.new_items.any():
+        report["new_items"] = new_items_section(
+            {r.mode: r.ranks for r in results}, ctx.new_items[sp.test_target],
+            ctx.cfg.new_items_share, NEW_ITEM_SELECTION, int(ctx.new_items.sum()))
+    write_results(report, results_dir, ctx.results_name)
+    if "new_items" in report and merge_new_items(results_dir / f"quality-{ctx.data.name}.json",
+                                                 report["new_items"]):
+        standard = json.loads((results_dir / f"quality-{ctx.data.name}.json").read_text())
+        write_markdown(standard, results_dir, ctx.data.name)
+        log(f"new-item figures added to quality-{ctx.data.name}.json beside the standard ones")
+    console.print(metrics_table(f"{ctx.results_name}: held-out users, full ranking", rows,
+                                COLUMNS))
     return rows
 
 
-def write_results(report: dict, results_dir: Path) -> Path:
-    """quality-<dataset>.json and a markdown table beside it."""
+NEW_ITEM_SELECTION = ("a seeded share of the catalog drawn without replacement in proportion to "
+                      "training interactions (as popular as real launches); the student never "
+                      "trains on them and the device bundle does not know them, the teacher does")
+
+
+def write_results(report: dict, results_dir: Path, name: str | None = None) -> Path:
+    """quality-<name>.json, a markdown table and a plot beside it."""
     results_dir.mkdir(parents=True, exist_ok=True)
-    name = report["dataset"]
+    name = name or report["dataset"]
     path = results_dir / f"quality-{name}.json"
     path.write_text(json.dumps(report, indent=2, default=str))
+    write_markdown(report, results_dir, name)
+    from tandemrec.eval.plots import quality_plot
+
+    plot = quality_plot(report, results_dir / f"quality-{name}.png")
+    log(f"wrote {path}, its markdown table" + (f" and {plot.name}" if plot else ""))
+    return path
+
+
+def write_markdown(report: dict, results_dir: Path, name: str) -> Path:
+    """quality-<name>.md: the lift table, then every mode."""
     lines = [f"# Quality on {name} (full ranking, held-out users)", "",
+             "NDCG@10 of collaborative serving beside the device alone and the cloud with the "
+             "whole history, on the same users:", "", *lift_markdown(report), "",
              "| mode | HR@10 | NDCG@10 | MRR@10 | params | size (bytes) | p50 (ms) |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in report["rows"]:
         lines.append(f"| {r['mode']} | {r['hr@10']:.4f} | {r['ndcg@10']:.4f} | "
                      f"{r['mrr@10']:.4f} | {r['params']:,} | {r['size_bytes']:,} | "
                      f"{r['p50_ms']:.3f} |")
+    if "device_bundle_bytes" in report:
+        lines += ["", f"A device downloads {report['device_bundle_bytes']:,} bytes; the cloud "
+                  f"bundle (never sent to devices) is {report['cloud_bundle_bytes']:,} bytes."]
     m = report["machine"]
     lines += ["", f"Machine: {m['cpu']}, {m['cores']} cores; torch {m['torch']}, "
               f"onnxruntime {m['onnxruntime']}. Protocol: see the JSON beside this file.", ""]
-    (results_dir / f"quality-{name}.md").write_text("\n".join(lines))
-    from tandemrec.eval.plots import quality_plot
-
-    plot = quality_plot(report, results_dir / f"quality-{name}.png")
-    log(f"wrote {path}, its markdown table" + (f" and {plot.name}" if plot else ""))
+    path = results_dir / f"quality-{name}.md"
+    path.write_text("\n".join(lines))
     return path

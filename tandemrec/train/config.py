@@ -123,9 +123,28 @@ class EvalConfig:
     top_intents: int = 8  # intent tokens the device sends
     coarse_history: int = 50  # L: intent tokens of the last L interactions sent upstream
     popular_share: float = 0.1  # share of the candidates filled with popular items
-    fusion_weight: float | None = None  # teacher weight in the device's fusion; None = tune on val
+    # Fusion (edge_client/fusion.py); None = chosen on validation users among the choices.
+    fusion_weight: float | None = None  # teacher share; 0 = the device alone
+    device_top: int | None = None  # the device's own top items ranked beside the cloud's
+    cloud_missing: str | None = None  # "floor" | "mass": teacher score of items it did not send
+    device_missing: str | None = None  # "intent" | "teacher": device score of unknown items
     latency_requests: int = 300
     sampled_negatives: int = 100
+
+    def __post_init__(self) -> None:
+        rules = {"cloud_missing": ("floor", "mass"), "device_missing": ("intent", "teacher")}
+        for name, allowed in rules.items():
+            value = getattr(self, name)
+            if value is not None and value not in allowed:
+                raise ValueError(f"eval.{name} must be one of {list(allowed)} or null (tune on "
+                                 f"validation users), got {value!r}")
+        w = self.fusion_weight
+        if w is not None and (isinstance(w, bool) or not isinstance(w, int | float)
+                              or not 0 <= w <= 1):
+            raise ValueError(f"eval.fusion_weight must be in [0, 1] or null, got {w!r}")
+        n = self.device_top
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 0):
+            raise ValueError(f"eval.device_top must be an integer >= 0 or null, got {n!r}")
 
 
 @dataclass

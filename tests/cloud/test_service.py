@@ -67,7 +67,11 @@ def test_collaborative_returns_the_teachers_top_k_of_the_intent_candidates(store
         row = model.score([np.array([1, 2, 2, 1])], True)[0]
         expected = pool[np.argsort(-row[pool], kind="stable")[:10]]
         assert list(rec.item_ids) == expected.tolist()
-        assert list(rec.scores) == pytest.approx(row[expected].tolist(), rel=1e-5)
+        # Scores are the teacher's log-probabilities over the whole catalog.
+        logp = row[expected] - np.log(np.exp(row[1:].astype(np.float64)).sum())
+        assert list(rec.scores) == pytest.approx(logp.tolist(), rel=1e-5)
+        assert list(rec.item_intents) == intents[expected].tolist()
+        assert rec.catalog_size == model.n_items
         assert rec.model_version == model.version and rec.request_id == "r1"
         # Most candidates come from the requested intents (the rest are popular items).
         assert np.isin(intents[list(rec.item_ids)], [1, 2]).mean() >= 0.5

@@ -1,12 +1,12 @@
-"""The upstream payload carries intent tokens only, and the device's fusion reranks correctly."""
+"""The upstream payload carries intent tokens only (fusion is tested in test_fusion.py)."""
 
 import json
 
 import numpy as np
 import pytest
 
+from edge_client.intents import top_intents
 from edge_client.request import build_request
-from edge_client.rerank import fuse, log_softmax, top_intents
 
 pytestmark = pytest.mark.unit
 
@@ -41,16 +41,9 @@ def test_coarse_len_zero_sends_no_history():
     assert req.coarse_history == ()
 
 
-def test_fuse_weights_and_excludes_history():
-    cands = np.array([4, 7, 2])
-    teacher = np.array([3.0, 1.0, 0.0])
-    device = np.zeros(8)
-    device[[4, 7, 2]] = [0.0, 5.0, 0.0]
-    items, _ = fuse(cands, teacher, device, weight=1.0)
-    assert items.tolist() == [4, 7, 2]  # teacher only
-    items, _ = fuse(cands, teacher, device, weight=0.0)
-    assert items[0] == 7  # device only
-    items, scores = fuse(cands, teacher, device, weight=0.5, exclude=np.array([7]))
-    assert items.tolist() == [4, 2]
-    expected = 0.5 * log_softmax(teacher) + 0.5 * log_softmax(device[cands])
-    assert scores.tolist() == pytest.approx(sorted(expected[[0, 2]], reverse=True))
+def test_items_the_device_does_not_know_leave_no_token():
+    intents = ITEM_INTENTS.copy()
+    intents[5] = 0  # item 5 is new to the device: its bundle has no intent for it
+    req = build_request(np.zeros(4), np.array([1, 5, 3]), intents, top_m=1, coarse_len=3, k=5,
+                        model_version="v1")
+    assert req.coarse_history == (3, 1)

@@ -1,0 +1,229 @@
+"""The collaborative ranking: the device's own scores fused with the cloud's answer.
+
+This is the one implementation of collaborative serving's last step. The SDK
+(`EdgeClient.recommend`), the offline evaluation (`tandem evaluate`) and the fleet simulator
+all call `fuse`, so the figures a pipeline reports are the rankings a device serves.
+
+Both sides are put on one scale, log-probabilities over the catalog:
+- the device: log-softmax of the student's item scores over the items its bundle knows;
+- the cloud: the teacher's log-probabilities over its whole catalog (`CloudCandidates.logp`),
+  sent for its top candidates only.
+
+The ranked set is the union of the cloud's candidates and the device's own top `device_top`
+items, so a target the cloud's intent retrieval missed can still be ranked by the device.
+Each item gets `weight * teacher + (1 - weight) * device`; an item one side did not score
+gets that side's principled estimate:
+- cloud_missing="floor": the lowest log-probability the cloud returned (everything it did not
+  return scored at most that); "mass": the teacher's probability mass left outside its answer,
+  spread evenly over the items it did not return;
+- device_missing="intent": the student's intent head, log p(intent) - log |intent| (the item's
+  intent token comes with the cloud's answer); "teacher": the device has no opinion and adopts
+  the teacher's log-probability.
+
+With weight 0 and device_top >= k the top k is exactly the device alone, so the tuned setting
+(weight 0 is among the choices) never ranks worse than the device on validation users.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+CloudMissing = Literal["floor", "mass"]
+DeviceMissing = Literal["intent", "teacher"]
+
+
+@dataclass(frozen=True)
+class FusionConfig:
+    """The knobs of `fuse`, chosen on validation users and shipped in the device bundle."""
+
+    weight: float = 0.5  # teacher share: 0 = the device alone, 1 = the teacher alone
+    device_top: int = 100  # the device's own top items added to the cloud's candidates
+    cloud_missing: CloudMissing = "floor"
+    device_missing: DeviceMissing = "intent"
+
+    @classmethod
+    def from_serving(cls, serving: dict, **overrides: object) -> FusionConfig:
+        """From a bundle's serving settings (manifest extra); `overrides` that are None skip."""
+        values = {k: serving[k] for k in ("device_top", "cloud_missing", "device_missing")
+                  if k in serving}
+        if "fusion_weight" in serving:
+            values["weight"] = serving["fusion_weight"]
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    def serving(self) -> dict:
+        """The bundle's serving keys for this config (inverse of `from_serving`)."""
+        return {"fusion_weight": self.weight, "device_top": self.device_top,
+                "cloud_missing": self.cloud_missing, "device_missing": self.device_missing}
+
+
+@dataclass(frozen=True)
+class CloudCandidates:
+    """What the cloud answered: its top items with the teacher's catalog log-probabilities."""
+
+    items: np.ndarray  # (C,) item ids, best first
+    logp: np.ndarray  # (C,) teacher log-probabilities, normalised over the cloud's catalog
+    intents: np.ndarray  # (C,) level-1 intent token of each item
+    catalog_size: int  # items in the cloud's catalog (for the "mass" estimate)
+
+    @classmethod
+    def empty(cls) -> CloudCandidates:
+        z = np.zeros(0, dtype=np.int64)
+        return cls(z, np.zeros(0, dtype=np.float64), z, 0)
+
+
+@dataclass(frozen=True)
+class DeviceView:
+    """What the device's bundle knows: which item ids, their intents, the intents' sizes."""
+
+    known: np.ndarray  # (N+1,) bool; index 0 (padding) is never known
+    log_intent_size: np.ndarray  # (K+1,) log of known items per intent, plus one (the newcomer)
+
+    @classmethod
+    def build(cls, known: np.ndarray, item_intent: np.ndarray, n_intents: int) -> DeviceView:
+        known = np.asarray(known, dtype=bool).copy()
+        known[0] = False
+        sizes = np.bincount(np.asarray(item_intent)[known], minlength=n_intents + 1)
+        return cls(known, np.log(sizes[: n_intents + 1] + 1.0))
+
+
+def log_softmax(x: np.ndarray) -> np.ndarray:
+    """Log-softmax of a vector; -inf entries stay -inf."""
+    x = np.asarray(x, dtype=np.float64)
+    z = x - np.max(x)
+    return z - np.log(np.exp(z).sum())
+
+
+def intent_log_probs(intent_logits: np.ndarray) -> np.ndarray:
+    """(K+1,) log-softmax of the intent head over tokens 1..K; token 0 (padding) is -inf."""
+    x = np.asarray(intent_logits, dtype=np.float64).copy()
+    x[0] = -np.inf
+    return log_softmax(x)
+
+
+def device_log_probs(item_scores: np.ndarray, view: DeviceView) -> np.ndarray:
+    """(N+1,) student log-probabilities over the items the device knows; -inf elsewhere."""
+    s = np.full(len(view.known), -np.inf)
+    n = min(len(item_scores), len(view.known))
+    s[:n] = np.where(view.known[:n], item_scores[:n], -np.inf)
+    return log_softmax(s)
+
+
+def _teacher_missing(cloud: CloudCandidates, rule: CloudMissing) -> float:
+    if len(cloud.logp) == 0:
+        return 0.0  # no answer: the teacher is flat and the device ranks alone
+    if rule == "floor":
+        return float(cloud.logp.min())
+    left = 1.0 - float(np.exp(cloud.logp).sum())
+    rest = max(cloud.catalog_size - len(cloud.items), 1)
+    return float(np.log(max(left, 1e-12) / rest))
+
+
+@dataclass(frozen=True)
+class FusionParts:
+    """The union a ranking is drawn from, with both sides' log-probabilities for each item."""
+
+    items: np.ndarray  # (U,) the cloud's candidates, then the device's own top items
+    teacher: np.ndarray  # (U,)
+    device: np.ndarray  # (U,)
+
+
+def fusion_parts(device_logp: np.ndarray, intent_logp: np.ndarray, view: DeviceView,
+                 cloud: CloudCandidates, cfg: FusionConfig,
+                 exclude: np.ndarray | None = None) -> FusionParts:
+    """Both sides' scores over the union; `cfg.weight` is not used (see `mix`)."""
+    d = device_logp.copy()
+    d[0] = -np.inf
+    if exclude is not None and len(exclude):
+        d[np.asarray(exclude, dtype=np.int64)] = -np.inf
+    keep = ~_in(cloud.items, exclude)
+    c_items, c_logp, c_intents = cloud.items[keep], cloud.logp[keep], cloud.intents[keep]
+    own = _top(d, cfg.device_top)
+    own = own[~_in(own, c_items)]
+    floor = _teacher_missing(cloud, cfg.cloud_missing)
+    return FusionParts(
+        np.concatenate([c_items, own]).astype(np.int64),
+        np.concatenate([c_logp, np.full(len(own), floor)]),
+        np.concatenate([_device_scores(c_items, c_logp, c_intents, d, intent_logp, view,
+                                       cfg.device_missing), d[own]]))
+
+
+def mix(weight: float, teacher: np.ndarray, device: np.ndarray) -> np.ndarray:
+    """weight * teacher + (1 - weight) * device, where weight 0 and 1 are exactly one side."""
+    if weight <= 0:
+        return device
+    if weight >= 1:
+        return teacher
+    return weight * teacher + (1.0 - weight) * device
+
+
+def fuse(device_logp: np.ndarray, intent_logp: np.ndarray, view: DeviceView,
+         cloud: CloudCandidates, cfg: FusionConfig,
+         exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The fused ranking: (items, scores) best first over the union, history excluded.
+
+    `device_logp` comes from `device_log_probs`, `intent_logp` from `intent_log_probs`,
+    `exclude` holds the item ids already consumed.
+    """
+    parts = fusion_parts(device_logp, intent_logp, view, cloud, cfg, exclude)
+    fused = mix(cfg.weight, parts.teacher, parts.device)
+    order = np.argsort(-fused, kind="stable")
+    return parts.items[order], fused[order]
+
+
+def target_positions(parts: FusionParts, weights: np.ndarray, target: int) -> np.ndarray:
+    """The 0-based position `fuse` gives `target` under each weight; -1 where it is absent.
+
+    The same ordering as `fuse` (a stable sort), without sorting: what evaluation uses to try
+    many weights on the same parts.
+    """
+    where = np.flatnonzero(parts.items == target)
+    if not len(where):
+        return np.full(len(weights), -1, dtype=np.int64)
+    pos = int(where[0])
+    out = np.empty(len(weights), dtype=np.int64)
+    for j, w in enumerate(weights):
+        f = mix(float(w), parts.teacher, parts.device)
+        out[j] = int((f > f[pos]).sum() + (f[:pos] == f[pos]).sum())
+    return out
+
+
+def _device_scores(items: np.ndarray, logp: np.ndarray, intents: np.ndarray, d: np.ndarray,
+                   intent_logp: np.ndarray, view: DeviceView, rule: DeviceMissing) -> np.ndarray:
+    """The device's log-probability of each cloud item, estimated where it does not know it."""
+    inside = items < len(view.known)
+    known = np.zeros(len(items), dtype=bool)
+    known[inside] = view.known[items[inside]]
+    out = np.empty(len(items))
+    out[known] = d[items[known]]
+    unknown = ~known
+    if unknown.any():
+        if rule == "teacher":
+            out[unknown] = logp[unknown]
+        else:
+            tok = np.asarray(intents[unknown], dtype=np.int64)
+            valid = (tok > 0) & (tok < len(intent_logp))
+            sizes = view.log_intent_size
+            size = np.where(tok < len(sizes), sizes[np.clip(tok, 0, len(sizes) - 1)], 0.0)
+            out[unknown] = np.where(valid, intent_logp[np.where(valid, tok, 0)] - size, -np.inf)
+    return out
+
+
+def _top(scores: np.ndarray, n: int) -> np.ndarray:
+    """The n best finite entries, best first (fewer when fewer are finite)."""
+    if n <= 0:
+        return np.zeros(0, dtype=np.int64)
+    n = min(n, int(np.isfinite(scores).sum()))
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    top = np.argpartition(-scores, n - 1)[:n]
+    return top[np.argsort(-scores[top], kind="stable")]
+
+
+def _in(items: np.ndarray, among: np.ndarray | None) -> np.ndarray:
+    if among is None or len(among) == 0 or len(items) == 0:
+        return np.zeros(len(items), dtype=bool)
+    return np.isin(items, among)

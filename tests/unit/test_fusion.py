@@ -1,0 +1,124 @@
+"""Collaborative fusion: the union, the rules for missing scores, and weight 0 = the device."""
+
+import numpy as np
+import pytest
+
+from edge_client.fusion import (
+    CloudCandidates,
+    DeviceView,
+    FusionConfig,
+    device_log_probs,
+    fuse,
+    fusion_parts,
+    intent_log_probs,
+    log_softmax,
+    target_positions,
+)
+
+pytestmark = pytest.mark.unit
+
+# 8 items (ids 1..8) in 3 intents; item 8 is new: the device's bundle does not know it.
+ITEM_INTENT = np.array([0, 1, 1, 2, 2, 3, 3, 1, 2])
+KNOWN = np.array([0, 1, 1, 1, 1, 1, 1, 1, 0], dtype=bool)
+VIEW = DeviceView.build(KNOWN, np.where(KNOWN, ITEM_INTENT, 0), n_intents=3)
+SCORES = np.array([9.0, 5.0, 4.0, 3.0, 2.0, 1.0, 0.0, -1.0, 7.0])  # padding and item 8 ignored
+LOGITS = np.array([5.0, 0.0, np.log(2.0), 0.0])  # intent 2 twice as likely as 1 or 3
+
+
+def cloud(items, logp, catalog=8):
+    items = np.asarray(items)
+    return CloudCandidates(items, np.asarray(logp, dtype=np.float64), ITEM_INTENT[items], catalog)
+
+
+def test_device_log_probs_cover_known_items_only():
+    d = device_log_probs(SCORES, VIEW)
+    assert d[0] == -np.inf and d[8] == -np.inf
+    assert np.exp(d[1:8]).sum() == pytest.approx(1.0)
+    assert d[1] - d[2] == pytest.approx(1.0)
+
+
+def test_union_adds_the_devices_own_top_items():
+    d, il = device_log_probs(SCORES, VIEW), intent_log_probs(LOGITS)
+    c = cloud([5, 6], [-1.0, -2.0])
+    items, _ = fuse(d, il, VIEW, c, FusionConfig(weight=0.5, device_top=2))
+    assert set(items.tolist()) == {5, 6, 1, 2}  # item 1, the device's best, survives a miss
+    items, _ = fuse(d, il, VIEW, c, FusionConfig(weight=0.5, device_top=0))
+    assert set(items.tolist()) == {5, 6}  # device_top 0: the cloud's candidates only
+
+
+def test_weight_zero_is_exactly_the_device_alone():
+    d, il = device_log_probs(SCORES, VIEW), intent_log_probs(LOGITS)
+    c = cloud([7, 6, 5], [-0.5, -1.0, -1.5])
+    items, scores = fuse(d, il, VIEW, c, FusionConfig(weight=0.0, device_top=3),
+                         exclude=np.array([2]))
+    assert items[:3].tolist() == [1, 3, 4]  # the device's top 3 without the consumed item 2
+    assert scores[0] == pytest.approx(d[1])
+
+
+def test_weight_one_is_the_teacher_with_its_floor_for_device_items():
+    d, il = device_log_probs(SCORES, VIEW), intent_log_probs(LOGITS)
+    c = cloud([7, 6], [-0.5, -3.0])
+    items, scores = fuse(d, il, VIEW, c, FusionConfig(weight=1.0, device_top=1,
+                                                      cloud_missing="floor"))
+    assert items.tolist() == [7, 6, 1]
+    assert scores.tolist() == pytest.approx([-0.5, -3.0, -3.0])
+
+
+def test_mass_rule_spreads_the_teachers_remaining_probability():
+    d, il = device_log_probs(SCORES, VIEW), intent_log_probs(LOGITS)
+    c = cloud([7, 6], [np.log(0.5), np.log(0.2)], catalog=8)
+    parts = fusion_parts(d, il, VIEW, c, FusionConfig(device_top=1, cloud_missing="mass"))
+    assert parts.items.tolist() == [7, 6, 1]
+    assert parts.teacher[2] == pytest.approx(np.log(0.3 / 6))  # 30% left over 6 other items
+
+
+def test_new_item_scored_through_its_intent_or_the_teacher():
+    d, il = device_log_probs(SCORES, VIEW), intent_log_probs(LOGITS)
+    c = cloud([8, 3], [-1.0, -2.0])
+    parts = fusion_parts(d, il, VIEW, c, FusionConfig(device_top=0, device_missing="intent"))
+    # intent 2 has probability 1/2 and holds 2 known items plus the newcomer: log(1/2) - log 3
+    assert parts.device[0] == pytest.approx(np.log(0.5) - np.log(3.0))
+    assert parts.device[1] == pytest.approx(d[3])
+    parts = fusion_parts(d, il, VIEW, c, FusionConfig(device_top=0, device_missing="teacher"))
+    assert parts.device[0] == pytest.approx(-1.0)
+
+
+def test_mixed_scores_are_the_weighted_sum_of_log_probabilities():
+    d, il = device_log_probs(SCORES, VIEW), intent_log_probs(LOGITS)
+    c = cloud([4, 3], log_softmax(np.array([2.0, 0.0])))
+    items, scores = fuse(d, il, VIEW, c, FusionConfig(weight=0.3, device_top=0))
+    expected = {4: 0.3 * c.logp[0] + 0.7 * d[4], 3: 0.3 * c.logp[1] + 0.7 * d[3]}
+    assert dict(zip(items.tolist(), scores.tolist(), strict=True)) == pytest.approx(expected)
+
+
+def test_empty_answer_leaves_the_device_ranking():
+    d, il = device_log_probs(SCORES, VIEW), intent_log_probs(LOGITS)
+    items, _ = fuse(d, il, VIEW, CloudCandidates.empty(), FusionConfig(weight=0.7, device_top=3))
+    assert items.tolist() == [1, 2, 3]
+
+
+def test_target_positions_match_the_ranking_fuse_returns():
+    rng = np.random.default_rng(0)
+    weights = np.array([0.0, 0.2, 0.5, 0.9, 1.0])
+    for _ in range(50):
+        scores = rng.normal(size=9).round(1)  # rounding makes ties, which must agree too
+        items = rng.choice(np.arange(1, 9), size=4, replace=False)
+        c = cloud(items, np.sort(rng.normal(size=4).round(1))[::-1] - 3)
+        d, il = device_log_probs(scores, VIEW), intent_log_probs(rng.normal(size=4))
+        for rule in ("floor", "mass"):
+            cfg = FusionConfig(device_top=3, cloud_missing=rule)
+            parts = fusion_parts(d, il, VIEW, c, cfg, exclude=np.array([items[0]]))
+            for target in range(1, 9):
+                pos = target_positions(parts, weights, target)
+                for w, p in zip(weights, pos, strict=True):
+                    ranked, _ = fuse(d, il, VIEW, c, FusionConfig(
+                        float(w), 3, rule), exclude=np.array([items[0]]))  # type: ignore[arg-type]
+                    hit = np.flatnonzero(ranked == target)
+                    assert p == (hit[0] if len(hit) else -1)
+
+
+def test_serving_round_trip():
+    cfg = FusionConfig(0.3, 20, "mass", "teacher")
+    assert FusionConfig.from_serving(cfg.serving()) == cfg
+    assert FusionConfig.from_serving(cfg.serving(), weight=0.0).weight == 0.0
+    assert FusionConfig.from_serving(cfg.serving(), weight=None).weight == 0.3
