@@ -152,6 +152,9 @@ def evaluate_run(ctx: RunContext, results_dir: Path) -> list[dict]:
         report["new_items"] = new_items_section(
             {r.mode: r.ranks for r in results}, ctx.new_items[sp.test_target],
             ctx.cfg.new_items_share, NEW_ITEM_SELECTION, int(ctx.new_items.sum()))
+    elif (fresh := results_dir / f"quality-{ctx.data.name}-new-items.json").exists():
+        # The new-item protocol is its own run; its figures sit beside these (see merge below).
+        report["new_items"] = json.loads(fresh.read_text()).get("new_items")
     write_results(report, results_dir, ctx.results_name)
     if "new_items" in report and merge_new_items(results_dir / f"quality-{ctx.data.name}.json",
                                                  report["new_items"]):
