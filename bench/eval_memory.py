@@ -29,6 +29,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -200,9 +201,11 @@ def measure(users: int, items: int, work_dir: Path, overrides: list[str] | None 
 
 
 def measure_sizes(sizes: list[int], items: int, work_dir: Path, overrides: list[str] | None = None,
-                  seed: int = 0) -> list[dict[str, Any]]:
+                  seed: int = 0, on_row: Callable[[list[dict[str, Any]]], None] | None = None
+                  ) -> list[dict[str, Any]]:
     """Rows for several user counts over one catalog: the models are trained once, on the
-    smallest dataset, and `tandem evaluate` runs on each dataset with them."""
+    smallest dataset, and `tandem evaluate` runs on each dataset with them. `on_row` gets the
+    rows so far after each one (to save partial results)."""
     from tandemrec.eval.modes import CHUNK
     from tandemrec.progress import log
 
@@ -222,6 +225,8 @@ def measure_sizes(sizes: list[int], items: int, work_dir: Path, overrides: list[
                 f"{row['seconds']:.0f}s")
             rows.append(row)
             csv.unlink()
+            if on_row is not None:
+                on_row(rows)
     finally:
         shutil.rmtree(work_dir / "run", ignore_errors=True)
     return rows
@@ -241,8 +246,11 @@ def markdown(report: dict[str, Any]) -> str:
           "| users | interactions | items seen | peak RSS | seconds | CPU seconds |",
           "| ---: | ---: | ---: | ---: | ---: | ---: |"]
     md += [f"| {r['users']:,} | {r['interactions']:,} | {r['catalog']:,} | "
-           f"{_gib(r['peak_rss_bytes'])} | {r['seconds']:.0f} | {r['cpu_seconds']:.0f} |"
+           f"{_gib(r['peak_rss_bytes'])} | {r['seconds']:.0f} | "
+           + (f"{r['cpu_seconds']:.0f} |" if r.get("cpu_seconds") is not None else "- |")
            for r in report["rows"]]
+    if report.get("status"):
+        md += ["", f"Status: {report['status']}"]
     md += ["", "Seconds: wall time of the whole command (imports, data, every mode, the bundle) "
            "on a machine shared with other jobs; CPU seconds: user + system time of the "
            "evaluation process.", "", report["note"]]
@@ -294,21 +302,28 @@ def main() -> None:
     from tandemrec.eval.report import machine
     from tandemrec.progress import log
 
+    report: dict[str, Any] = {
+        "items": a.items, "chunk": CHUNK, "min_len": MIN_LEN, "max_len": MAX_LEN,
+        "clusters": max(1, a.items // ITEMS_PER_CLUSTER), "config": str(SMOKE.relative_to(
+            REPO_ROOT)), "overrides": TINY, "machine": machine(), "rows": [], "note": NOTE,
+        "measured": "ru_maxrss of `tandem evaluate` as the only child of a fresh wrapper "
+                    "process (polled_vmhwm_bytes: /proc VmHWM read every 0.2 s, a cross-check)"}
+    a.out.mkdir(parents=True, exist_ok=True)
+
+    def save(rows: list[dict[str, Any]]) -> None:
+        """Written after every size, so that a run stopped part-way keeps what it measured."""
+        report["rows"] = rows
+        report["status"] = ("" if len(rows) == len(a.users) else
+                            f"partial: {len(rows)} of {len(a.users)} sizes measured so far")
+        (a.out / "eval-memory.json").write_text(json.dumps(report, indent=2) + "\n")
+        (a.out / "eval-memory.md").write_text(markdown(report))
+
     with tempfile.TemporaryDirectory(prefix="eval-memory-") as tmp:
         work = a.work_dir or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
         log(f"eval-memory: {', '.join(f'{u:,}' for u in a.users)} users x {a.items:,} items; "
             f"models trained once on the smallest")
-        rows = measure_sizes(a.users, a.items, work, seed=a.seed)
-    report: dict[str, Any] = {
-        "items": a.items, "chunk": CHUNK, "min_len": MIN_LEN, "max_len": MAX_LEN,
-        "clusters": max(1, a.items // ITEMS_PER_CLUSTER), "config": str(SMOKE.relative_to(
-            REPO_ROOT)), "overrides": TINY, "machine": machine(), "rows": rows, "note": NOTE,
-        "measured": "ru_maxrss of `tandem evaluate` as the only child of a fresh wrapper "
-                    "process (polled_vmhwm_bytes: /proc VmHWM read every 0.2 s, a cross-check)"}
-    a.out.mkdir(parents=True, exist_ok=True)
-    (a.out / "eval-memory.json").write_text(json.dumps(report, indent=2) + "\n")
-    (a.out / "eval-memory.md").write_text(markdown(report))
+        measure_sizes(a.users, a.items, work, seed=a.seed, on_row=save)
     print(markdown(report))
 
 
