@@ -106,7 +106,7 @@ def choose_fusion(ctx: RunContext, models: Models) -> tuple[FusionConfig, dict]:
     sp, dsp = ctx.split, ctx.device_split
     val = Evaluator(models, sp.valid_input, sp.valid_target, cfg, ctx.cfg.seed,
                     device_inputs=dsp.valid_input)
-    fusion, tuning = tune_fusion(val, grid)
+    fusion, tuning = tune_fusion(val, grid, cfg.fusion_confidence, ctx.cfg.seed)
     zero = max((v for k, v in tuning.items() if k.startswith("w=0.0 ")), default=0.0)
     log(f"fusion on {len(sp.valid_target)} validation users: {fusion} (NDCG@10 "
         f"{max(tuning.values()):.4f}; the device alone {zero:.4f}; {len(grid)} settings tried)")

@@ -128,6 +128,9 @@ class EvalConfig:
     device_top: int | None = None  # the device's own top items ranked beside the cloud's
     cloud_missing: str | None = None  # "floor" | "mass": teacher score of items it did not send
     device_missing: str | None = None  # "intent" | "teacher": device score of unknown items
+    # A teacher share is chosen only if its validation gain over the device alone is positive
+    # at this bootstrap confidence (paired over users); 0 takes the best validation mean.
+    fusion_confidence: float = 0.95
     latency_requests: int = 300
     sampled_negatives: int = 100
 

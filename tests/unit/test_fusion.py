@@ -122,3 +122,18 @@ def test_serving_round_trip():
     assert FusionConfig.from_serving(cfg.serving()) == cfg
     assert FusionConfig.from_serving(cfg.serving(), weight=0.0).weight == 0.0
     assert FusionConfig.from_serving(cfg.serving(), weight=None).weight == 0.3
+
+
+def test_a_teacher_share_needs_a_gain_that_holds_up():
+    from tandemrec.eval.modes import significant_gain
+
+    rng = np.random.default_rng(1)
+    base = rng.integers(0, 30, size=400)
+    better = np.where(rng.random(400) < 0.3, 0, base)  # 30% of the users' targets move to rank 0
+    assert significant_gain(better, base, 0.95)
+    flat = np.full(400, 5)
+    lucky = flat.copy()
+    lucky[0] = 0  # one user of 400 better: a gain on the mean, but not one to bet the device on
+    assert not significant_gain(lucky, flat, 0.95)
+    assert significant_gain(lucky, flat, 0.0)
+    assert not significant_gain(base, base, 0.0)
