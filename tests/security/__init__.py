@@ -1,0 +1,1 @@
+"""Security tier: object-level authorization, rate limits, admin input, hostile clients."""
