@@ -183,7 +183,13 @@ class EdgeClient:
         return result
 
     async def recommend(self, k: int = 10) -> EdgeResult:
-        """Top k for the current history: collaborative when possible, on-device otherwise."""
+        """Top k for the current history: collaborative when possible, on-device otherwise.
+
+        Never raises because of the network: any failure of the cloud call (whatever its
+        exception type, or a malformed answer) ends in the on-device fallback within the
+        deadline. A bad `k` is the caller's error and raises.
+        """
+        check_k(k)
         t0 = time.perf_counter()
         model = self.model  # one model for the whole request, even if an update swaps it
         history = self.store.history()  # all of it: nothing already seen is shown again
@@ -203,20 +209,21 @@ class EdgeClient:
             return self._fallback(model, scores, history, k, "offline", req, t0, device_s)
         deadline = self.s.deadline_ms / 1000 - (time.perf_counter() - t0)
         transport = self.transport
+
+        async def ask(remaining: float) -> tuple[CloudAnswer, CloudCandidates]:
+            answer = await transport.recommend(req, self.device_id, remaining)
+            return answer, cloud_candidates(answer, model)  # garbage fails the attempt
+
         try:
-            answer: CloudAnswer = await call_with_retries(
-                lambda remaining: transport.recommend(req, self.device_id, remaining),
-                deadline_s=max(0.0, deadline), policy=self.policy,
-                is_retryable=lambda e: isinstance(e, CloudError) and e.retryable,
+            answer, cloud = await call_with_retries(
+                ask, deadline_s=max(0.0, deadline), policy=self.policy,
+                # A foreign exception type is a failure on the way, not the cloud refusing.
+                is_retryable=lambda e: not isinstance(e, CloudError) or e.retryable,
                 breaker=self.breaker, rng=self._rng)
         except CloudUnavailable as exc:
             return self._fallback(model, scores, history, k, exc.reason, req, t0, device_s)
         except CloudError as exc:  # the cloud refused the request itself: still serve the user
             return self._fallback(model, scores, history, k, str(exc), req, t0, device_s)
-        cloud = CloudCandidates(np.asarray(answer.items, dtype=np.int64),
-                                np.asarray(answer.scores, dtype=np.float64),
-                                _intents(answer, model), answer.catalog_size or
-                                len(model.known) - 1)
         self.store.save_pool(answer.model_version, answer.items, answer.scores)
         self._last_tokens = req.intent_tokens
         return self._fused(model, cloud, scores, intent_logits, history, k, "cloud", req,
@@ -258,8 +265,7 @@ class EdgeClient:
         s = scores.astype(np.float32).copy()
         s[~model.known[: len(s)]] = -np.inf
         s[history] = -np.inf
-        top = np.argpartition(-s, k)[:k]
-        top = top[np.argsort(-s[top], kind="stable")]
+        top = _top(s, k)
         device_s += time.perf_counter() - t1
         return EdgeResult(tuple(int(i) for i in top), tuple(float(s[i]) for i in top),
                           "fallback", reason, req.intent_tokens, 0,
@@ -276,10 +282,45 @@ def request_bytes(req: CollaborativeRequest, device_id: str) -> bytes:
                                model_version=req.model_version).SerializeToString()
 
 
+def check_k(k: object) -> None:
+    """The caller's k: a positive integer (a bool is not one)."""
+    if isinstance(k, bool) or not isinstance(k, int | np.integer):
+        raise TypeError(f"k must be an int, got {type(k).__name__}")
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+
+
+def cloud_candidates(answer: CloudAnswer, model: EdgeModel) -> CloudCandidates:
+    """The answer as fusion input; a retryable CloudError when it cannot be one."""
+    try:
+        items = np.asarray(answer.items, dtype=np.int64).reshape(-1)
+        scores = np.asarray(answer.scores, dtype=np.float64).reshape(-1)
+        intents = _intents(answer, model)
+        catalog = int(answer.catalog_size) or len(model.known) - 1
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise CloudError(f"BAD_RESPONSE: {exc}", code="BAD_RESPONSE", retryable=True) from exc
+    problem = ("items and scores differ in length" if len(items) != len(scores) else
+               "items and intents differ in length" if len(intents) != len(items) else
+               "an item id is outside the catalog" if len(items) and (
+                   items.min() < 1 or items.max() > catalog) else
+               "a score is NaN or +inf" if not (scores < np.inf).all() else "")
+    if problem:  # fusion would index out of range or rank garbage
+        raise CloudError(f"BAD_RESPONSE: {problem}", code="BAD_RESPONSE", retryable=True)
+    return CloudCandidates(items, scores, intents, catalog)
+
+
+def _top(scores: np.ndarray, k: int) -> np.ndarray:
+    """The k best finite entries, best first (fewer when fewer are finite)."""
+    finite = np.flatnonzero(np.isfinite(scores))
+    if k < len(finite):
+        finite = finite[np.argpartition(-scores[finite], k - 1)[:k]]
+    return finite[np.argsort(-scores[finite], kind="stable")]
+
+
 def _intents(answer: CloudAnswer, model: EdgeModel) -> np.ndarray:
     """Each answered item's intent token: the cloud's, else the bundle's (an older cloud)."""
-    if len(answer.intents) == len(answer.items):
-        return np.asarray(answer.intents, dtype=np.int64)
+    if len(answer.intents):
+        return np.asarray(answer.intents, dtype=np.int64).reshape(-1)
     items = np.clip(np.asarray(answer.items, dtype=np.int64), 0, len(model.item_intent) - 1)
     return model.item_intent[items]
 
