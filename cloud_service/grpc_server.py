@@ -2,8 +2,9 @@
 
 Handlers receive raw bytes and parse them here, so a malformed protobuf is answered with
 INVALID_ARGUMENT and a message (gRPC's own deserializer would report INTERNAL). Errors map to
-status codes through the one vocabulary in `cloud_service.errors`. The standard health service
-and server reflection are on.
+status codes through the one vocabulary in `cloud_service.errors`. Credentials are checked
+before the message is parsed, and every call is counted in flight for the drain. The standard
+health service and server reflection are on.
 """
 
 from __future__ import annotations
@@ -94,7 +95,10 @@ async def _abort(context: grpc.aio.ServicerContext, exc: Exception) -> None:
 
 # ---- handlers ------------------------------------------------------------------------------
 
-def _unary(call: Callable[[bytes, grpc.aio.ServicerContext], Awaitable[Any]]):  # noqa: ANN202
+Call = Callable[[bytes, grpc.aio.ServicerContext], Awaitable[Any]]
+
+
+def _unary(call: Call):  # noqa: ANN202
     async def handler(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
         try:
             return await call(raw, context)
@@ -106,6 +110,13 @@ def _unary(call: Callable[[bytes, grpc.aio.ServicerContext], Awaitable[Any]]):  
 
 def build_handlers(service: RecommendationService) -> grpc.GenericRpcHandler:
     """The method table of TandemService, each method a thin conversion around the core."""
+
+    def guarded(call: Call, admin: bool = False) -> Call:
+        async def run(raw: bytes, ctx: grpc.aio.ServicerContext) -> Any:
+            with service.in_flight():  # refused once draining closed the doors
+                service.authenticate(credentials_from(ctx), admin)  # before parsing
+                return await call(raw, ctx)
+        return run
 
     async def recommend(raw: bytes, ctx: grpc.aio.ServicerContext) -> pb.RecommendResponse:
         req = recommend_from_pb(_parse(pb.RecommendRequest, raw))
@@ -127,19 +138,21 @@ def build_handlers(service: RecommendationService) -> grpc.GenericRpcHandler:
 
     async def download(raw: bytes, ctx: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         try:
-            req = _parse(pb.DownloadArtifactRequest, raw)
-            chunks = await service.artifact_chunks(req.model_version, req.name, req.device_id,
-                                                   credentials_from(ctx))
-            async for data, offset, total in chunks:
-                yield pb.ArtifactChunk(data=data, offset=offset, total_size=total)
+            with service.in_flight():
+                service.authenticate(credentials_from(ctx), admin=False)
+                req = _parse(pb.DownloadArtifactRequest, raw)
+                chunks = await service.artifact_chunks(req.model_version, req.name,
+                                                       req.device_id, credentials_from(ctx))
+                async for data, offset, total in chunks:
+                    yield pb.ArtifactChunk(data=data, offset=offset, total_size=total)
         except Exception as exc:  # noqa: BLE001
             await _abort(ctx, exc)
 
     methods = {
-        "Recommend": _unary(recommend),
-        "RecommendFull": _unary(recommend_full),
-        "GetManifest": _unary(get_manifest),
-        "Publish": _unary(publish),
+        "Recommend": _unary(guarded(recommend)),
+        "RecommendFull": _unary(guarded(recommend_full)),
+        "GetManifest": _unary(guarded(get_manifest)),
+        "Publish": _unary(guarded(publish, admin=True)),
         "DownloadArtifact": grpc.unary_stream_rpc_method_handler(
             download, response_serializer=lambda m: m.SerializeToString()),
     }

@@ -1,21 +1,35 @@
 """The HTTP transport: FastAPI routes over the shared `RecommendationService`.
 
 Routes only convert (pydantic <-> domain) and map errors; the behaviour lives in the core.
-Every error, including malformed JSON and unexpected failures, leaves as a JSON body
-`{"error": {"code", "message"}}` with a 4xx status (5xx only for `UNAVAILABLE` and bugs).
+Every error, including malformed JSON, router 404s and unexpected failures, leaves as a JSON
+body `{"error": {"code", "message"}}` with a 4xx status (5xx only for `UNAVAILABLE` and bugs).
+`RequestGuard` (http_guard.py) wraps the app: body limits, early auth, drain accounting.
+Swagger UI's assets come from the installed `fastapi-offline` package, so /docs works offline.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
+import fastapi_offline
 from fastapi import FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import (
+    HTMLResponse,
+    JSONResponse,
+    PlainTextResponse,
+    Response,
+    StreamingResponse,
+)
+from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException
 
 from cloud_service.errors import ServiceError
+from cloud_service.http_guard import RequestGuard
 from cloud_service.http_schemas import (
     ErrorOut,
     ManifestOut,
@@ -29,7 +43,12 @@ from cloud_service.http_schemas import (
 from cloud_service.service import RecommendationService
 
 log = logging.getLogger("tandem.cloud")
-MAX_BODY_BYTES = 1 << 20
+STATIC = Path(fastapi_offline.__file__).parent / "static"  # Swagger UI and ReDoc, offline
+# gRPC code names for the statuses starlette's router and FastAPI's body parser raise.
+HTTP_CODES = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED",
+              404: "NOT_FOUND", 405: "UNIMPLEMENTED", 408: "DEADLINE_EXCEEDED",
+              413: "RESOURCE_EXHAUSTED", 415: "INVALID_ARGUMENT", 429: "RESOURCE_EXHAUSTED",
+              503: "UNAVAILABLE"}
 ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorOut} for status in (400, 401, 403, 404, 413, 429, 503)}
 
@@ -47,12 +66,24 @@ def _validation_message(exc: RequestValidationError) -> str:
     return "; ".join(parts) or "malformed request"
 
 
-def create_app(service: RecommendationService) -> FastAPI:
-    """The FastAPI application; the caller starts and stops `service` around it."""
-    app = FastAPI(title="tandemrec cloud", version="1",
+def create_app(service: RecommendationService) -> RequestGuard:
+    """The guarded FastAPI application; the caller starts and stops `service` around it."""
+    return RequestGuard(_fastapi_app(service), service, service.settings.max_body_bytes)
+
+
+def _fastapi_app(service: RecommendationService) -> FastAPI:
+    app = FastAPI(title="tandemrec cloud", version="1", docs_url=None, redoc_url=None,
                   description="Device-cloud collaborative recommendation. The same operations "
                   "are served over gRPC (protos/tandem/v1).")
+    _add_error_handlers(app)
+    _add_docs(app)
+    if service.settings.metrics_port is None:
+        _add_metrics(app, service)
+    _add_routes(app, service)
+    return app
 
+
+def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ServiceError)
     async def service_error(_: Request, exc: ServiceError) -> JSONResponse:
         headers = None
@@ -64,19 +95,65 @@ def create_app(service: RecommendationService) -> FastAPI:
     async def bad_request(_: Request, exc: RequestValidationError) -> JSONResponse:
         return _error(400, "INVALID_ARGUMENT", _validation_message(exc))
 
+    @app.exception_handler(HTTPException)
+    async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
+        # Router 404/405 and FastAPI's body parser (non-UTF-8, deep nesting, huge integers).
+        code = HTTP_CODES.get(exc.status_code,
+                              "INTERNAL" if exc.status_code >= 500 else "INVALID_ARGUMENT")
+        return _error(exc.status_code, code, str(exc.detail),
+                      dict(exc.headers) if exc.headers else None)
+
     @app.exception_handler(Exception)
     async def unexpected(_: Request, exc: Exception) -> JSONResponse:
         log.exception("unexpected error", exc_info=exc)  # the traceback stays in the server log
         return _error(500, "INTERNAL", "internal error: the server logged the details")
 
-    @app.middleware("http")
-    async def limit_body(request: Request, call_next: Any) -> Response:
-        size = request.headers.get("content-length")
-        if size and (not size.isdigit() or int(size) > MAX_BODY_BYTES):
-            return _error(413, "RESOURCE_EXHAUSTED",
-                          f"request body over {MAX_BODY_BYTES} bytes")
-        return await call_next(request)
 
+def _add_docs(app: FastAPI) -> None:
+    app.mount("/static/docs", StaticFiles(directory=STATIC), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    async def swagger() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title=f"{app.title} - docs",
+                                   swagger_js_url="/static/docs/swagger-ui-bundle.js",
+                                   swagger_css_url="/static/docs/swagger-ui.css",
+                                   swagger_favicon_url="/static/docs/favicon.png")
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc() -> HTMLResponse:
+        return get_redoc_html(openapi_url="/openapi.json", title=f"{app.title} - ReDoc",
+                              redoc_js_url="/static/docs/redoc.standalone.js",
+                              redoc_favicon_url="/static/docs/favicon.png",
+                              with_google_fonts=False)
+
+
+def _metrics_response(service: RecommendationService) -> Response:
+    return Response(service.metrics.exposition(),
+                    media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+def _add_metrics(app: FastAPI, service: RecommendationService) -> None:
+    @app.get("/metrics", response_class=PlainTextResponse, responses=ERRORS,
+             summary="Prometheus metrics (admin key: x-admin-key or a Bearer token)")
+    async def metrics(x_admin_key: str | None = Header(None),
+                      authorization: str | None = Header(None)) -> Response:
+        bearer = credentials(None, authorization).device_token  # Prometheus sends a Bearer
+        if service.settings.auth_required:
+            service.authenticate(credentials(None, None, x_admin_key or bearer), admin=True)
+        return _metrics_response(service)
+
+
+def metrics_app(service: RecommendationService) -> FastAPI:
+    """/metrics alone, without a key, for a separate port (`TANDEM_CLOUD_METRICS_PORT`)."""
+    app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return _metrics_response(service)
+    return app
+
+
+def _add_routes(app: FastAPI, service: RecommendationService) -> None:
     @app.post("/v1/recommend", response_model=RecommendOut, responses=ERRORS,
               summary="Collaborative recommendation from intent tokens (no item ids)")
     async def recommend(body: RecommendIn, x_api_key: str | None = Header(None),
@@ -100,7 +177,7 @@ def create_app(service: RecommendationService) -> FastAPI:
                                        credentials(x_api_key, authorization))
         return ManifestOut.from_domain(m)
 
-    @app.get("/v1/artifacts/{name}", responses=ERRORS, response_class=StreamingResponse,
+    @app.get("/v1/artifacts/{name:path}", responses=ERRORS, response_class=StreamingResponse,
              summary="Download one bundle file (verify its sha256 against the manifest)")
     async def artifact(name: str, device_id: str = Query(...), model_version: str = Query(""),
                        x_api_key: str | None = Header(None),
@@ -135,10 +212,3 @@ def create_app(service: RecommendationService) -> FastAPI:
     async def readyz() -> Response:
         body = service.health()
         return JSONResponse(body, status_code=200 if body["ready"] else 503)
-
-    @app.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics")
-    async def metrics() -> Response:
-        return Response(service.metrics.exposition(),
-                        media_type="text/plain; version=0.0.4; charset=utf-8")
-
-    return app

@@ -17,7 +17,8 @@ from cloud_service.domain import (
     RegistryState,
 )
 
-_STRICT = ConfigDict(extra="forbid")  # a misspelt field is an error, not silently dropped
+# A misspelt field is an error, not silently dropped; `true` or "1" is no integer.
+_STRICT = ConfigDict(extra="forbid", strict=True)
 
 
 class RecommendIn(BaseModel):

@@ -1,7 +1,9 @@
 """Run one replica: the core once, gRPC and HTTP on one event loop, graceful shutdown.
 
-On SIGTERM/SIGINT the replica reports NOT_SERVING (gRPC health) and not ready (/readyz),
-refuses new requests, lets in-flight ones finish within the grace period, then stops.
+On SIGTERM/SIGINT the replica first reports NOT_SERVING (gRPC health) and not ready (/readyz)
+while still serving for `drain_delay_s`, so load balancers stop routing here; then it refuses
+new requests (UNAVAILABLE / 503 with Retry-After), lets the ones that arrived finish within the
+grace period, and stops. HTTP is uvicorn with read deadlines (http_guard.timed_h11).
 """
 
 from __future__ import annotations
@@ -15,13 +17,14 @@ import socket
 import threading
 from collections.abc import AsyncIterator, Generator, Iterator
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import uvicorn
 from grpc_health.v1 import health_pb2
 
 from cloud_service.grpc_server import SERVICE, start_grpc
-from cloud_service.http_app import create_app
+from cloud_service.http_app import create_app, metrics_app
+from cloud_service.http_guard import timed_h11
 from cloud_service.service import RecommendationService
 from cloud_service.settings import CloudSettings
 from cloud_service.store import Store
@@ -36,6 +39,8 @@ class Running:
     service: RecommendationService
     http_port: int
     grpc_port: int
+    metrics_port: int | None = None  # set when /metrics has a port of its own
+    health: object = field(default=None, repr=False)  # the gRPC health servicer
 
 
 class _HttpServer(uvicorn.Server):
@@ -56,6 +61,31 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+async def _start_http(app: object, sock: socket.socket, settings: CloudSettings) -> tuple[
+        _HttpServer, asyncio.Task]:
+    """uvicorn on a bound socket, with read deadlines and bounded header size."""
+    config = uvicorn.Config(app, log_level="warning", lifespan="off",  # type: ignore[arg-type]
+                            http=timed_h11(settings.http_read_timeout_s),
+                            h11_max_incomplete_event_size=16 * 1024,
+                            timeout_graceful_shutdown=int(settings.shutdown_grace_s))
+    server = _HttpServer(config)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    while not server.started:
+        if task.done():  # startup failed: surface its error
+            await task
+            raise RuntimeError("the HTTP server stopped during start-up")
+        await asyncio.sleep(0.01)
+    return server, task
+
+
+async def set_health(r: Running, serving: bool) -> None:
+    """gRPC health of the replica and of TandemService."""
+    status = health_pb2.HealthCheckResponse.SERVING if serving else \
+        health_pb2.HealthCheckResponse.NOT_SERVING
+    for name in ("", SERVICE):
+        await r.health.set(name, status)  # type: ignore[attr-defined]
+
+
 @contextlib.asynccontextmanager
 async def running(settings: CloudSettings, store: Store | None = None) -> AsyncIterator[Running]:
     """Start the core and both transports; on exit drain and stop them (tests use this too)."""
@@ -66,28 +96,27 @@ async def running(settings: CloudSettings, store: Store | None = None) -> AsyncI
     gc.collect()
     gc.freeze()
     grpc_server, grpc_port, health = await start_grpc(service, settings.host, settings.grpc_port)
-    sock = _bind(settings.host, settings.http_port)
-    http = _HttpServer(uvicorn.Config(create_app(service), log_level="warning", lifespan="off",
-                                      timeout_graceful_shutdown=int(settings.shutdown_grace_s)))
-    http_task = asyncio.create_task(http.serve(sockets=[sock]))
-    while not http.started:
-        if http_task.done():  # startup failed: surface its error
-            await http_task
-            raise RuntimeError("the HTTP server stopped during start-up")
-        await asyncio.sleep(0.01)
-    http_port = sock.getsockname()[1]
+    socks = [_bind(settings.host, settings.http_port)]
+    servers = [await _start_http(create_app(service), socks[0], settings)]
+    if settings.metrics_port is not None:
+        socks.append(_bind(settings.host, settings.metrics_port))
+        servers.append(await _start_http(metrics_app(service), socks[1], settings))
+    r = Running(service, socks[0].getsockname()[1], grpc_port, health=health,
+                metrics_port=socks[1].getsockname()[1] if len(socks) > 1 else None)
     log.info("serving gRPC on %s:%d and HTTP on %s:%d", settings.host, grpc_port,
-             settings.host, http_port)
+             settings.host, r.http_port)
     try:
-        yield Running(service, http_port, grpc_port)
+        yield r
     finally:
-        for name in ("", SERVICE):
-            await health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        service.begin_drain()
+        await set_health(r, serving=False)
         await service.stop()  # refuses new requests and waits for in-flight ones
-        http.should_exit = True
-        await http_task
+        for http, task in servers:
+            http.should_exit = True
+            await task
         await grpc_server.stop(settings.shutdown_grace_s)
-        sock.close()
+        for sock in socks:
+            sock.close()
 
 
 async def serve(settings: CloudSettings) -> None:
@@ -101,7 +130,11 @@ async def serve(settings: CloudSettings) -> None:
               f"http://{settings.host}:{r.http_port} (docs at /docs), serving "
               f"{r.service.pool.state.current}", flush=True)
         await stop.wait()
-        log.info("shutting down: draining in-flight requests")
+        log.info("shutting down: not ready, serving %.1f s more, then draining",
+                 settings.drain_delay_s)
+        r.service.begin_drain()
+        await set_health(r, serving=False)
+        await asyncio.sleep(settings.drain_delay_s)  # load balancers notice readiness first
 
 
 @contextlib.contextmanager

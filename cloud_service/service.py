@@ -10,18 +10,19 @@ limit, and the failure is logged and counted.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import hashlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
 
-from cloud_service.auth import check_admin, check_device
+from cloud_service.auth import check_admin, check_device, token_device
 from cloud_service.batcher import MicroBatcher
 from cloud_service.domain import (
     Credentials,
@@ -60,7 +61,9 @@ class RecommendationService:
         self.pool = ModelPool(self.registry, self.metrics, keep=settings.keep_versions,
                               safe=self._safe, on_evict=self._evicted)
         self._inflight = 0
-        self._draining = False
+        self._draining = False  # readiness is false: load balancers stop routing here
+        self._closed = False  # new requests are refused; those in flight finish
+        self._stopped = False  # in-flight requests are done (or the grace ran out)
         self._poller: asyncio.Task | None = None
         self._last_store_warning = 0.0
 
@@ -97,12 +100,17 @@ class RecommendationService:
             except Exception:  # a bad bundle must not kill the poller; the old version stays
                 log.exception("registry refresh failed; serving the versions already loaded")
 
+    def begin_drain(self) -> None:
+        """Readiness turns false first; requests are still served until `stop`."""
+        self._draining = True
+
     async def stop(self) -> None:
         """Refuse new requests, let in-flight ones finish (up to the grace period), close."""
-        self._draining = True
+        self._draining = self._closed = True
         deadline = time.monotonic() + self.settings.shutdown_grace_s
         while self._inflight and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
+        self._stopped = True
         if self._poller:
             self._poller.cancel()
         await self.batcher.close()
@@ -111,6 +119,28 @@ class RecommendationService:
     @property
     def ready(self) -> bool:
         return self.pool.ready and not self._draining
+
+    @contextlib.contextmanager
+    def in_flight(self) -> Iterator[None]:
+        """A transport's request, counted from its arrival so the drain waits for it."""
+        if self._closed:
+            raise _shutting_down()
+        self._inflight += 1
+        try:
+            yield
+        finally:
+            self._inflight -= 1
+
+    def authenticate(self, creds: Credentials, admin: bool) -> None:
+        """Refuse missing or invalid credentials before a transport parses the request."""
+        if admin:
+            check_admin(creds, self.settings)
+            return
+        secret = self.settings.device_token_secret.get_secret_value()
+        device = ""
+        if self.settings.auth_required and creds.device_token and secret:
+            device = token_device(secret, creds.device_token)  # the body is not read yet
+        check_device(creds, device, self.settings)
 
     # ---- helpers ---------------------------------------------------------------------------
 
@@ -134,8 +164,8 @@ class RecommendationService:
                               Unavailable(f"model version {model.version} was unloaded: retry"))
 
     async def _admit(self, device_id: str, creds: Credentials) -> None:
-        if self._draining:
-            raise Unavailable("the service is shutting down: retry on another replica")
+        if self._stopped:  # requests that arrived before the drain closed the doors still pass
+            raise _shutting_down()
         if not self.pool.ready:
             raise Unavailable("no model loaded yet: retry shortly")
         check_device_id(device_id)
@@ -285,6 +315,11 @@ def retrieval_settings(s: CloudSettings, model: LoadedModel) -> tuple[int, float
     hist = s.coarse_history if s.coarse_history is not None else int(
         sv.get("coarse_history", 50))
     return n, share, hist
+
+
+def _shutting_down() -> Unavailable:
+    return Unavailable("the service is shutting down: retry on another replica",
+                       retry_after_s=1.0)
 
 
 def _cache_key(mode: str, version: str, *parts: Any) -> str:

@@ -63,6 +63,17 @@ class CloudSettings(BaseSettings):
 
     chunk_bytes: int = Field(256 * 1024, ge=1024, description="artifact download chunk size")
     shutdown_grace_s: float = Field(5.0, ge=0, description="time to drain in-flight requests")
+    drain_delay_s: float = Field(
+        1.0, ge=0, description="after SIGTERM, not ready but still serving this long, so load "
+        "balancers stop routing here before new requests are refused")
+
+    # HTTP hardening: safe without a proxy in front.
+    max_body_bytes: int = Field(1 << 20, ge=1024, description="largest request body, any framing")
+    http_read_timeout_s: float = Field(
+        10.0, gt=0, description="a request's headers, then its body, must arrive within this")
+    metrics_port: int | None = Field(
+        None, ge=0, le=65535, description="unset: /metrics on the HTTP port behind the admin "
+        "key; a port: /metrics there without a key (keep that port private)")
 
     @field_validator("device_api_keys", mode="before")
     @classmethod

@@ -33,6 +33,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+ADMIN = {"x-admin-key": "admin-key"}  # /metrics is behind the admin key
+
+
 class Replica:
     """One `tandem serve` process with its own ports."""
 
@@ -149,7 +152,7 @@ def test_killing_redis_mid_run_keeps_answering_and_recovers(cluster):
                 resp = httpx.post(f"{r.url}/v1/recommend", headers=KEY,
                                   json={**BODY, "coarse_history": [1]}, timeout=30)
                 assert resp.status_code == 200, resp.text
-            metrics = httpx.get(f"{r.url}/metrics").text
+            metrics = httpx.get(f"{r.url}/metrics", headers=ADMIN).text
             assert "tandem_store_errors_total" in metrics and "tandem_store_up 0.0" in metrics
     finally:
         redis.start()
@@ -161,4 +164,4 @@ def test_killing_redis_mid_run_keeps_answering_and_recovers(cluster):
     direct = httpx.post(f"{b.url}/v1/recommend", headers=KEY,
                         json={**BODY, "device_id": "x2", "coarse_history": [2, 2]}, timeout=30)
     assert via_b.json()["item_ids"] == direct.json()["item_ids"]  # history shared again
-    assert "tandem_store_up 1.0" in httpx.get(f"{b.url}/metrics").text
+    assert "tandem_store_up 1.0" in httpx.get(f"{b.url}/metrics", headers=ADMIN).text

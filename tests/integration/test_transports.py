@@ -159,7 +159,8 @@ def test_health_reflection_readiness_and_metrics(replica, http):
     assert http.get("/healthz").status_code == 200
     ready = http.get("/readyz")
     assert ready.status_code == 200 and ready.json()["ready"] is True
-    metrics = http.get("/metrics").text
+    assert http.get("/metrics").status_code == 401  # behind the admin key
+    metrics = http.get("/metrics", headers={"x-admin-key": "admin-key"}).text
     assert 'tandem_requests_total{code="OK",op="recommend"}' in metrics
     assert "tandem_request_seconds_bucket" in metrics and "tandem_batch_size" in metrics
     assert http.get("/docs").status_code == 200

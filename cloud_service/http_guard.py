@@ -1,0 +1,173 @@
+"""What stands between a socket and the HTTP routes: deadlines, body limits, early refusals.
+
+Two layers. `timed_h11` is uvicorn's h11 protocol with read deadlines: a request's headers,
+then its body, must arrive within `read_timeout_s`, or the connection is closed (uvicorn alone
+waits forever for a half-sent request). `RequestGuard` is a pure ASGI middleware: it refuses
+ambiguous framing, counts the body bytes actually received whatever the framing, refuses
+unauthenticated calls before anything parses their body, and counts requests in flight so a
+draining replica finishes them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+import h11
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from cloud_service.errors import ServiceError
+from cloud_service.http_schemas import credentials
+from cloud_service.service import RecommendationService
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+def timed_h11(read_timeout_s: float) -> type[H11Protocol]:
+    """uvicorn's h11 protocol, closing connections whose headers or body arrive too slowly."""
+
+    class TimedH11Protocol(H11Protocol):
+        _timer: asyncio.TimerHandle | None = None
+        _phase: object = None
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            super().connection_made(transport)  # type: ignore[arg-type]
+            self._arm(h11.IDLE)  # a connection that never sends a byte is cut off too
+
+        def data_received(self, data: bytes) -> None:
+            if self._timer is None and self.conn.their_state is h11.IDLE:
+                self._arm(h11.IDLE)  # the first byte of the next request on a kept-alive one
+            super().data_received(data)
+            self._follow()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            self._disarm()  # idle between requests: uvicorn's keep-alive timeout applies
+            if self.conn.their_state is h11.SEND_BODY or self.conn.trailing_data[0]:
+                self._follow()  # a pipelined request is already under way
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+        def _follow(self) -> None:
+            state = self.conn.their_state
+            if state is h11.SEND_BODY:
+                if self._phase is not h11.SEND_BODY:
+                    self._arm(h11.SEND_BODY)  # headers done: the body gets its own deadline
+            elif state is not h11.IDLE:
+                self._disarm()
+
+        def _arm(self, phase: object) -> None:
+            self._disarm()
+            self._phase = phase
+            self._timer = self.loop.call_later(read_timeout_s, self._expired)
+
+        def _disarm(self) -> None:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = self._phase = None
+
+        def _expired(self) -> None:
+            self._timer = None
+            if not self.transport.is_closing():
+                self.transport.close()
+
+    return TimedH11Protocol
+
+
+class BodyTooLarge(ServiceError):
+    """The body is over the limit: refused after at most the limit has been read."""
+
+    http_status = 413
+    grpc_code = "RESOURCE_EXHAUSTED"
+
+
+class BadFraming(ServiceError):
+    """Content-Length and Transfer-Encoding together, or a Content-Length that is no number."""
+
+    http_status = 400
+    grpc_code = "INVALID_ARGUMENT"
+
+
+def error_body(exc: ServiceError) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+    """The envelope `{"error": {"code", "message"}}` and its headers (Retry-After if any)."""
+    body = json.dumps({"error": {"code": exc.grpc_code, "message": exc.message}}).encode()
+    headers = [(b"content-type", b"application/json"),
+               (b"content-length", str(len(body)).encode())]
+    if exc.retry_after_s is not None:
+        headers.append((b"retry-after", str(max(1, round(exc.retry_after_s))).encode()))
+    return body, headers
+
+
+class RequestGuard:
+    """Pure ASGI middleware in front of the FastAPI app (see the module docstring)."""
+
+    def __init__(self, app: ASGIApp, service: RecommendationService, max_body: int) -> None:
+        self.app = app
+        self.service = service
+        self.max_body = max_body
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith("/v1/"):
+            await self.app(scope, receive, send)  # health, metrics, docs: no body, no drain
+            return
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        try:
+            self._check_framing(headers)
+            with self.service.in_flight():
+                self._authenticate(scope["path"], headers)
+                await self._forward(scope, receive, send)
+        except ServiceError as exc:
+            await _reply(send, exc)
+
+    def _check_framing(self, headers: dict[str, str]) -> None:
+        size = headers.get("content-length")
+        if size is not None and "transfer-encoding" in headers:
+            raise BadFraming("Content-Length and Transfer-Encoding together: send one framing")
+        if size is not None and not size.strip().isdigit():
+            raise BadFraming("Content-Length is not a number")
+        if size is not None and int(size) > self.max_body:
+            raise BodyTooLarge(f"request body over {self.max_body} bytes")
+
+    def _authenticate(self, path: str, headers: dict[str, str]) -> None:
+        # Before the body is read: unauthenticated callers learn nothing about validation.
+        admin = path.startswith("/v1/admin/")
+        creds = credentials(headers.get("x-api-key"), headers.get("authorization"),
+                            headers.get("x-admin-key"))
+        self.service.authenticate(creds, admin=admin)
+
+    async def _forward(self, scope: Scope, receive: Receive, send: Send) -> None:
+        received = 0
+        answered = False
+
+        async def counted() -> Message:
+            nonlocal received, answered
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body and not answered:
+                    answered = True  # answer now; the rest of the body is never read
+                    await _reply(send, BodyTooLarge(f"request body over {self.max_body} bytes"))
+                    return {"type": "http.disconnect"}
+            return message
+
+        async def guarded_send(message: Message) -> None:
+            if not answered:  # after our 413 the app's own answer has nowhere to go
+                await send(message)
+
+        await self.app(scope, counted, guarded_send)
+
+
+async def _reply(send: Send, exc: ServiceError) -> None:
+    body, headers = error_body(exc)
+    # Close the connection: whatever is left of the request body is never read.
+    headers.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": exc.http_status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
