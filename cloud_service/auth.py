@@ -3,6 +3,7 @@
 A device token is `v1.<device id, base64url>.<expiry, unix seconds>.<hex HMAC-SHA256>`, signed
 with `TANDEM_CLOUD_DEVICE_TOKEN_SECRET`. An app backend mints one per install (`make_token`), so
 the cloud never stores per-device secrets and a leaked token expires on its own.
+Only a token proves which device is calling; an app API key is shared by all installs.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import hashlib
 import hmac
 import time
 
-from cloud_service.domain import Credentials
+from cloud_service.domain import Credentials, Principal
 from cloud_service.errors import PermissionDenied, Unauthenticated
 from cloud_service.settings import CloudSettings
 
@@ -49,20 +50,32 @@ def token_device(secret: str, token: str, now: float | None = None) -> str:
         raise Unauthenticated("malformed device token: bad device id") from exc
 
 
-def check_device(creds: Credentials, device_id: str, settings: CloudSettings) -> None:
-    """Accept a configured device API key, or a token minted for this very device id."""
+def key_id(api_key: str) -> str:
+    """A stable, non-secret name for an API key (rate buckets and logs never hold the key)."""
+    return hashlib.sha256(api_key.encode()).hexdigest()[:16]
+
+
+def check_device(creds: Credentials, device_id: str, settings: CloudSettings) -> Principal:
+    """Authenticate a device call and say whom it acts for (see `Principal`).
+
+    A device token acts only for the device it was minted for: another device id in the body
+    is PermissionDenied. An app API key is shared by every install of the app, so it proves
+    no device identity and gets the stateless principal.
+    """
     if not settings.auth_required:
-        return
+        return Principal("open", device_id=device_id)
+    secret = settings.device_token_secret.get_secret_value()
+    if creds.device_token and secret:
+        own = token_device(secret, creds.device_token)
+        if own != device_id:
+            raise PermissionDenied("this device token acts only for the device it was minted "
+                                   "for; the request names another device_id")
+        return Principal("device", device_id=own)
     if creds.api_key:
         keys = [k.get_secret_value() for k in settings.device_api_keys]
         if any(hmac.compare_digest(creds.api_key, k) for k in keys):
-            return
+            return Principal("app", key_id=key_id(creds.api_key))
         raise Unauthenticated("unknown device API key")
-    secret = settings.device_token_secret.get_secret_value()
-    if creds.device_token and secret:
-        if token_device(secret, creds.device_token) != device_id:
-            raise Unauthenticated("device token was minted for another device id")
-        return
     raise Unauthenticated("missing credentials: send an x-api-key header or a "
                           "'authorization: Bearer <device token>' header")
 

@@ -19,6 +19,35 @@ class Credentials:
 
 
 @dataclass(frozen=True)
+class Principal:
+    """Who a request acts for, as authenticated; every per-device key is built from it.
+
+    `device`: a device token's own device; its session history, bucket and canary side.
+    `app`: a shared app API key; stateless (no stored history), rate-limited per key.
+    `open`: auth is off (local demos); the body's device id is trusted as is.
+    """
+
+    kind: str  # "device" | "app" | "open"
+    device_id: str = ""  # device and open: the device whose state the request may touch
+    key_id: str = ""  # app: a short digest of the API key, never the key itself
+
+    @property
+    def stateful(self) -> bool:
+        """Whether the request may read or write per-device state (history)."""
+        return self.kind != "app"
+
+    @property
+    def scope(self) -> str:
+        """The namespace of this principal's rate bucket, cache entries and canary side."""
+        return f"key:{self.key_id}" if self.kind == "app" else f"dev:{self.device_id}"
+
+    @property
+    def route_id(self) -> str:
+        """What canary routing hashes: the device (same side as before), or the whole key."""
+        return self.scope if self.kind == "app" else self.device_id
+
+
+@dataclass(frozen=True)
 class RecommendRequest:
     """Collaborative mode: intent tokens only, never an item id."""
 

@@ -47,11 +47,12 @@ class ModelPool:
     def current(self) -> LoadedModel | None:
         return self._models.get(self.state.current)
 
-    def resolve(self, version: str, device_id: str) -> LoadedModel | None:
-        """The asked version if loaded; with none asked, the version the registry routes to."""
+    def resolve(self, version: str, route_id: str) -> LoadedModel | None:
+        """The asked version if loaded; with none asked, the version the registry routes
+        `route_id` (the authenticated principal's, see `Principal.route_id`) to."""
         if version:
             return self._models.get(version)
-        return self._models.get(route(self.state, device_id)) or self.current()
+        return self._models.get(route(self.state, route_id)) or self.current()
 
     async def _load(self, version: str, bundle_dir: str) -> bool:
         if version in self._models:
@@ -81,6 +82,9 @@ class ModelPool:
         async with self._lock:
             if state is None:
                 state = await self._safe("registry", self.registry.state(), None)
+            if state is not None and not state.current and self.state.current:
+                await self._reassert()
+                return
             if state is None or not state.current:
                 return  # store down or empty registry: keep serving what is loaded
             if state.revision == self.state.revision and state.current in self._models:
@@ -96,6 +100,13 @@ class ModelPool:
             self.state = state
             self._evict()
             self.metrics.versions.set(len(self._models))
+
+    async def _reassert(self) -> None:
+        """The registry lost its state (Redis restarted or was flushed): write ours back."""
+        written = await self._safe("registry", self.registry.reassert(self.state), False)
+        if written:
+            log.warning("the model registry was empty: re-asserted current %s (revision %d)",
+                        self.state.current, self.state.revision)
 
     def _evict(self) -> None:
         live = {self.state.current, self.state.canary}

@@ -111,6 +111,16 @@ class ModelRegistry:
 
         return await self._change(change)
 
+    async def reassert(self, state: RegistryState) -> bool:
+        """Write a replica's last-known state into an empty registry (after a Redis restart
+        or FLUSHALL); a no-op, False, when the registry holds a revision already."""
+        fields = {_VERSION_PREFIX + v: d for v, d in state.versions.items()}
+        fields.update(current=state.current, revision=str(max(1, state.revision)))
+        if state.canary:
+            fields.update(canary=state.canary, canary_share=repr(float(state.canary_share)))
+        async with self._lock:  # compare-and-set on "empty": of racing replicas, one writes
+            return await self._store.registry_update(fields, (), expect_revision=0)
+
     async def _change(self, change: Callable[[RegistryState], _Change]) -> RegistryState:
         """Read, check and write with compare-and-set, re-reading when another writer won."""
         async with self._lock:

@@ -3,8 +3,11 @@
 It works on domain types only (no fastapi, no grpc). Request path for collaborative mode:
 auth -> rate limit -> model version -> validation -> session history -> cache -> intent
 retrieval -> teacher in coarse mode (micro-batched) -> top k. The store (Redis or in-process)
-is optional at run time: when it fails, requests are served without history, cache and rate
-limit, and the failure is logged and counted.
+is optional at run time: when it fails, requests are served without history and cache, the
+rate limit falls back to a bucket per replica, and the failure is logged and counted.
+
+Every per-device key (history, cache, rate bucket, canary side) comes from the authenticated
+`Principal`, never from the device id a caller typed.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Iterator
 from pathlib import Path
@@ -27,6 +31,7 @@ from cloud_service.batcher import MicroBatcher
 from cloud_service.domain import (
     Credentials,
     ManifestInfo,
+    Principal,
     Recommendation,
     RecommendFullRequest,
     RecommendRequest,
@@ -38,8 +43,14 @@ from cloud_service.model_pool import ModelPool
 from cloud_service.models import LoadedModel
 from cloud_service.registry import ModelRegistry
 from cloud_service.settings import CloudSettings
-from cloud_service.store import Store, StoreUnavailable, make_store
-from cloud_service.validation import check_device_id, check_recommend, check_recommend_full
+from cloud_service.store import MemoryStore, Store, StoreUnavailable, make_store
+from cloud_service.validation import (
+    check_bundle_dir,
+    check_device_id,
+    check_recommend,
+    check_recommend_full,
+)
+from tandemrec.paths import artifacts_dir
 from tandemrec.retrieval import answer
 
 log = logging.getLogger("tandem.cloud")
@@ -66,6 +77,9 @@ class RecommendationService:
         self._stopped = False  # in-flight requests are done (or the grace ran out)
         self._poller: asyncio.Task | None = None
         self._last_store_warning = 0.0
+        # Holds the rate limit on this replica while the shared store is away (bounded, LRU).
+        self._local_buckets = MemoryStore(max_cache_entries=1, max_sessions=1)
+        self.bundle_root = Path(os.path.realpath(settings.bundle_root or artifacts_dir()))
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -149,37 +163,53 @@ class RecommendationService:
         try:
             out = await coro
         except StoreUnavailable as exc:
-            self.metrics.store_failed(op)
-            now = time.monotonic()
-            if now - self._last_store_warning > 5:
-                self._last_store_warning = now
-                log.warning("store unavailable (%s): serving without it: %s", op, exc)
+            self._store_down(op, exc)
             return default
         self.metrics.store_up.set(1)
         return out
+
+    def _store_down(self, op: str, exc: StoreUnavailable) -> None:
+        """Count a store failure and log it, at most every 5 s."""
+        self.metrics.store_failed(op)
+        now = time.monotonic()
+        if now - self._last_store_warning > 5:
+            self._last_store_warning = now
+            log.warning("store unavailable (%s): serving without it: %s", op, exc)
 
     def _evicted(self, model: LoadedModel) -> None:
         for coarse in (True, False):
             self.batcher.drop((model, coarse),
                               Unavailable(f"model version {model.version} was unloaded: retry"))
 
-    async def _admit(self, device_id: str, creds: Credentials) -> None:
+    async def _admit(self, device_id: str, creds: Credentials) -> Principal:
+        """Authenticate (before any validation), validate the id, take from the bucket."""
         if self._stopped:  # requests that arrived before the drain closed the doors still pass
             raise _shutting_down()
         if not self.pool.ready:
             raise Unavailable("no model loaded yet: retry shortly")
+        who = check_device(creds, device_id, self.settings)
         check_device_id(device_id)
-        check_device(creds, device_id, self.settings)
+        await self._rate_limit(who)
+        return who
+
+    async def _rate_limit(self, who: Principal) -> None:
+        """One bucket per principal; a replica-local bucket while the store is away."""
         s = self.settings
-        allowed, retry = await self._safe(
-            "rate_limit", self.store.rate_take(f"rl:{device_id}", s.rate_per_s, s.rate_burst),
-            (True, 0.0))
+        rate, burst, per = ((s.key_rate_per_s, s.key_rate_burst, "API key") if who.kind == "app"
+                            else (s.rate_per_s, s.rate_burst, "device"))
+        key = f"rl:{who.scope}"
+        try:
+            allowed, retry = await self.store.rate_take(key, rate, burst)
+            self.metrics.store_up.set(1)
+        except StoreUnavailable as exc:  # degrade to this replica's bucket, never fail open
+            self._store_down("rate_limit", exc)
+            allowed, retry = await self._local_buckets.rate_take(key, rate, burst)
         if not allowed:
-            raise RateLimited(f"rate limit of {s.rate_per_s:g} requests/s per device exceeded: "
+            raise RateLimited(f"rate limit of {rate:g} requests/s per {per} exceeded: "
                               f"retry in {retry:.2f} s", retry_after_s=retry)
 
-    def _model(self, version: str, device_id: str) -> LoadedModel:
-        model = self.pool.resolve(version, device_id)
+    def _model(self, version: str, who: Principal) -> LoadedModel:
+        model = self.pool.resolve(version, who.route_id)
         if model is None:
             raise NotFound(f"model version {version!r} is not served (live: "
                            f"{', '.join(self.pool.versions())}): fetch the current manifest")
@@ -216,20 +246,14 @@ class RecommendationService:
 
     async def _recommend(self, req: RecommendRequest, creds: Credentials) -> Recommendation:
         s = self.settings
-        await self._admit(req.device_id, creds)
-        model = self._model(req.model_version, req.device_id)
+        who = await self._admit(req.device_id, creds)
+        model = self._model(req.model_version, who)
         check_recommend(req, model.n_intents, s)
         n_retrieve, share, hist_len = retrieval_settings(s, model)
-        session = f"hist:{req.device_id}"
-        if req.coarse_history:
-            history = list(req.coarse_history[-hist_len:])
-            await self._safe("history", self.store.history_set(
-                session, history, s.history_cap, s.history_ttl_s), None)
-        else:  # the device may rely on the history it sent earlier, to any replica
-            history = await self._safe("history", self.store.history_get(
-                session, hist_len), [])
-        key = _cache_key("c", model.version, req.intent_tokens, req.intent_weights, history,
-                         req.k) if s.cache_ttl_s else ""
+        history = await self._history(who, req.coarse_history, hist_len)
+        # The principal is part of the key: a hit never tells one device what another asked.
+        key = _cache_key("c", model.version, who.scope, req.intent_tokens, req.intent_weights,
+                         history, req.k) if s.cache_ttl_s else ""
         hit = await self._cached(key)
         if hit:
             return _with_id(hit, req.request_id)
@@ -246,14 +270,32 @@ class RecommendationService:
         await self._cache(key, rec)
         return rec
 
+    async def _history(self, who: Principal, sent: tuple[int, ...], limit: int) -> list[int]:
+        """The history to read: the one sent (stored for a device), else the device's stored one.
+
+        An app API key proves no device, so it neither reads nor writes a stored history.
+        """
+        session = f"hist:{who.device_id}"
+        if sent:
+            history = list(sent[-limit:])
+            if who.stateful:
+                s = self.settings
+                await self._safe("history", self.store.history_set(
+                    session, history, s.history_cap, s.history_ttl_s), None)
+            return history
+        if not who.stateful:
+            return []
+        # The device may rely on the history it sent earlier, to any replica.
+        return await self._safe("history", self.store.history_get(session, limit), [])
+
     async def recommend_full(self, req: RecommendFullRequest,
                              creds: Credentials) -> Recommendation:
         """Cloud-full baseline: the raw history in, the teacher's ranking of the catalog out."""
         with self.metrics.track("recommend_full"):
             self._inflight += 1
             try:
-                await self._admit(req.device_id, creds)
-                model = self._model(req.model_version, req.device_id)
+                who = await self._admit(req.device_id, creds)
+                model = self._model(req.model_version, who)
                 check_recommend_full(req, model.n_items, self.settings)
                 hist = np.asarray(req.item_history, dtype=np.int64)
                 row = (await self.batcher.submit((model, False), hist)).copy()
@@ -272,15 +314,15 @@ class RecommendationService:
                            creds: Credentials) -> ManifestInfo:
         """The manifest of the requested version, or of the one the registry routes to."""
         with self.metrics.track("get_manifest"):
-            await self._admit(device_id, creds)
-            return self._model(version, device_id).manifest
+            who = await self._admit(device_id, creds)
+            return self._model(version, who).manifest
 
     async def artifact_chunks(self, version: str, name: str, device_id: str,
                               creds: Credentials) -> AsyncIterator[tuple[bytes, int, int]]:
         """(data, offset, total size) chunks of one bundle file, read lazily from disk."""
         with self.metrics.track("download_artifact"):
-            await self._admit(device_id, creds)
-            model = self._model(version, device_id)
+            who = await self._admit(device_id, creds)
+            model = self._model(version, who)
             path = model.artifact_path(name)
             if path is None or not path.is_file():
                 raise NotFound(f"artifact {name!r} is not in bundle {model.version} "
@@ -292,9 +334,10 @@ class RecommendationService:
         """Admin: register a bundle as current (or as a canary); every replica switches to it."""
         with self.metrics.track("publish"):
             check_admin(creds, self.settings)
+            path = check_bundle_dir(bundle_dir, self.bundle_root)
             if not 0.0 <= canary_share < 1.0:
                 raise InvalidInput(f"canary_share must be in [0, 1) (got {canary_share})")
-            return await self.pool.publish_local(bundle_dir, canary_share)
+            return await self.pool.publish_local(str(path), canary_share)
 
     async def registry_state(self, creds: Credentials) -> RegistryState:
         with self.metrics.track("registry"):

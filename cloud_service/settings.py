@@ -57,9 +57,17 @@ class CloudSettings(BaseSettings):
     admin_api_key: SecretStr = SecretStr("")
     auth_required: bool = Field(True, description="false only for local demos")
 
-    # Rate limit per device: a token bucket.
-    rate_per_s: float = Field(50.0, gt=0)
+    # Rate limits: a token bucket per authenticated principal, in the store (Redis: shared by
+    # replicas); while the store is away, a bucket per replica (see the README's Security).
+    rate_per_s: float = Field(50.0, gt=0, description="per device token (or device, auth off)")
     rate_burst: int = Field(100, ge=1)
+    # An app API key is shared by every install of the app: one bucket for all of them.
+    key_rate_per_s: float = Field(1000.0, gt=0, description="per app API key")
+    key_rate_burst: int = Field(2000, ge=1)
+
+    # Admin publish: only bundle directories under this root ("" = the artifacts directory,
+    # $TANDEM_ARTIFACTS_DIR, where `tandem pipeline` writes bundles).
+    bundle_root: str = Field("", description="directory admin publishes must lie under")
 
     chunk_bytes: int = Field(256 * 1024, ge=1024, description="artifact download chunk size")
     shutdown_grace_s: float = Field(5.0, ge=0, description="time to drain in-flight requests")

@@ -6,7 +6,9 @@ Pure functions over domain types, so the same messages reach HTTP and gRPC clien
 from __future__ import annotations
 
 import math
+import os
 import re
+from pathlib import Path
 
 from cloud_service.domain import RecommendFullRequest, RecommendRequest
 from cloud_service.errors import InvalidInput
@@ -14,6 +16,8 @@ from cloud_service.settings import CloudSettings
 
 _DEVICE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _REQUEST_ID_MAX = 128
+_PATH_MAX = 4096  # Linux PATH_MAX; NAME_MAX below: longer paths can only fail in the OS
+_NAME_MAX = 255
 
 
 def check_device_id(device_id: str) -> None:
@@ -71,3 +75,24 @@ def check_recommend_full(req: RecommendFullRequest, n_items: int, s: CloudSettin
     if bad:
         raise InvalidInput(f"item_history holds unknown item ids {bad[:5]}: this model version "
                            f"has items 1..{n_items}")
+
+
+def check_bundle_dir(bundle_dir: str, root: Path) -> Path:
+    """The resolved bundle directory if it lies under `root`, else InvalidInput.
+
+    One message for every refusal (NUL byte, over-long, outside the root, missing, not a
+    directory), so an admin request cannot probe which server paths exist.
+    """
+    refused = InvalidInput("bundle_dir must name a bundle directory under the server's "
+                           "publish root (TANDEM_CLOUD_BUNDLE_ROOT)")
+    if (not bundle_dir or "\x00" in bundle_dir or len(bundle_dir) > _PATH_MAX
+            or any(len(part) > _NAME_MAX for part in bundle_dir.split("/"))):
+        raise refused
+    try:  # relative paths are relative to the root, not to the server's working directory
+        path = Path(os.path.realpath(root / bundle_dir))
+        inside = path.is_relative_to(root) and path.is_dir()
+    except (OSError, ValueError):
+        raise refused from None
+    if not inside:
+        raise refused
+    return path

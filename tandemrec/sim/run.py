@@ -63,8 +63,8 @@ def cloud(cfg: SimConfig) -> Iterator[tuple[str, str]]:
         from cloud_service.settings import CloudSettings
 
         settings = CloudSettings(bundle=str(cfg.bundle), http_port=0, grpc_port=0,
-                                 device_api_keys=[SecretStr("simulator")], rate_burst=10**9,
-                                 rate_per_s=10**9, cache_ttl_s=0)
+                                 device_api_keys=[SecretStr("simulator")],
+                                 key_rate_burst=10**9, key_rate_per_s=10**9, cache_ttl_s=0)
         # gRPC's asyncio poller logs a harmless EAGAIN when a second event loop in the same
         # process (the cloud's thread) uses gRPC too; keep it out of the demo's output.
         quiet = _DropPollerEagain()
@@ -78,7 +78,7 @@ def cloud(cfg: SimConfig) -> Iterator[tuple[str, str]]:
         return
     proc, http, grpc_port = start_cloud_process(cfg.bundle, env={
         "TANDEM_CLOUD_DEVICE_API_KEYS": "simulator", "TANDEM_CLOUD_CACHE_TTL_S": "0",
-        "TANDEM_CLOUD_RATE_BURST": "1000000000", "TANDEM_CLOUD_RATE_PER_S": "1000000000"})
+        "TANDEM_CLOUD_KEY_RATE_BURST": "1000000000", "TANDEM_CLOUD_KEY_RATE_PER_S": "1000000000"})
     try:
         yield _target(cfg, grpc_port, http), "a tandem serve process (embedded store)"
     finally:

@@ -25,6 +25,7 @@ from tests.bundles import item_intents
 
 pytestmark = pytest.mark.core
 KEY = Credentials(api_key="device-key")
+DEV1 = Credentials(device_token=make_token("token-secret", "dev-1"))  # stored history needs one
 ADMIN = Credentials(admin_key="admin-key")
 
 
@@ -82,9 +83,9 @@ def test_collaborative_returns_the_teachers_top_k_of_the_intent_candidates(store
 
 def test_session_history_is_kept_and_used_when_the_device_sends_none(store, bundle):
     async def body(svc: RecommendationService):  # noqa: ANN202
-        with_history = await svc.recommend(request(coarse_history=(3, 3, 1)), KEY)
+        with_history = await svc.recommend(request(coarse_history=(3, 3, 1)), DEV1)
         assert await svc.store.history_get("hist:dev-1", 50) == [3, 3, 1]
-        reused = await svc.recommend(request(coarse_history=()), KEY)
+        reused = await svc.recommend(request(coarse_history=()), DEV1)
         assert reused.item_ids == with_history.item_ids
     run(store, body, bundle, cache_ttl_s=0)
 
@@ -131,7 +132,7 @@ def test_auth_rate_limit_and_versions(bundle, bundle_v2):
             await svc.recommend(request(), Credentials(api_key="nope"))
         token = make_token("token-secret", "dev-1")
         assert (await svc.recommend(request(), Credentials(device_token=token))).item_ids
-        with pytest.raises(Unauthenticated, match="another device"):
+        with pytest.raises(PermissionDenied, match="minted for"):
             await svc.recommend(request(device_id="dev-2"), Credentials(device_token=token))
         expired = make_token("token-secret", "dev-1", ttl_s=-10)
         with pytest.raises(Unauthenticated, match="expired"):
@@ -140,10 +141,11 @@ def test_auth_rate_limit_and_versions(bundle, bundle_v2):
             await svc.publish(str(bundle_v2), 0.0, KEY)
         with pytest.raises(NotFound, match="not served"):
             await svc.recommend(request(model_version="v0-unknown"), KEY)
+        busy = Credentials(device_token=make_token("token-secret", "busy"))
         for _ in range(3):
-            await svc.recommend(request(device_id="busy"), KEY)
+            await svc.recommend(request(device_id="busy"), busy)
         with pytest.raises(RateLimited) as err:
-            await svc.recommend(request(device_id="busy"), KEY)
+            await svc.recommend(request(device_id="busy"), busy)
         assert err.value.retry_after_s and err.value.retry_after_s > 0
     run(MemoryStore(), body, bundle, rate_burst=3, rate_per_s=0.5)
 
@@ -162,7 +164,7 @@ def test_publish_switches_versions_and_keeps_the_old_one_for_pinned_devices(stor
         assert json.loads(manifest.manifest_json)["version"] == "v2-test"
         with pytest.raises(InvalidInput, match="refused"):
             await svc.publish(str(bundle_v2.parent), 0.0, ADMIN)  # not a bundle
-    run(store, body, bundle)
+    run(store, body, bundle, bundle_root=str(bundle_v2.parent))
 
 
 def test_concurrent_requests_share_teacher_calls(bundle):
@@ -187,7 +189,7 @@ def test_the_service_answers_without_redis_and_counts_the_outage(redis_server, b
         assert (await svc.recommend(request(), KEY)).item_ids
         redis_server.stop()
         try:
-            rec = await svc.recommend(request(coarse_history=(2, 1)), KEY)
+            rec = await svc.recommend(request(coarse_history=(2, 1)), DEV1)
             assert len(rec.item_ids) == 10
             text = svc.metrics.exposition().decode()
             assert 'tandem_store_errors_total{op="history"}' in text
@@ -195,7 +197,7 @@ def test_the_service_answers_without_redis_and_counts_the_outage(redis_server, b
         finally:
             redis_server.start()
         await asyncio.sleep(0.1)
-        await svc.recommend(request(coarse_history=(3,)), KEY)
+        await svc.recommend(request(coarse_history=(3,)), DEV1)
         assert await svc.store.history_get("hist:dev-1", 10) == [3]
         assert "tandem_store_up 1.0" in svc.metrics.exposition().decode()
     run(RedisStore(redis_server.url, prefix="outage:"), body, bundle)

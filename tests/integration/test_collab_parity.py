@@ -56,7 +56,8 @@ def test_sdk_ranks_exactly_as_the_evaluation(bundle: Path, transport: str) -> No
     model = EdgeModel.load(bundle)
     histories, expected = offline_rankings(bundle, model)
     s = CloudSettings(bundle=str(bundle), http_port=0, grpc_port=0, cache_ttl_s=0,
-                      device_api_keys=[SecretStr("k")], rate_burst=10**9, rate_per_s=10**9,
+                      device_api_keys=[SecretStr("k")], key_rate_burst=10**9,
+                      key_rate_per_s=10**9,
                       batching=False)
     with replica_in_thread(s) as r:
         async def go() -> list[list[int]]:

@@ -34,7 +34,7 @@ def test_docker_compose_file_is_valid_compose_spec():
 def test_schemathesis_finds_no_server_error(bundle, tmp_path):
     settings = CloudSettings(bundle=str(bundle), http_port=0, grpc_port=0, n_retrieve=40,
                              device_api_keys=[SecretStr("device-key")],
-                             admin_api_key=SecretStr("admin-key"), rate_burst=100000)
+                             admin_api_key=SecretStr("admin-key"), key_rate_burst=100000)
     with live_replica(settings) as r:
         base = f"http://127.0.0.1:{r.http_port}"
         out = subprocess.run(

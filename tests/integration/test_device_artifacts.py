@@ -32,8 +32,8 @@ CLOUD_NAMES = ["teacher.pt", "codebook.json", "item_table.json", "../cloud/teach
 def replica(bundle: Path) -> Iterator[Running]:
     s = CloudSettings(bundle=str(bundle), http_port=0, grpc_port=0, n_retrieve=40,
                       device_api_keys=[SecretStr("device-key")],
-                      admin_api_key=SecretStr("admin-key"), rate_burst=10**6,
-                      rate_per_s=10**6, cache_ttl_s=0)
+                      admin_api_key=SecretStr("admin-key"), key_rate_burst=10**6,
+                      key_rate_per_s=10**6, cache_ttl_s=0)
     with live_replica(s) as r:
         yield r
 

@@ -28,7 +28,8 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def cloud(bundle: Path):
     s = CloudSettings(bundle=str(bundle), http_port=0, grpc_port=0, cache_ttl_s=0,
-                      device_api_keys=[SecretStr("k")], rate_burst=10**9, rate_per_s=10**9)
+                      device_api_keys=[SecretStr("k")], key_rate_burst=10**9,
+                      key_rate_per_s=10**9)
     with replica_in_thread(s) as r:
         yield f"127.0.0.1:{r.grpc_port}"
 
@@ -166,7 +167,8 @@ def test_model_updates_through_the_cloud_swap_without_a_failed_request(bundle, b
 
     s = CloudSettings(bundle=str(bundle), http_port=0, grpc_port=0, cache_ttl_s=0,
                       device_api_keys=[SecretStr("k")], admin_api_key=SecretStr("adm"),
-                      rate_burst=10**9, rate_per_s=10**9)
+                      key_rate_burst=10**9, key_rate_per_s=10**9,
+                      bundle_root=str(tmp_path.parent))  # pytest's base temp: v2 and v3
     models = ModelStore(tmp_path / "device")
     models.install_local(bundle)
     first = models.current()

@@ -18,12 +18,14 @@ import grpc
 import httpx
 import pytest
 
+from cloud_service.auth import make_token
 from tandem_wire.v1 import recommend_pb2 as pb
 from tandem_wire.v1 import recommend_pb2_grpc as pb_grpc
 from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.integration
 KEY = {"x-api-key": "device-key"}
+SECRET = "token-secret"
 BODY = {"device_id": "dev-r", "intent_tokens": [1, 2], "intent_weights": [0.5, 0.5], "k": 10}
 
 
@@ -39,12 +41,14 @@ ADMIN = {"x-admin-key": "admin-key"}  # /metrics is behind the admin key
 class Replica:
     """One `tandem serve` process with its own ports."""
 
-    def __init__(self, bundle: Path, redis_url: str, log: Path) -> None:
+    def __init__(self, bundle: Path, redis_url: str, log: Path, bundle_root: Path) -> None:
         self.http, self.grpc = free_port(), free_port()
         env = {**os.environ, "TANDEM_CLOUD_DEVICE_API_KEYS": "device-key",
                "TANDEM_CLOUD_ADMIN_API_KEY": "admin-key", "TANDEM_CLOUD_REGISTRY_POLL_S": "0.2",
                "TANDEM_CLOUD_CACHE_TTL_S": "0", "TANDEM_CLOUD_N_RETRIEVE": "40",
-               "TANDEM_CLOUD_RATE_BURST": "100000"}
+               "TANDEM_CLOUD_RATE_BURST": "100000", "TANDEM_CLOUD_KEY_RATE_BURST": "100000",
+               "TANDEM_CLOUD_DEVICE_TOKEN_SECRET": SECRET,
+               "TANDEM_CLOUD_BUNDLE_ROOT": str(bundle_root)}
         self.log = log
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "tandemrec.cli", "serve", "--bundle", str(bundle),
@@ -78,7 +82,9 @@ def cluster(bundle: Path, tmp_path_factory: pytest.TempPathFactory
             ) -> Iterator[tuple[RedisServer, list[Replica]]]:
     logs = tmp_path_factory.mktemp("replicas")
     with RedisServer() as redis:
-        replicas = [Replica(bundle, redis.url, logs / f"replica-{i}.log") for i in range(2)]
+        root = tmp_path_factory.getbasetemp()  # holds bundle_v2, which a test publishes
+        replicas = [Replica(bundle, redis.url, logs / f"replica-{i}.log", root)
+                    for i in range(2)]
         try:
             for r in replicas:
                 r.wait_ready()
@@ -88,12 +94,17 @@ def cluster(bundle: Path, tmp_path_factory: pytest.TempPathFactory
                 r.stop()
 
 
+def device(device_id: str) -> dict[str, str]:
+    """A device token's headers: only a device token has a stored session history."""
+    return {"authorization": f"Bearer {make_token(SECRET, device_id)}"}
+
+
 def test_a_session_written_through_one_replica_is_used_by_the_other(cluster):
     _, (a, b) = cluster
-    first = httpx.post(f"{a.url}/v1/recommend", headers=KEY,
+    first = httpx.post(f"{a.url}/v1/recommend", headers=device("dev-r"),
                        json={**BODY, "coarse_history": [3, 1, 3]}, timeout=30)
     assert first.status_code == 200, first.text
-    second = httpx.post(f"{b.url}/v1/recommend", headers=KEY, json=BODY, timeout=30)
+    second = httpx.post(f"{b.url}/v1/recommend", headers=device("dev-r"), json=BODY, timeout=30)
     explicit = httpx.post(f"{b.url}/v1/recommend", headers=KEY,
                           json={**BODY, "device_id": "other", "coarse_history": [3, 1, 3]},
                           timeout=30)
@@ -157,9 +168,9 @@ def test_killing_redis_mid_run_keeps_answering_and_recovers(cluster):
     finally:
         redis.start()
     time.sleep(0.5)
-    httpx.post(f"{a.url}/v1/recommend", headers=KEY,
+    httpx.post(f"{a.url}/v1/recommend", headers=device("after"),
                json={**BODY, "device_id": "after", "coarse_history": [2, 2]}, timeout=30)
-    via_b = httpx.post(f"{b.url}/v1/recommend", headers=KEY,
+    via_b = httpx.post(f"{b.url}/v1/recommend", headers=device("after"),
                        json={**BODY, "device_id": "after"}, timeout=30)
     direct = httpx.post(f"{b.url}/v1/recommend", headers=KEY,
                         json={**BODY, "device_id": "x2", "coarse_history": [2, 2]}, timeout=30)

@@ -14,6 +14,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from pydantic import SecretStr
 
+from cloud_service.auth import make_token
 from cloud_service.server import Running
 from cloud_service.server import replica_in_thread as live_replica
 from cloud_service.settings import CloudSettings
@@ -30,6 +31,7 @@ BODY = {"device_id": "dev-1", "intent_tokens": [1, 2], "intent_weights": [0.6, 0
 def replica(bundle: Path) -> Iterator[Running]:
     s = CloudSettings(bundle=str(bundle), http_port=0, grpc_port=0, n_retrieve=40,
                       device_api_keys=[SecretStr("device-key")],
+                      device_token_secret=SecretStr("token-secret"),
                       admin_api_key=SecretStr("admin-key"), rate_burst=30, rate_per_s=0.05,
                       cache_ttl_s=0)
     with live_replica(s) as r:
@@ -116,10 +118,13 @@ def test_malformed_payloads_are_client_errors(replica, http):
 
 def test_rate_limit_is_resource_exhausted_and_429(stub, http):
     body = {**BODY, "device_id": "chatty"}
-    codes = [http.post("/v1/recommend", json=body).status_code for _ in range(31)]
+    # The bucket is the authenticated device's: a device token's (the app key has its own).
+    auth = {"authorization": f"Bearer {make_token('token-secret', 'chatty')}"}
+    codes = [http.post("/v1/recommend", json=body, headers=auth).status_code
+             for _ in range(31)]
     assert codes[:30] == [200] * 30 and codes[30] == 429
     with pytest.raises(grpc.RpcError) as err:
-        stub.Recommend(pb.RecommendRequest(**body), metadata=DEVICE)
+        stub.Recommend(pb.RecommendRequest(**body), metadata=tuple(auth.items()))
     assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
