@@ -21,7 +21,6 @@ from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import (
     HTMLResponse,
     JSONResponse,
-    PlainTextResponse,
     Response,
     StreamingResponse,
 )
@@ -133,7 +132,9 @@ def _metrics_response(service: RecommendationService) -> Response:
 
 
 def _add_metrics(app: FastAPI, service: RecommendationService) -> None:
-    @app.get("/metrics", response_class=PlainTextResponse, responses=ERRORS,
+    @app.get("/metrics", response_class=Response, responses={**ERRORS, 200: {
+        "description": "Prometheus text exposition",
+        "content": {"text/plain": {"schema": {"type": "string"}}}}},
              summary="Prometheus metrics (admin key: x-admin-key or a Bearer token)")
     async def metrics(x_admin_key: str | None = Header(None),
                       authorization: str | None = Header(None)) -> Response:

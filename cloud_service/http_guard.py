@@ -27,6 +27,10 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+# The operations that take credentials; any other method or path is the router's 404 or 405.
+DEVICE_ROUTES = {("POST", "/v1/recommend"), ("POST", "/v1/recommend-full"),
+                 ("GET", "/v1/manifest"), ("GET", "/v1/artifacts/")}
+ADMIN_ROUTES = {("POST", "/v1/admin/publish"), ("GET", "/v1/admin/registry")}
 
 
 def timed_h11(read_timeout_s: float) -> type[H11Protocol]:
@@ -122,7 +126,7 @@ class RequestGuard:
         try:
             self._check_framing(headers)
             with self.service.in_flight():
-                self._authenticate(scope["path"], headers)
+                self._authenticate(scope["method"], scope["path"], headers)
                 await self._forward(scope, receive, send)
         except ServiceError as exc:
             await _reply(send, exc)
@@ -136,9 +140,13 @@ class RequestGuard:
         if size is not None and int(size) > self.max_body:
             raise BodyTooLarge(f"request body over {self.max_body} bytes")
 
-    def _authenticate(self, path: str, headers: dict[str, str]) -> None:
+    def _authenticate(self, method: str, path: str, headers: dict[str, str]) -> None:
         # Before the body is read: unauthenticated callers learn nothing about validation.
-        admin = path.startswith("/v1/admin/")
+        if path.startswith("/v1/artifacts/"):
+            path = "/v1/artifacts/"
+        admin = (method, path) in ADMIN_ROUTES
+        if not admin and (method, path) not in DEVICE_ROUTES:
+            return
         creds = credentials(headers.get("x-api-key"), headers.get("authorization"),
                             headers.get("x-admin-key"))
         self.service.authenticate(creds, admin=admin)
