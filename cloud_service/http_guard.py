@@ -53,8 +53,10 @@ def timed_h11(read_timeout_s: float) -> type[H11Protocol]:
         def on_response_complete(self) -> None:
             super().on_response_complete()
             self._disarm()  # idle between requests: uvicorn's keep-alive timeout applies
-            if self.conn.their_state is h11.SEND_BODY or self.conn.trailing_data[0]:
-                self._follow()  # a pipelined request is already under way
+            if self.conn.their_state is h11.IDLE and self.conn.trailing_data[0]:
+                self._arm(h11.IDLE)  # part of a pipelined request is already here
+            else:
+                self._follow()
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()
@@ -119,12 +121,15 @@ class RequestGuard:
         self.max_body = max_body
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not scope["path"].startswith("/v1/"):
-            await self.app(scope, receive, send)  # health, metrics, docs: no body, no drain
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
             return
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         try:
             self._check_framing(headers)
+            if not scope["path"].startswith("/v1/"):  # health, metrics, docs: not drained
+                await self._forward(scope, receive, send)
+                return
             with self.service.in_flight():
                 self._authenticate(scope["method"], scope["path"], headers)
                 await self._forward(scope, receive, send)
