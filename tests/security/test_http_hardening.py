@@ -64,12 +64,11 @@ def test_chunked_body_over_the_limit_is_refused_before_it_ends(replica):
     with connect(replica.http_port) as s:
         s.sendall(head("/v1/recommend", {**KEY, "content-type": "application/json",
                                          "transfer-encoding": "chunked"}))
-        sent = send_chunked_until_answered(s, 2 * LIMIT)
+        send_chunked_until_answered(s, 2 * LIMIT)
+        # The terminating chunk is never sent: a server that read to the end never answers.
         status, headers, body = read_response(s, timeout=READ_TIMEOUT_S / 2)
-    # The answer came while the client was still sending: the server stopped reading.
     assert status == 413 and error_of(body)["code"] == "RESOURCE_EXHAUSTED"
-    assert headers.get("connection") == "close"
-    assert sent < 2 * LIMIT
+    assert headers.get("connection") == "close"  # the rest is never read
 
 
 def test_a_64_mb_chunked_upload_does_not_grow_the_server(replica):
