@@ -20,8 +20,8 @@ demo: setup
 	$(BIN)/tandem demo --dataset ml-100k
 
 lint: setup
-	$(BIN)/ruff check tandemrec cloud_service edge_client tests
-	$(BIN)/mypy cloud_service edge_client
+	$(BIN)/ruff check tandemrec cloud_service edge_client tests bench scripts
+	$(BIN)/mypy tandemrec cloud_service edge_client
 
 test: lint
 	$(BIN)/python -m pytest -q

@@ -11,7 +11,6 @@ touched, so a knob chosen here can go into the config. Writes bench/results/coll
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import itertools
 import json
 from pathlib import Path
@@ -47,8 +46,8 @@ def main() -> None:
     rows = []
     for i, (hist, top, n) in enumerate(grid, 1):
         log(f"[{i}/{len(grid)}] coarse history {hist}, {top} intent tokens, {n} candidates")
-        ev.cfg = dataclasses.replace(cfg.eval, coarse_history=hist, top_intents=top,
-                                     n_retrieve=n, n_candidates=n)
+        ev.cfg = cfg.eval.model_copy(update={"coarse_history": hist, "top_intents": top,
+                                              "n_retrieve": n, "n_candidates": n})
         best, by = tune_fusion(ev, fusions)
         rows.append({"coarse_history": hist, "top_intents": top, "candidates": n,
                      "fusion_weight": best.weight, "device_top": best.device_top,
@@ -60,7 +59,7 @@ def main() -> None:
     a.out.mkdir(parents=True, exist_ok=True)
     stem = a.out / f"collab-knobs-{cfg.dataset}"
     report = {"run_dir": str(a.run_dir), "dataset": cfg.dataset, "users": "validation",
-              "config_eval": dataclasses.asdict(cfg.eval), "machine": machine(), "rows": rows}
+              "config_eval": cfg.eval.model_dump(), "machine": machine(), "rows": rows}
     stem.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
     keys = list(rows[0])
     md = [f"# Collaborative request knobs on {cfg.dataset} (validation users, NDCG@10)", "",

@@ -9,7 +9,6 @@ interactions on them) and, from the same teacher and config, the vocabulary that
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 from pathlib import Path
 
@@ -48,7 +47,7 @@ def main() -> None:
     with torch.no_grad():
         vecs = teacher.item_vectors().numpy()  # an ensemble's members side by side
     it = cfg.intents
-    floored = intent_vocab(vecs, None, pop, dataclasses.replace(it, min_items=a.floor), cfg.seed)
+    floored = intent_vocab(vecs, None, pop, it.model_copy(update={"min_items": a.floor}), cfg.seed)
     rows = [{"vocabulary": f"run ({it.n_intents} tokens, {it.weighting} weights, "
                            f"min_items {it.min_items})", **stats(run_vocab, pop, a.floor)},
             {"vocabulary": f"same with min_items {a.floor}", **stats(floored, pop, a.floor)}]

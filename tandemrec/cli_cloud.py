@@ -7,7 +7,7 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -48,7 +48,7 @@ def serve(
     from cloud_service.settings import CloudSettings
     from tandemrec.paths import artifacts_dir
 
-    overrides = {"host": host, "http_port": http_port, "grpc_port": grpc_port,
+    overrides: dict[str, Any] = {"host": host, "http_port": http_port, "grpc_port": grpc_port,
                  "redis_url": redis_url, "bundle": str(bundle) if bundle else None}
     if no_auth:
         overrides["auth_required"] = False

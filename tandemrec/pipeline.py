@@ -167,7 +167,7 @@ def train_members(ctx: RunContext) -> tuple[list[Teacher], list[FitResult]]:
     for i, mcfg in enumerate(configs):
         if cfg.teacher.max_minutes:
             left = cfg.teacher.max_minutes - (time.time() - t0) / 60
-            mcfg = dataclasses.replace(mcfg, max_minutes=max(left / (len(configs) - i), 0.01))
+            mcfg = mcfg.model_copy(update={"max_minutes": max(left / (len(configs) - i), 0.01)})
         teacher, fit = train_teacher(ctx.split, ctx.n_items, text, mcfg, cfg.seed + i)
         name = f"teacher {i + 1}/{len(configs)}" if len(configs) > 1 else "teacher"
         log(f"{name}: best val NDCG@10 {fit.best_score:.4f} at epoch {fit.best_epoch} "

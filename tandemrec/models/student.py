@@ -12,31 +12,22 @@ item table, so one table serves as input embedding and output projection.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
 from tandemrec.models.blocks import Decoder, RMSNorm
+from tandemrec.models.shape import DecoderShape
 
 
-@dataclass
-class StudentConfig:
+class StudentConfig(DecoderShape):
     n_items: int
     n_intents: int
-    d_model: int = 64
-    n_layers: int = 2
-    n_heads: int = 2
-    mlp_hidden: int = 128
-    max_len: int = 200
-    dropout: float = 0.2
-    pos_std: float = 1.0  # initial std of the position embeddings (see blocks.Decoder)
     # Low-rank shape after compression: {"emb": r, "layers": [{"qkv": r, ...}, ...]}; {} = dense.
-    ranks: dict = field(default_factory=dict)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+    ranks: dict[str, Any] = Field(default_factory=dict)
 
 
 class ItemTable(nn.Module):

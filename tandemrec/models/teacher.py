@@ -13,31 +13,23 @@ semantic ids of a user's recent items in collaborative serving, never the items 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from tandemrec.models.blocks import Decoder, RMSNorm
+from tandemrec.models.shape import DecoderShape
 
 
-@dataclass
-class TeacherConfig:
+class TeacherConfig(DecoderShape):
+    shape_defaults: ClassVar[dict[str, Any]] = {"d_model": 128, "mlp_hidden": 256}
+
     n_items: int
     text_dim: int = 384  # 0 when the dataset has no item text
     n_intents: int = 0  # set once the intent vocabulary exists
-    d_model: int = 128
-    n_layers: int = 2
-    n_heads: int = 2
-    mlp_hidden: int = 256
-    max_len: int = 200
-    dropout: float = 0.2
     item_scale: bool = False  # a learned norm per item on top of the unit-RMS item vector
-    pos_std: float = 1.0  # initial std of the position embeddings (see blocks.Decoder)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 class ItemTower(nn.Module):

@@ -122,7 +122,7 @@ async def run_mode(mode: str, model: EdgeModel, histories: list[np.ndarray],
             return
         # With steps > 1 the device replays its last interactions: ask, show, record, ask...
         seq = np.append(hist, target)
-        client = EdgeClient(model, MemoryDeviceStore(seq[:-steps]), f"sim-{u}",
+        client = EdgeClient(model, MemoryDeviceStore(seq[:-steps].tolist()), f"sim-{u}",
                             transport if mode == "collaborative" else None, settings, seed=u)
         for j in range(steps, 0, -1):
             asked = time.monotonic() - t_start

@@ -150,7 +150,7 @@ def simulate(cfg: SimConfig) -> tuple[dict, list[ModeRun]]:
     """Every requested mode on the same devices; returns the report and the raw runs."""
     histories, targets = held_out(cfg)
     model = EdgeModel.load(cfg.bundle)
-    settings = EdgeSettings(policy=cfg.policy, deadline_ms=cfg.deadline_ms,  # type: ignore[arg-type]
+    settings = EdgeSettings(policy=cfg.policy, deadline_ms=cfg.deadline_ms,
                             **cfg.edge)
     runs: list[ModeRun] = []
     with cloud(cfg) as (target, where):

@@ -16,6 +16,7 @@ layer-wise alignment (OD-LLM, Yin et al., 2026) to recover what truncation lost.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -48,8 +49,9 @@ class Factorisable:
 def factorisable(student: Student) -> list[Factorisable]:
     """The matrices SVD may factorise: the item table and every linear layer in the blocks."""
     mats = [Factorisable(("emb",), student.items.dense().detach())]
-    for i, block in enumerate(student.decoder.blocks):
-        mods = {"qkv": block.attn.qkv, "proj": block.attn.proj,
+    blocks: list[Any] = list(student.decoder.blocks)  # nn.ModuleList items type as Module
+    for i, block in enumerate(blocks):
+        mods: dict[str, nn.Linear] = {"qkv": block.attn.qkv, "proj": block.attn.proj,
                 "gate_up": block.mlp.gate_up, "down": block.mlp.down}
         for name in LINEARS:
             mats.append(Factorisable(("layer", i, name), mods[name].weight.detach()))
@@ -59,7 +61,7 @@ def factorisable(student: Student) -> list[Factorisable]:
 def _rank_for(energy: np.ndarray, tau: float) -> int:
     """Smallest rank whose leading singular values keep a share `tau` of the energy."""
     cum = np.cumsum(energy) / energy.sum()
-    return int(min(len(energy), np.searchsorted(cum, tau - 1e-12) + 1))
+    return min(len(energy), int(np.searchsorted(cum, tau - 1e-12)) + 1)
 
 
 def _cost(shape: tuple[int, ...], rank: int) -> tuple[int, bool]:

@@ -118,9 +118,7 @@ def kd_positions(x: torch.Tensor, y: torch.Tensor, share: float,
 
 
 def student_config(n_items: int, vocab: IntentVocab, cfg: StudentTrainConfig) -> StudentConfig:
-    return StudentConfig(n_items=n_items, n_intents=vocab.n_intents, d_model=cfg.d_model,
-                         n_layers=cfg.n_layers, n_heads=cfg.n_heads, mlp_hidden=cfg.mlp_hidden,
-                         max_len=cfg.max_len, dropout=cfg.dropout, pos_std=cfg.pos_std)
+    return StudentConfig(n_items=n_items, n_intents=vocab.n_intents, **cfg.shape())
 
 
 def init_from_teacher(student: Student, teacher: AnyTeacher,

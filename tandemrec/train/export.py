@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from tandemrec.models.blocks import CausalSelfAttention
 from tandemrec.models.student import Student
 
 INPUT = "history"
@@ -36,7 +37,7 @@ def export_onnx(student: Student, path: Path) -> Path:
     """
     student = student.eval()
     for mod in student.modules():
-        if hasattr(mod, "fused"):
+        if isinstance(mod, CausalSelfAttention):
             mod.fused = False  # the exported graph gets plain matmuls
     example = torch.randint(1, student.cfg.n_items + 1, (1, student.cfg.max_len))
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -62,14 +62,14 @@ class _CatalogLoss(torch.autograd.Function):
     """w_item * CE(scores, y) + w_kd * T^2 * CE(teacher_T, softmax(scores / T)), row mean."""
 
     @staticmethod
-    def forward(ctx, scores: torch.Tensor, y: torch.Tensor,  # type: ignore[override]
+    def forward(ctx, scores: torch.Tensor, y: torch.Tensor,
                 w_item: float, soft: SoftTargets | None) -> torch.Tensor:
         total, grad = _loss_and_grad(scores, y, w_item, soft, scores.shape[0])
         ctx.save_for_backward(grad)
         return total / scores.shape[0]
 
     @staticmethod
-    def backward(ctx, g: torch.Tensor):  # type: ignore[override]
+    def backward(ctx, g: torch.Tensor):
         (grad,) = ctx.saved_tensors
         return grad * g, None, None, None
 
@@ -99,7 +99,7 @@ class _ChunkedHeadLoss(torch.autograd.Function):
     """catalog_loss(scale * h @ vecs.T + bias, y, w_item, soft), `chunk` rows at a time."""
 
     @staticmethod
-    def forward(ctx, h: torch.Tensor, vecs: torch.Tensor, bias: torch.Tensor,  # type: ignore[override]
+    def forward(ctx, h: torch.Tensor, vecs: torch.Tensor, bias: torch.Tensor,
                 y: torch.Tensor, scale: float, w_item: float, soft: SoftTargets | None,
                 chunk: int, mm_dtype: torch.dtype | None) -> torch.Tensor:
         m_rows = h.shape[0]
@@ -129,7 +129,7 @@ class _ChunkedHeadLoss(torch.autograd.Function):
         return total / m_rows
 
     @staticmethod
-    def backward(ctx, g: torch.Tensor):  # type: ignore[override]
+    def backward(ctx, g: torch.Tensor):
         g_h, g_vecs, g_bias = ctx.saved_tensors
         return g_h * g, g_vecs * g, g_bias * g, None, None, None, None, None, None
 

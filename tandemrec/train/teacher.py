@@ -40,11 +40,9 @@ def sampled_position_loss(model: Teacher, h: torch.Tensor, y: torch.Tensor, shar
 def build_teacher(n_items: int, text_vecs: np.ndarray | None, cfg: TeacherTrainConfig,
                   train: list[np.ndarray]) -> Teacher:
     """A fresh teacher whose item tower holds the text vectors and knows which items are cold."""
-    use_text = cfg.use_text and text_vecs is not None
-    mcfg = TeacherConfig(n_items=n_items, text_dim=text_vecs.shape[1] if use_text else 0,
-                         d_model=cfg.d_model, n_layers=cfg.n_layers, n_heads=cfg.n_heads,
-                         mlp_hidden=cfg.mlp_hidden, max_len=cfg.max_len, dropout=cfg.dropout,
-                         item_scale=cfg.item_scale, pos_std=cfg.pos_std)
+    text = text_vecs if cfg.use_text else None
+    mcfg = TeacherConfig(n_items=n_items, text_dim=0 if text is None else text.shape[1],
+                         item_scale=cfg.item_scale, **cfg.shape())
     model = Teacher(mcfg)
     seen = np.zeros(n_items + 1, dtype=np.float32)
     for s in train:
@@ -52,8 +50,8 @@ def build_teacher(n_items: int, text_vecs: np.ndarray | None, cfg: TeacherTrainC
     seen[0] = 0.0
     with torch.no_grad():
         model.items.has_id.copy_(torch.from_numpy(seen))
-        if use_text:
-            model.items.text.copy_(torch.from_numpy(text_vecs.astype(np.float32)))
+        if text is not None:
+            model.items.text.copy_(torch.from_numpy(text.astype(np.float32)))
     return model
 
 

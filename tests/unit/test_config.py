@@ -75,9 +75,51 @@ def test_protocol_and_new_items_share():
     cfg = load_config(None, ["protocol=new-items", "new_items_share=0.25"])
     assert (cfg.protocol, cfg.new_items_share) == ("new-items", 0.25)
     assert cfg.to_dict()["protocol"] == "new-items"
-    with pytest.raises(ValueError, match=r"protocol must be one of \['standard', 'new-items'\], "
-                                         r"got 'new_items'"):
+    with pytest.raises(ValueError, match=r"config\.protocol: Input should be 'standard' or "
+                                         r"'new-items' \(got 'new_items'\)"):
         load_config(None, ["protocol=new_items"])
     for bad in ("0", "1", "1.5", "-0.1", "ten", "true"):
-        with pytest.raises(ValueError, match="new_items_share must be a number with 0 < share"):
+        with pytest.raises(ValueError, match="config.new_items_share: "):
             load_config(None, [f"new_items_share={bad}"])
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("teacher.lr=abc", r"config\.teacher\.lr: Input should be a valid number \(got 'abc'\)"),
+    ("student.max_epochs=true", r"config\.student\.max_epochs: Input should be a valid integer"),
+    ("teacher.d_model=12.5", r"config\.teacher\.d_model: Input should be a valid integer"),
+    ("student.keep=lst", r"config\.student\.keep: Input should be 'best' or 'last'"),
+    ("intents.weighting=pop", r"config\.intents\.weighting: Input should be 'none', "),
+    ("teacher.precision=fp16", r"config\.teacher\.precision: Input should be 'fp32' or 'bf16'"),
+    ("student.dropout=1.5", r"config\.student\.dropout: Input should be less than 1"),
+    ("eval.fusion_weight=2", r"config\.eval\.fusion_weight: Input should be less than or equal"),
+    ("eval.cloud_missing=max", r"config\.eval\.cloud_missing: Input should be 'floor' or 'mass'"),
+    ("teacher.n_heads=3", r"d_model \(128\) must be a multiple of n_heads \(3\)"),
+    ("bogus=1", r"config: unknown key 'bogus'; expected one of \['compress', 'dataset'"),
+])
+def test_bad_values_name_the_key(override, message):
+    with pytest.raises(ValueError, match=message):
+        load_config(None, [override])
+
+
+def test_bad_value_in_yaml_names_the_file_and_key(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("student:\n  lr: fast\n")
+    with pytest.raises(ValueError, match=r"c\.yaml\.student\.lr: Input should be a valid number"):
+        load_config(path)
+
+
+def test_member_overrides_are_typed_too():
+    with pytest.raises(ValueError, match=r"dropout"):
+        load_config(None, ["teacher.members=[{dropout: high}]"])
+
+
+def test_teacher_and_student_share_one_shape_with_their_own_defaults():
+    from tandemrec.models.shape import DecoderShape
+    from tandemrec.models.student import StudentConfig
+    from tandemrec.models.teacher import TeacherConfig
+
+    cfg = load_config()
+    assert (cfg.teacher.d_model, cfg.student.d_model) == (128, 64)
+    assert set(cfg.student.shape()) == set(DecoderShape.model_fields)
+    assert StudentConfig(n_items=5, n_intents=2, **cfg.student.shape()).d_model == 64
+    assert TeacherConfig(n_items=5).d_model == cfg.teacher.d_model
