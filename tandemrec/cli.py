@@ -29,9 +29,11 @@ RunDirOpt = Annotated[Path | None, typer.Option(
     "--run-dir", help="Where the stages read and write checkpoints (default: "
                       "artifacts/<dataset>, or artifacts/<dataset>-new-items under the "
                       "new-items protocol).")]
-ResultsOpt = Annotated[Path, typer.Option(
-    "--results-dir", help="Where quality-<dataset>.json and .md are written "
-                          "(quality-<dataset>-new-items.* under the new-items protocol).")]
+ResultsOpt = Annotated[Path | None, typer.Option(
+    "--results-dir", help="Where quality-<dataset>.json, .md and .png are written "
+                          "(quality-<dataset>-new-items.* under the new-items protocol). "
+                          "Default: <run-dir>/results; bench/results holds the committed "
+                          "ones.", show_default=False)]
 ProtocolOpt = Annotated[str | None, typer.Option(
     "--protocol", help="standard, or new-items: a seeded share of the items "
                        "(new_items_share, default 10%) is new to the device, known to the "
@@ -75,11 +77,12 @@ def _context(dataset: str, config: Path | None, overrides: list[str] | None,
 
 
 def _stage(stage: str, dataset: str, config: Path | None, overrides: list[str] | None,
-           run_dir: Path | None, data_dir: Path | None, results_dir: Path,
+           run_dir: Path | None, data_dir: Path | None, results_dir: Path | None,
            protocol: str | None = None, teacher_from: Path | None = None) -> None:
     from tandemrec import pipeline
 
     ctx = _context(dataset, config, overrides, run_dir, data_dir, protocol, teacher_from)
+    results_dir = results_dir or ctx.run_dir / "results"
     try:
         if stage == "pipeline":
             pipeline.run_pipeline(ctx, results_dir)
@@ -89,9 +92,6 @@ def _stage(stage: str, dataset: str, config: Path | None, overrides: list[str] |
             getattr(pipeline, f"stage_{stage}")(ctx)
     except (FileNotFoundError, pipeline.TeacherReuseError) as exc:
         _fail(str(exc))
-
-
-DEFAULT_RESULTS = REPO_ROOT / "bench" / "results"
 
 
 @app.command()
@@ -126,7 +126,7 @@ def train(dataset: DatasetOpt = "ml-100k", config: ConfigOpt = None, set_: SetOp
     ensemble, one teacher per entry, and the cloud serves their mean log-probability. The
     teacher trains on every item under either protocol; --teacher-from copies one instead.
     """
-    _stage("train", dataset, config, set_, run_dir, data_dir, DEFAULT_RESULTS, protocol,
+    _stage("train", dataset, config, set_, run_dir, data_dir, None, protocol,
            teacher_from)
 
 
@@ -135,7 +135,7 @@ def distill(dataset: DatasetOpt = "ml-100k", config: ConfigOpt = None, set_: Set
             run_dir: RunDirOpt = None, data_dir: DataDirOpt = None,
             protocol: ProtocolOpt = None) -> None:
     """Distil the teacher into the small edge student (intent head + item head)."""
-    _stage("distill", dataset, config, set_, run_dir, data_dir, DEFAULT_RESULTS, protocol)
+    _stage("distill", dataset, config, set_, run_dir, data_dir, None, protocol)
 
 
 @app.command()
@@ -143,7 +143,7 @@ def compress(dataset: DatasetOpt = "ml-100k", config: ConfigOpt = None, set_: Se
              run_dir: RunDirOpt = None, data_dir: DataDirOpt = None,
              protocol: ProtocolOpt = None) -> None:
     """SVD low-rank factorisation of the student with progressive layer-wise alignment."""
-    _stage("compress", dataset, config, set_, run_dir, data_dir, DEFAULT_RESULTS, protocol)
+    _stage("compress", dataset, config, set_, run_dir, data_dir, None, protocol)
 
 
 @app.command()
@@ -151,13 +151,13 @@ def export(dataset: DatasetOpt = "ml-100k", config: ConfigOpt = None, set_: SetO
            run_dir: RunDirOpt = None, data_dir: DataDirOpt = None,
            protocol: ProtocolOpt = None) -> None:
     """Export the students to ONNX, quantise to int8, check ONNX against torch."""
-    _stage("export", dataset, config, set_, run_dir, data_dir, DEFAULT_RESULTS, protocol)
+    _stage("export", dataset, config, set_, run_dir, data_dir, None, protocol)
 
 
 @app.command()
 def evaluate(dataset: DatasetOpt = "ml-100k", config: ConfigOpt = None, set_: SetOpt = None,
              run_dir: RunDirOpt = None, data_dir: DataDirOpt = None,
-             results_dir: ResultsOpt = DEFAULT_RESULTS, protocol: ProtocolOpt = None) -> None:
+             results_dir: ResultsOpt = None, protocol: ProtocolOpt = None) -> None:
     """Evaluate every serving mode on the same held-out users; write the results table."""
     _stage("evaluate", dataset, config, set_, run_dir, data_dir, results_dir, protocol)
 
@@ -165,7 +165,7 @@ def evaluate(dataset: DatasetOpt = "ml-100k", config: ConfigOpt = None, set_: Se
 @app.command("pipeline")
 def pipeline_cmd(dataset: DatasetOpt = "ml-100k", config: ConfigOpt = None,
                  set_: SetOpt = None, run_dir: RunDirOpt = None, data_dir: DataDirOpt = None,
-                 results_dir: ResultsOpt = DEFAULT_RESULTS, protocol: ProtocolOpt = None,
+                 results_dir: ResultsOpt = None, protocol: ProtocolOpt = None,
                  teacher_from: TeacherFromOpt = None) -> None:
     """Run train, distill, compress, export and evaluate in order.
 

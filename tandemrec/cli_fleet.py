@@ -9,8 +9,6 @@ import typer
 
 from tandemrec.paths import REPO_ROOT
 
-RESULTS = REPO_ROOT / "bench" / "results"
-
 
 def _fail(message: str) -> None:
     from tandemrec.progress import console
@@ -65,7 +63,9 @@ def simulate(
     steps: Annotated[int, typer.Option(help="Requests per device, replaying its last "
                                        "interactions (to study --policy shift).")] = 1,
     tag: Annotated[str, typer.Option(help="Suffix for the report's file names.")] = "",
-    results_dir: Annotated[Path, typer.Option(help="Where the report goes.")] = RESULTS,
+    results_dir: Annotated[Path | None, typer.Option(
+        help="Where the report goes (default: <bundle>/../results, the run's results "
+             "folder).", show_default=False)] = None,
 ) -> None:
     """Replay held-out users as devices against the cloud and report accuracy, bytes
     upstream, latency and fallback rate per serving mode."""
@@ -97,7 +97,7 @@ def simulate(
     with console.status(f"simulating {devices or 'all'} devices ({cond.describe()})"):
         report, runs = run(cfg)
     report["tag"] = tag
-    paths = write_report(report, runs, results_dir)
+    paths = write_report(report, runs, results_dir or bundle.parent / "results")
     print_rows(report)
     console.print("wrote " + ", ".join(str(p) for p in paths))
 
@@ -126,7 +126,9 @@ def demo(
     "ml-100k",
     config: Annotated[Path, typer.Option("--config", "-c", help="Pipeline config.")] =
     REPO_ROOT / "configs" / "demo.yaml",
-    results_dir: Annotated[Path, typer.Option(help="Where reports and plots go.")] = RESULTS,
+    results_dir: Annotated[Path | None, typer.Option(
+        help="Where reports and plots go (default: artifacts/demo/results).",
+        show_default=False)] = None,
 ) -> None:
     """The whole system in one command: train small models, start the cloud in-process on the
     embedded store, simulate every held-out user in every mode, print the results.
@@ -147,25 +149,26 @@ def demo(
 
     t0 = time.time()
     run_dir = artifacts_dir() / "demo"
+    results_dir = results_dir or run_dir / "results"
     console.rule(f"1/3 train, distil, compress, export and evaluate on {dataset}")
     try:
         ctx = open_run(load_config(config, [f"dataset={dataset}"]), run_dir)
     except (DatasetNotFound, UnknownDataset, ValueError) as exc:
         _fail(str(exc))
         return
-    run_pipeline(ctx, results_dir / "demo")
+    run_pipeline(ctx, results_dir)
     console.rule("2/3 the new-item protocol: a device model that has never seen 10% of the items")
     fresh = open_run(load_config(config, [f"dataset={dataset}", "protocol=new-items"]),
                      artifacts_dir() / "demo-new-items", teacher_from=run_dir)
-    run_pipeline(fresh, results_dir / "demo")
+    run_pipeline(fresh, results_dir)
     console.rule("3/3 serve the cloud in-process and simulate every held-out user")
     cfg = SimConfig(dataset=dataset, bundle=run_dir / "bundle", in_process=True)
     with console.status("simulating the fleet over gRPC"):
         report, runs = run(cfg)
     report["tag"] = "demo"
-    paths = write_report(report, runs, results_dir / "demo")
+    paths = write_report(report, runs, results_dir)
     print_rows(report)
-    print_lift(results_dir / "demo" / f"quality-{ctx.results_name}.json")
+    print_lift(results_dir / f"quality-{ctx.results_name}.json")
     console.print(f"demo finished in {(time.time() - t0) / 60:.1f} min; reports and plots: "
                   + ", ".join(str(p) for p in paths))
 

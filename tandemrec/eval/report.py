@@ -152,18 +152,29 @@ def evaluate_run(ctx: RunContext, results_dir: Path) -> list[dict]:
         report["new_items"] = new_items_section(
             {r.mode: r.ranks for r in results}, ctx.new_items[sp.test_target],
             ctx.cfg.new_items_share, NEW_ITEM_SELECTION, int(ctx.new_items.sum()))
-    elif (fresh := results_dir / f"quality-{ctx.data.name}-new-items.json").exists():
+    elif fresh := _sibling(ctx, results_dir, f"quality-{ctx.data.name}-new-items.json"):
         # The new-item protocol is its own run; its figures sit beside these (see merge below).
         report["new_items"] = json.loads(fresh.read_text()).get("new_items")
     write_results(report, results_dir, ctx.results_name)
-    if "new_items" in report and merge_new_items(results_dir / f"quality-{ctx.data.name}.json",
-                                                 report["new_items"]):
-        standard = json.loads((results_dir / f"quality-{ctx.data.name}.json").read_text())
-        write_markdown(standard, results_dir, ctx.data.name)
-        log(f"new-item figures added to quality-{ctx.data.name}.json beside the standard ones")
+    standard_json = _sibling(ctx, results_dir, f"quality-{ctx.data.name}.json")
+    if "new_items" in report and standard_json and merge_new_items(standard_json,
+                                                                   report["new_items"]):
+        write_markdown(json.loads(standard_json.read_text()), standard_json.parent,
+                       ctx.data.name)
+        log(f"new-item figures added to {standard_json} beside the standard ones")
     console.print(metrics_table(f"{ctx.results_name}: held-out users, full ranking", rows,
                                 COLUMNS))
     return rows
+
+
+def _sibling(ctx: RunContext, results_dir: Path, name: str) -> Path | None:
+    """A results file of the other protocol's run: in `results_dir`, or in that run's own
+    default results folder (artifacts/<dataset>[-new-items]/results)."""
+    runs = (ctx.run_dir.parent / ctx.data.name, ctx.run_dir.parent / f"{ctx.data.name}-new-items")
+    for folder in (results_dir, *(run / "results" for run in runs)):
+        if (folder / name).exists():
+            return folder / name
+    return None
 
 
 NEW_ITEM_SELECTION = ("a seeded share of the catalog drawn without replacement in proportion to "

@@ -33,8 +33,12 @@ def test_every_stage_end_to_end(tmp_path, monkeypatch, members):
     for stage in ("train", "distill", "compress", "export"):
         res = runner.invoke(app, [stage, *common])
         assert res.exit_code == 0, f"{stage} failed:\n{res.output}\n{res.exception!r}"
-    res = runner.invoke(app, ["evaluate", *common, "--results-dir", str(results)])
+    # Without --results-dir the results stay with the run, never in the repository.
+    where = ["--results-dir", str(results)] if members else []
+    res = runner.invoke(app, ["evaluate", *common, *where])
     assert res.exit_code == 0, res.output
+    if not members:
+        results = run_dir / "results"
 
     (report_path,) = results.glob("quality-*.json")
     report = json.loads(report_path.read_text())
