@@ -136,6 +136,18 @@ def build_handlers(service: RecommendationService) -> grpc.GenericRpcHandler:
         return registry_to_pb(await service.publish(req.bundle_dir, req.canary_share,
                                                     credentials_from(ctx)))
 
+    async def promote(raw: bytes, ctx: grpc.aio.ServicerContext) -> pb.RegistryStatus:
+        _parse(pb.PromoteRequest, raw)
+        return registry_to_pb(await service.promote(credentials_from(ctx)))
+
+    async def retire(raw: bytes, ctx: grpc.aio.ServicerContext) -> pb.RegistryStatus:
+        req = _parse(pb.RetireRequest, raw)
+        return registry_to_pb(await service.retire(req.version, credentials_from(ctx)))
+
+    async def registry_status(raw: bytes, ctx: grpc.aio.ServicerContext) -> pb.RegistryStatus:
+        _parse(pb.GetRegistryStatusRequest, raw)
+        return registry_to_pb(await service.registry_state(credentials_from(ctx)))
+
     async def download(raw: bytes, ctx: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         try:
             with service.in_flight():
@@ -153,6 +165,9 @@ def build_handlers(service: RecommendationService) -> grpc.GenericRpcHandler:
         "RecommendFull": _unary(guarded(recommend_full)),
         "GetManifest": _unary(guarded(get_manifest)),
         "Publish": _unary(guarded(publish, admin=True)),
+        "Promote": _unary(guarded(promote, admin=True)),
+        "Retire": _unary(guarded(retire, admin=True)),
+        "GetRegistryStatus": _unary(guarded(registry_status, admin=True)),
         "DownloadArtifact": grpc.unary_stream_rpc_method_handler(
             download, response_serializer=lambda m: m.SerializeToString()),
     }

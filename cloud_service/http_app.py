@@ -37,6 +37,7 @@ from cloud_service.http_schemas import (
     RecommendIn,
     RecommendOut,
     RegistryStatusOut,
+    RetireIn,
     credentials,
 )
 from cloud_service.service import RecommendationService
@@ -200,9 +201,29 @@ def _add_routes(app: FastAPI, service: RecommendationService) -> None:
                                       credentials(x_api_key, authorization, x_admin_key))
         return RegistryStatusOut.from_domain(state)
 
-    @app.get("/v1/admin/registry", response_model=RegistryStatusOut, responses=ERRORS)
-    async def registry(x_admin_key: str | None = Header(None)) -> RegistryStatusOut:
-        state = await service.registry_state(credentials(None, None, x_admin_key))
+    @app.get("/v1/admin/registry", response_model=RegistryStatusOut, responses=ERRORS,
+             summary="The registry as this replica serves it")
+    async def registry(x_admin_key: str | None = Header(None),
+                       x_api_key: str | None = Header(None),
+                       authorization: str | None = Header(None)) -> RegistryStatusOut:
+        state = await service.registry_state(credentials(x_api_key, authorization, x_admin_key))
+        return RegistryStatusOut.from_domain(state)
+
+    @app.post("/v1/admin/promote", response_model=RegistryStatusOut, responses=ERRORS,
+              summary="Make the running canary the current version for every device")
+    async def promote(x_admin_key: str | None = Header(None),
+                      x_api_key: str | None = Header(None),
+                      authorization: str | None = Header(None)) -> RegistryStatusOut:
+        state = await service.promote(credentials(x_api_key, authorization, x_admin_key))
+        return RegistryStatusOut.from_domain(state)
+
+    @app.post("/v1/admin/retire", response_model=RegistryStatusOut, responses=ERRORS,
+              summary="Forget a version that is not current (ends its canary if it is one)")
+    async def retire(body: RetireIn, x_admin_key: str | None = Header(None),
+                     x_api_key: str | None = Header(None),
+                     authorization: str | None = Header(None)) -> RegistryStatusOut:
+        state = await service.retire(body.version,
+                                     credentials(x_api_key, authorization, x_admin_key))
         return RegistryStatusOut.from_domain(state)
 
     @app.get("/healthz", summary="Liveness: the process answers")

@@ -30,7 +30,8 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 # The operations that take credentials; any other method or path is the router's 404 or 405.
 DEVICE_ROUTES = {("POST", "/v1/recommend"), ("POST", "/v1/recommend-full"),
                  ("GET", "/v1/manifest"), ("GET", "/v1/artifacts/")}
-ADMIN_ROUTES = {("POST", "/v1/admin/publish"), ("GET", "/v1/admin/registry")}
+ADMIN_ROUTES = {("POST", "/v1/admin/publish"), ("GET", "/v1/admin/registry"),
+                ("POST", "/v1/admin/promote"), ("POST", "/v1/admin/retire")}
 
 
 def timed_h11(read_timeout_s: float) -> type[H11Protocol]:

@@ -107,6 +107,11 @@ class PublishIn(BaseModel):
     canary_share: float = Field(0.0, description="0 = make current; (0, 1) = canary share")
 
 
+class RetireIn(BaseModel):
+    model_config = _STRICT
+    version: str = Field(..., description="a live version other than the current one")
+
+
 class RegistryStatusOut(BaseModel):
     current: str
     canary: str

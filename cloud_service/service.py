@@ -340,9 +340,33 @@ class RecommendationService:
             return await self.pool.publish_local(str(path), canary_share)
 
     async def registry_state(self, creds: Credentials) -> RegistryState:
+        """Admin: the registry as this replica serves it (current, canary, live versions)."""
         with self.metrics.track("registry"):
             check_admin(creds, self.settings)
             return self.pool.state
+
+    async def promote(self, creds: Credentials) -> RegistryState:
+        """Admin: the canary becomes current for every device; every replica switches to it."""
+        with self.metrics.track("promote"):
+            check_admin(creds, self.settings)
+            return await self._registry_change(self.registry.promote_canary())
+
+    async def retire(self, version: str, creds: Credentials) -> RegistryState:
+        """Admin: forget a version that is not current (ending its canary if it is one)."""
+        with self.metrics.track("retire"):
+            check_admin(creds, self.settings)
+            if not version or len(version) > 256:
+                raise InvalidInput("retire needs the model version to retire (at most 256 "
+                                   "characters)")
+            return await self._registry_change(self.registry.retire(version))
+
+    async def _registry_change(self, change: Awaitable[RegistryState]) -> RegistryState:
+        """Write a change to the shared registry, then switch this replica to it at once."""
+        state = await self._safe("registry", change, None)
+        if state is None:
+            raise Unavailable("the model registry (store) is unreachable: try again later")
+        await self.pool.refresh(state)
+        return self.pool.state
 
     def health(self) -> dict[str, Any]:
         return {"ready": self.ready, "current": self.pool.state.current,

@@ -181,6 +181,7 @@ def _register_cloud_commands() -> None:
 
     app.command("serve")(cli_cloud.serve)
     app.command("publish")(cli_cloud.publish)
+    app.add_typer(cli_cloud.registry_app, name="registry")
     app.command("simulate")(cli_fleet.simulate)
     app.command("demo")(cli_fleet.demo)
 

@@ -1,4 +1,5 @@
-"""`tandem serve` and `tandem publish`: run a cloud replica, move the registry's pointer."""
+"""`tandem serve`, `tandem publish` and `tandem registry`: run a cloud replica, move the
+registry's pointer, read it, promote a canary or retire a version."""
 
 from __future__ import annotations
 
@@ -6,10 +7,15 @@ import asyncio
 import json
 import logging
 import os
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+
+if TYPE_CHECKING:
+    from cloud_service.domain import RegistryState
+    from cloud_service.registry import ModelRegistry
 
 BundleArg = Annotated[Path, typer.Argument(help="Bundle pair directory, holding device/ and "
                                                 "cloud/ (tandem pipeline writes "
@@ -128,3 +134,117 @@ def publish(
     else:
         _fail("say where to publish: --url http://HOST:PORT (a replica's admin endpoint) or "
               "--redis-url redis://HOST:PORT/0 (the shared registry)")
+
+
+# ---- tandem registry status|promote|retire --------------------------------------------------
+
+registry_app = typer.Typer(
+    help="Read the model registry, promote its canary or retire a version: through a "
+         "replica's admin endpoint (--url over HTTP, --grpc over gRPC; both need "
+         "$TANDEM_CLOUD_ADMIN_API_KEY) or directly in the shared Redis (--redis-url).",
+    no_args_is_help=True)
+UrlOpt = Annotated[str | None, typer.Option(
+    help="A replica's HTTP address, e.g. http://127.0.0.1:8000 (its admin endpoint).")]
+GrpcOpt = Annotated[str | None, typer.Option(
+    "--grpc", help="Or a replica's gRPC address, e.g. 127.0.0.1:50051.")]
+RedisOpt = Annotated[str | None, typer.Option(
+    help="Or the shared registry in Redis ($TANDEM_CLOUD_REDIS_URL).")]
+
+
+def _registry_call(op: str, body: dict[str, str], url: str | None, grpc_target: str | None,
+                   redis_url: str | None,
+                   direct: Callable[[ModelRegistry], Awaitable[RegistryState]]) -> None:
+    """Run one registry operation where the options say, and print the registry after it."""
+    key = os.environ.get("TANDEM_CLOUD_ADMIN_API_KEY", "")
+    redis_url = redis_url or os.environ.get("TANDEM_CLOUD_REDIS_URL", "")
+    if url:
+        import httpx
+
+        base = f"{url.rstrip('/')}/v1/admin"
+        try:
+            resp = (httpx.get(f"{base}/registry", headers={"x-admin-key": key}, timeout=30)
+                    if op == "status" else
+                    httpx.post(f"{base}/{op}", headers={"x-admin-key": key}, json=body,
+                               timeout=120))
+        except httpx.HTTPError as exc:
+            _fail(f"{op} failed: cannot reach {url}: {exc}")
+            return
+        if resp.status_code != 200:
+            _fail(f"{op} failed ({resp.status_code}): {resp.text}")
+        out = resp.json()
+    elif grpc_target:
+        import grpc
+        from google.protobuf.json_format import MessageToDict
+
+        from tandem_wire.v1 import recommend_pb2 as pb
+        from tandem_wire.v1 import recommend_pb2_grpc as pb_grpc
+
+        with grpc.insecure_channel(grpc_target) as channel:
+            stub = pb_grpc.TandemServiceStub(channel)
+            method, request = {
+                "status": (stub.GetRegistryStatus, pb.GetRegistryStatusRequest()),
+                "promote": (stub.Promote, pb.PromoteRequest()),
+                "retire": (stub.Retire, pb.RetireRequest(**body)),
+            }[op]
+            try:
+                reply = method(request, metadata=(("x-admin-key", key),), timeout=120)
+            except grpc.RpcError as exc:
+                _fail(f"{op} failed ({exc.code().name}): {exc.details()}")
+                return
+        out = MessageToDict(reply, preserving_proto_field_name=True,
+                            always_print_fields_with_no_presence=True)
+    elif redis_url:
+        from cloud_service.errors import ServiceError
+        from cloud_service.registry import ModelRegistry
+        from cloud_service.store import RedisStore, StoreUnavailable
+
+        async def go() -> RegistryState:
+            store = RedisStore(redis_url)
+            try:
+                return await direct(ModelRegistry(store))
+            finally:
+                await store.close()
+        try:
+            state = asyncio.run(go())
+        except (ServiceError, StoreUnavailable) as exc:
+            _fail(f"{op} failed: {exc}")
+            return
+        out = {"current": state.current, "canary": state.canary,
+               "canary_share": state.canary_share, "versions": sorted(state.versions),
+               "revision": state.revision}
+    else:
+        _fail("say where the registry is: --url http://HOST:PORT (a replica's HTTP admin "
+              "endpoint), --grpc HOST:PORT (its gRPC one) or --redis-url "
+              "redis://HOST:PORT/0 (the shared registry)")
+        return
+    print(json.dumps(out, indent=2))
+
+
+@registry_app.command("status")
+def registry_status(url: UrlOpt = None, grpc: GrpcOpt = None, redis_url: RedisOpt = None) -> None:
+    """Print the current version, the canary and its share, and every live version."""
+    _registry_call("status", {}, url, grpc, redis_url, lambda reg: reg.state())
+
+
+@registry_app.command("promote")
+def registry_promote(url: UrlOpt = None, grpc: GrpcOpt = None,
+                     redis_url: RedisOpt = None) -> None:
+    """Make the running canary the current version for every device.
+
+    The replica called switches at once, the others within their registry poll interval.
+    """
+    _registry_call("promote", {}, url, grpc, redis_url, lambda reg: reg.promote_canary())
+
+
+@registry_app.command("retire")
+def registry_retire(
+    version: Annotated[str, typer.Argument(help="A live version other than the current one.")],
+    url: UrlOpt = None, grpc: GrpcOpt = None, redis_url: RedisOpt = None,
+) -> None:
+    """Forget a version that is not current; retiring the canary ends it.
+
+    Every device is then served the current version again (the old current stays listed
+    after a promote, as a rollback target, until it is retired).
+    """
+    _registry_call("retire", {"version": version}, url, grpc, redis_url,
+                   lambda reg: reg.retire(version))

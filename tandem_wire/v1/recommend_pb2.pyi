@@ -121,6 +121,20 @@ class PublishRequest(_message.Message):
     canary_share: float
     def __init__(self, bundle_dir: _Optional[str] = ..., canary_share: _Optional[float] = ...) -> None: ...
 
+class PromoteRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class RetireRequest(_message.Message):
+    __slots__ = ("version",)
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    version: str
+    def __init__(self, version: _Optional[str] = ...) -> None: ...
+
+class GetRegistryStatusRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
 class RegistryStatus(_message.Message):
     __slots__ = ("current", "canary", "canary_share", "versions", "revision")
     CURRENT_FIELD_NUMBER: _ClassVar[int]

@@ -60,6 +60,21 @@ class TandemServiceStub(object):
                 request_serializer=tandem_dot_v1_dot_recommend__pb2.PublishRequest.SerializeToString,
                 response_deserializer=tandem_dot_v1_dot_recommend__pb2.RegistryStatus.FromString,
                 _registered_method=True)
+        self.Promote = channel.unary_unary(
+                '/tandem.v1.TandemService/Promote',
+                request_serializer=tandem_dot_v1_dot_recommend__pb2.PromoteRequest.SerializeToString,
+                response_deserializer=tandem_dot_v1_dot_recommend__pb2.RegistryStatus.FromString,
+                _registered_method=True)
+        self.Retire = channel.unary_unary(
+                '/tandem.v1.TandemService/Retire',
+                request_serializer=tandem_dot_v1_dot_recommend__pb2.RetireRequest.SerializeToString,
+                response_deserializer=tandem_dot_v1_dot_recommend__pb2.RegistryStatus.FromString,
+                _registered_method=True)
+        self.GetRegistryStatus = channel.unary_unary(
+                '/tandem.v1.TandemService/GetRegistryStatus',
+                request_serializer=tandem_dot_v1_dot_recommend__pb2.GetRegistryStatusRequest.SerializeToString,
+                response_deserializer=tandem_dot_v1_dot_recommend__pb2.RegistryStatus.FromString,
+                _registered_method=True)
 
 
 class TandemServiceServicer(object):
@@ -100,6 +115,27 @@ class TandemServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Promote(self, request, context):
+        """Admin: make the running canary the current version for every device.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Retire(self, request, context):
+        """Admin: forget a version that is not current, ending its canary if it is one.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetRegistryStatus(self, request, context):
+        """Admin: the registry as the answering replica serves it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TandemServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -126,6 +162,21 @@ def add_TandemServiceServicer_to_server(servicer, server):
             'Publish': grpc.unary_unary_rpc_method_handler(
                     servicer.Publish,
                     request_deserializer=tandem_dot_v1_dot_recommend__pb2.PublishRequest.FromString,
+                    response_serializer=tandem_dot_v1_dot_recommend__pb2.RegistryStatus.SerializeToString,
+            ),
+            'Promote': grpc.unary_unary_rpc_method_handler(
+                    servicer.Promote,
+                    request_deserializer=tandem_dot_v1_dot_recommend__pb2.PromoteRequest.FromString,
+                    response_serializer=tandem_dot_v1_dot_recommend__pb2.RegistryStatus.SerializeToString,
+            ),
+            'Retire': grpc.unary_unary_rpc_method_handler(
+                    servicer.Retire,
+                    request_deserializer=tandem_dot_v1_dot_recommend__pb2.RetireRequest.FromString,
+                    response_serializer=tandem_dot_v1_dot_recommend__pb2.RegistryStatus.SerializeToString,
+            ),
+            'GetRegistryStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRegistryStatus,
+                    request_deserializer=tandem_dot_v1_dot_recommend__pb2.GetRegistryStatusRequest.FromString,
                     response_serializer=tandem_dot_v1_dot_recommend__pb2.RegistryStatus.SerializeToString,
             ),
     }
@@ -263,6 +314,87 @@ class TandemService(object):
             target,
             '/tandem.v1.TandemService/Publish',
             tandem_dot_v1_dot_recommend__pb2.PublishRequest.SerializeToString,
+            tandem_dot_v1_dot_recommend__pb2.RegistryStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Promote(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tandem.v1.TandemService/Promote',
+            tandem_dot_v1_dot_recommend__pb2.PromoteRequest.SerializeToString,
+            tandem_dot_v1_dot_recommend__pb2.RegistryStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Retire(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tandem.v1.TandemService/Retire',
+            tandem_dot_v1_dot_recommend__pb2.RetireRequest.SerializeToString,
+            tandem_dot_v1_dot_recommend__pb2.RegistryStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRegistryStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tandem.v1.TandemService/GetRegistryStatus',
+            tandem_dot_v1_dot_recommend__pb2.GetRegistryStatusRequest.SerializeToString,
             tandem_dot_v1_dot_recommend__pb2.RegistryStatus.FromString,
             options,
             channel_credentials,

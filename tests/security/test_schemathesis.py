@@ -42,5 +42,5 @@ def test_every_operation_passes_the_default_checks(bundle, tmp_path, headers):
              *[arg for h in headers for arg in ("-H", h)]],
             capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert out.returncode == 0, out.stdout[-6000:] + out.stderr[-2000:]
-    assert "Selected: 9/9" in out.stdout  # every operation, /metrics included
+    assert "Selected: 11/11" in out.stdout  # every operation, /metrics included
     assert time.monotonic() - started < 60
