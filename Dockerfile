@@ -4,11 +4,11 @@ FROM python:3.11-slim
 WORKDIR /app
 RUN apt-get update && apt-get install -y --no-install-recommends make && rm -rf /var/lib/apt/lists/*
 COPY pyproject.toml README.md ./
+COPY tandem_contract ./tandem_contract
 COPY tandemrec ./tandemrec
 COPY cloud_service ./cloud_service
 COPY edge_client ./edge_client
 COPY tandem_wire ./tandem_wire
-COPY configs ./configs
 RUN pip install --no-cache-dir --extra-index-url https://download.pytorch.org/whl/cpu \
         "torch==2.13.0" && pip install --no-cache-dir -e ".[edge,cloud,train]"
 ENV TANDEM_CLOUD_HOST=0.0.0.0 \

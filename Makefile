@@ -20,8 +20,9 @@ demo: setup
 	$(BIN)/tandem demo --dataset ml-100k
 
 lint: setup
-	$(BIN)/ruff check tandemrec cloud_service edge_client tests bench scripts
-	$(BIN)/mypy tandemrec cloud_service edge_client
+	$(BIN)/ruff check tandem_contract tandemrec cloud_service edge_client tests bench scripts
+	$(BIN)/mypy tandem_contract tandemrec cloud_service edge_client
+	$(BIN)/lint-imports
 
 test: lint
 	$(BIN)/python -m pytest -q

@@ -38,7 +38,7 @@ def free_port() -> int:
 def build_requests(bundle: Path, dataset: str, n: int = 2000, top_m: int = 8,
                    coarse_len: int = 50) -> list[dict]:
     """Requests as devices would send them: top intents of recent items and a coarse history."""
-    from tandemrec.bundle import pair_dirs
+    from tandem_contract.bundle import pair_dirs
     from tandemrec.data import leave_one_out, load_dataset
 
     table = pair_dirs(bundle).cloud / "item_table.json"
@@ -170,7 +170,7 @@ def main() -> None:
                         "(0 = skip)")
     p.add_argument("--out", type=Path, default=RESULTS)
     a = p.parse_args()
-    from tandemrec.bundle import read_pair
+    from tandem_contract.bundle import read_pair
     from tandemrec.eval.report import machine
 
     manifest = read_pair(a.bundle)[1]

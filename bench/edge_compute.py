@@ -19,15 +19,15 @@ from pathlib import Path
 import numpy as np
 
 from edge_client.client import EdgeModel
-from edge_client.fusion import (
+from tandem_contract.bundle import device_dir
+from tandem_contract.fusion import (
     CloudCandidates,
     FusionConfig,
     device_log_probs,
     fuse,
     intent_log_probs,
 )
-from edge_client.request import build_request
-from tandemrec.bundle import device_dir
+from tandem_contract.request import build_request
 from tandemrec.paths import REPO_ROOT, artifacts_dir
 
 

@@ -33,9 +33,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tandemrec.paths import REPO_ROOT
+from tandemrec.paths import CONFIGS_DIR, REPO_ROOT
 
-SMOKE = REPO_ROOT / "configs" / "smoke.yaml"
+SMOKE = CONFIGS_DIR / "smoke.yaml"
 MIN_LEN, MAX_LEN = 5, 30  # short histories, as in a shop's logs
 ITEMS_PER_CLUSTER = 50
 

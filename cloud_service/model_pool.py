@@ -19,7 +19,7 @@ from cloud_service.errors import InvalidInput, Unavailable
 from cloud_service.metrics import Metrics
 from cloud_service.models import LoadedModel, load_model
 from cloud_service.registry import ModelRegistry, route
-from tandemrec.bundle import BundleError
+from tandem_contract.bundle import BundleError
 
 log = logging.getLogger("tandem.cloud")
 Safe = Callable[[str, Awaitable[Any], Any], Awaitable[Any]]

@@ -1,6 +1,6 @@
 """Loaded model versions: a bundle pair's teacher, intent index and manifests, ready to score.
 
-A version is a bundle pair directory (``tandemrec.bundle``): the teacher, codebook and item
+A version is a bundle pair directory (``tandem_contract.bundle``): the teacher, codebook and item
 table come from its cloud/ side, and devices are only ever shown its device/ side (manifest and
 files). Loading (checksums of both sides, their pairing, torch checkpoint, item vectors) happens
 in a worker thread, and a version is served only once it is complete, so a reload never exposes
@@ -18,11 +18,11 @@ import numpy as np
 import torch
 
 from cloud_service.domain import ArtifactInfo, ManifestInfo
-from tandemrec.bundle import MANIFEST_NAME, BundleError, pair_dirs, pair_version, verify_pair
+from tandem_contract.bundle import MANIFEST_NAME, BundleError, pair_dirs, pair_version, verify_pair
 from tandemrec.checkpoints import load_teacher
+from tandemrec.models.inputs import left_pad
 from tandemrec.models.teacher_ensemble import AnyTeacher
 from tandemrec.retrieval import IntentIndex
-from tandemrec.train.batches import left_pad
 
 
 @dataclass(eq=False)  # identity equality: a loaded model is a hashable batching key

@@ -20,7 +20,11 @@ from typing import Protocol
 
 import numpy as np
 
-from edge_client.fusion import (
+from edge_client.resilience import CircuitBreaker, CloudUnavailable, RetryPolicy, call_with_retries
+from edge_client.settings import EdgeSettings
+from edge_client.transport import CloudAnswer, CloudError, Transport
+from edge_client.updates import ModelStore, UpdateResult
+from tandem_contract.fusion import (
     CloudCandidates,
     DeviceView,
     FusionConfig,
@@ -28,12 +32,8 @@ from edge_client.fusion import (
     fuse,
     intent_log_probs,
 )
-from edge_client.request import CollaborativeRequest, build_request
-from edge_client.resilience import CircuitBreaker, CloudUnavailable, RetryPolicy, call_with_retries
-from edge_client.runtime import OnnxStudent
-from edge_client.settings import EdgeSettings
-from edge_client.transport import CloudAnswer, CloudError, Transport
-from edge_client.updates import ModelStore, UpdateResult
+from tandem_contract.request import CollaborativeRequest, build_request
+from tandem_contract.runtime import OnnxStudent
 
 
 class DeviceStore(Protocol):
@@ -86,7 +86,7 @@ class EdgeModel:
     @classmethod
     def load(cls, bundle_dir: Path | str, threads: int = 1) -> EdgeModel:
         """Load a device bundle, or the device/ side of a bundle pair."""
-        from tandemrec.bundle import DEVICE_ITEMS, MANIFEST_NAME, BundleError, device_dir
+        from tandem_contract.bundle import DEVICE_ITEMS, MANIFEST_NAME, BundleError, device_dir
 
         bundle_dir = device_dir(bundle_dir)
         manifest = json.loads((bundle_dir / MANIFEST_NAME).read_text())

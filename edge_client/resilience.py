@@ -8,14 +8,55 @@ from __future__ import annotations
 
 import asyncio
 import random
+import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
-from typing import Literal, TypeVar
+from types import TracebackType
+from typing import Any, Literal, TypeVar
 
 T = TypeVar("T")
 BreakerState = Literal["closed", "open", "half_open"]
+
+
+class _Timeout:
+    """``asyncio.timeout`` for Python 3.10, as far as `call_with_deadline` uses it.
+
+    Cancels the task when the delay runs out and turns that cancellation into TimeoutError;
+    ``expired()`` tells this backstop apart from a TimeoutError the awaited call raised itself.
+    """
+
+    def __init__(self, delay: float) -> None:
+        self._delay, self._expired = delay, False
+        self._handle: asyncio.TimerHandle | None = None
+
+    def expired(self) -> bool:
+        return self._expired
+
+    def _fire(self, task: asyncio.Task[Any]) -> None:
+        self._expired = True
+        task.cancel()
+
+    async def __aenter__(self) -> _Timeout:
+        task = asyncio.current_task()
+        assert task is not None, "a timeout needs a running task"
+        self._handle = asyncio.get_running_loop().call_later(self._delay, self._fire, task)
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+        if self._expired and exc_type is asyncio.CancelledError:
+            raise TimeoutError from exc
+
+
+# asyncio.timeout where there is one (3.11+), else the backport above.
+if sys.version_info >= (3, 11):
+    _timeout = asyncio.timeout
+else:
+    _timeout = _Timeout
 
 
 class CloudUnavailable(Exception):
@@ -158,7 +199,7 @@ async def call_with_retries(
         if breaker is not None and not breaker.allow():
             raise CloudUnavailable("circuit breaker is open")
         attempts += 1
-        scope = asyncio.timeout(remaining)
+        scope = _timeout(remaining)
         try:
             # fn should honour remaining_s itself; the timeout is the backstop if it does not.
             async with scope:

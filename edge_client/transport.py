@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
-from edge_client.request import CollaborativeRequest
+from tandem_contract.request import CollaborativeRequest
 
 if TYPE_CHECKING:
     import httpx

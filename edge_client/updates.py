@@ -19,7 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Final
 
-from tandemrec.bundle import MANIFEST_NAME, BundleError, device_dir, read_manifest, verify_bundle
+from tandem_contract.bundle import (
+    MANIFEST_NAME,
+    BundleError,
+    device_dir,
+    read_manifest,
+    verify_bundle,
+)
 
 POINTER_NAME: Final[str] = "current.json"
 _STAGING_PREFIX: Final[str] = "staging-"

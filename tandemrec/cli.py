@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from tandemrec.paths import REPO_ROOT, artifacts_dir
+from tandemrec.paths import artifacts_dir, default_config
 
 app = typer.Typer(
     help="tandemrec: device-cloud collaborative serving for LLM-based sequential "
@@ -61,8 +61,7 @@ def _context(dataset: str, config: Path | None, overrides: list[str] | None,
     from tandemrec.train.config import load_config
 
     if config is None:
-        default = REPO_ROOT / "configs" / f"{dataset}.yaml"
-        config = default if default.exists() else None
+        config = default_config(dataset)
     sets = [f"dataset={dataset}", *(overrides or [])]
     if protocol is not None:
         sets.append(f"protocol={protocol}")

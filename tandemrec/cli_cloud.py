@@ -94,7 +94,7 @@ def publish(
     Both sides are verified (every checksum) and must be paired (same version, the cloud
     manifest naming the device manifest's digest) before anything is published.
     """
-    from tandemrec.bundle import BundleError, verify_pair
+    from tandem_contract.bundle import BundleError, verify_pair
 
     try:
         version = str(verify_pair(bundle)[0]["version"])

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from tandemrec.paths import REPO_ROOT
+from tandemrec.paths import CONFIGS_DIR
 
 
 def _fail(message: str) -> None:
@@ -69,7 +69,7 @@ def simulate(
 ) -> None:
     """Replay held-out users as devices against the cloud and report accuracy, bytes
     upstream, latency and fallback rate per serving mode."""
-    from tandemrec.bundle import is_pair
+    from tandem_contract.bundle import is_pair
     from tandemrec.paths import artifacts_dir
     from tandemrec.progress import console
     from tandemrec.sim.fleet import MODES
@@ -125,7 +125,7 @@ def demo(
     dataset: Annotated[str, typer.Option("--dataset", "-d", help="Dataset to demo on.")] =
     "ml-100k",
     config: Annotated[Path, typer.Option("--config", "-c", help="Pipeline config.")] =
-    REPO_ROOT / "configs" / "demo.yaml",
+    CONFIGS_DIR / "demo.yaml",
     results_dir: Annotated[Path | None, typer.Option(
         help="Where reports and plots go (default: artifacts/demo/results).",
         show_default=False)] = None,

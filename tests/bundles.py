@@ -1,7 +1,7 @@
 """Small real bundle pairs for service tests: the real pipeline on a generated dataset.
 
 A pair directory holds device/ (what devices download) and cloud/ (teacher, codebook, item
-table); see tandemrec.bundle.
+table); see tandem_contract.bundle.
 """
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ import json
 import shutil
 from pathlib import Path
 
-from tandemrec.bundle import MANIFEST_NAME, pair_dirs, read_pair, write_pair_manifests
+from tandem_contract.bundle import MANIFEST_NAME, pair_dirs, read_pair, write_pair_manifests
 from tandemrec.data import write_synthetic_csv
-from tandemrec.paths import REPO_ROOT
+from tandemrec.paths import CONFIGS_DIR
 
 FAST = ["teacher.max_epochs=4", "teacher.coarse_epochs=1", "student.max_epochs=3",
         "compress.align_steps=5", "compress.finetune_epochs=1", "eval.latency_requests=5",
@@ -30,7 +30,7 @@ def build_bundle(root: Path) -> Path:
     logs = root / "shop.csv"
     write_synthetic_csv(logs, n_users=200, n_items=80, min_len=8, max_len=25, seed=5)
     _first_interactions_only(logs)
-    cfg = load_config(REPO_ROOT / "configs" / "smoke.yaml", [f"dataset={logs}", *FAST])
+    cfg = load_config(CONFIGS_DIR / "smoke.yaml", [f"dataset={logs}", *FAST])
     ctx = open_run(cfg, root / "run")
     run_pipeline(ctx, root / "results")
     # The results carry this run's own total (not a stale one from an earlier run).

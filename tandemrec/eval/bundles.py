@@ -3,7 +3,7 @@
 The device side holds what a device needs to build a request and fuse (the int8 student and
 ``device_items.json``); the cloud side holds the teacher, the codebook and the full item table
 (the retrieval index's inputs) and never leaves the cloud. Both manifests carry one version, and
-the cloud manifest names the device manifest's digest (see ``tandemrec.bundle``).
+the cloud manifest names the device manifest's digest (see ``tandem_contract.bundle``).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from tandemrec.bundle import DEVICE_ITEMS, bundle_sizes, pair_dirs, write_pair_manifests
+from tandem_contract.bundle import DEVICE_ITEMS, bundle_sizes, pair_dirs, write_pair_manifests
 from tandemrec.progress import log
 
 if TYPE_CHECKING:

@@ -3,7 +3,7 @@
 Each mode yields the 0-based rank of every user's target under full ranking over the catalog
 (history items excluded), plus parameters, model file size and single-request p50 latency on one
 thread. Collaborative ranks the union of the cloud's candidates and the device's own top items
-with `edge_client.fusion.fuse`, the function the SDK serves with; a target outside that union
+with `tandem_contract.fusion.fuse`, the function the SDK serves with; a target outside that union
 is a miss. See `report.protocol()` for the exact rules written into the results file.
 
 Users are processed in chunks of `CHUNK`: nothing here holds a users x catalog matrix, so peak
@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from edge_client.fusion import (
+from tandem_contract.fusion import (
     CloudCandidates,
     DeviceView,
     FusionConfig,
@@ -31,8 +31,8 @@ from edge_client.fusion import (
     intent_log_probs,
     target_positions,
 )
-from edge_client.request import CollaborativeRequest, build_request
-from edge_client.runtime import OnnxStudent
+from tandem_contract.request import CollaborativeRequest, build_request
+from tandem_contract.runtime import OnnxStudent
 from tandemrec.eval.metrics import MISS_RANK, metrics_from_ranks, sampled_ranks, target_ranks
 from tandemrec.models.intent_vocab import IntentVocab
 from tandemrec.models.student import Student

@@ -66,7 +66,7 @@ def protocol(ctx: RunContext) -> dict[str, Any]:
                          f"scores them with the coarse teacher and returns its top "
                          f"{cfg.n_candidates} with their intent tokens and catalog log-"
                          "probabilities; the device ranks the union of those and its own top "
-                         "items with edge_client.fusion.fuse (weight, device top-N and the "
+                         "items with tandem_contract.fusion.fuse (weight, device top-N and the "
                          "rules for missing scores chosen on validation users, the device alone "
                          "among the choices); a target outside the union is a miss",
         "edge-only": "int8 student ranking the items its bundle knows, no network",

@@ -12,8 +12,8 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from edge_client.request import CollaborativeRequest
 from edge_client.transport import CloudAnswer, CloudError, Transport
+from tandem_contract.request import CollaborativeRequest
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ import yaml
 from pydantic import BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from tandemrec.models.shape import DecoderShape, Section
+from tandemrec.paths import config_path
 
 Protocol = Literal["standard", "new-items"]
 Precision = Literal["fp32", "bf16"]  # "bf16": bfloat16 matmuls where the CPU has them natively
@@ -213,8 +214,9 @@ def load_config(path: Path | None = None, overrides: list[str] | None = None) ->
     """Load a PipelineConfig from YAML (or defaults), then apply command-line overrides."""
     data: dict[str, Any] = {}
     if path is not None:
+        path = config_path(path)  # configs/<name>.yaml also names a shipped config
         try:
-            data = yaml.safe_load(Path(path).read_text()) or {}
+            data = yaml.safe_load(path.read_text()) or {}
         except FileNotFoundError:
             raise ValueError(f"config file not found: {path}") from None
         if not isinstance(data, dict):

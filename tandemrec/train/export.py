@@ -86,7 +86,7 @@ def quantize_int8(src: Path, dst: Path) -> Path:
 def check_parity(student: Student, onnx_path: Path, histories: list[np.ndarray],
                  atol: float) -> ParityReport:
     """Compare torch and ONNX Runtime outputs on real histories, one request at a time."""
-    from edge_client.runtime import OnnxStudent
+    from tandem_contract.runtime import OnnxStudent
 
     runner = OnnxStudent(onnx_path, threads=1)
     student.eval()

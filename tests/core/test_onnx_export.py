@@ -5,7 +5,7 @@ import onnx
 import pytest
 import torch
 
-from edge_client.runtime import OnnxStudent
+from tandem_contract.runtime import OnnxStudent
 from tandemrec.models.student import Student, StudentConfig
 from tandemrec.train.export import check_parity, export_onnx, quantize_int8
 

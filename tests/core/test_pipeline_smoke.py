@@ -7,12 +7,12 @@ import pytest
 from typer.testing import CliRunner
 
 from cloud_service.models import load_model
-from tandemrec.bundle import bundle_sizes, verify_pair
+from tandem_contract.bundle import bundle_sizes, verify_pair
 from tandemrec.cli import app
 from tandemrec.data import write_synthetic_csv
 from tandemrec.eval.modes import MODES
 from tandemrec.models.teacher_ensemble import TeacherEnsemble
-from tandemrec.paths import REPO_ROOT
+from tandemrec.paths import CONFIGS_DIR
 from tandemrec.pipeline import kmeans_weights
 
 pytestmark = pytest.mark.core
@@ -25,7 +25,7 @@ def test_every_stage_end_to_end(tmp_path, monkeypatch, members):
     logs = tmp_path / "shop.csv"
     write_synthetic_csv(logs, n_users=300, n_items=120, min_len=8, max_len=30, seed=3)
     run_dir, results = tmp_path / "run", tmp_path / "results"
-    common = ["--dataset", str(logs), "--config", str(REPO_ROOT / "configs" / "smoke.yaml"),
+    common = ["--dataset", str(logs), "--config", str(CONFIGS_DIR / "smoke.yaml"),
               "--run-dir", str(run_dir)]
     if members:
         common += ["--set", f"teacher.members={members}"]
@@ -98,7 +98,7 @@ def test_new_items_protocol_reuses_the_teacher_and_hides_new_items(tmp_path, mon
     monkeypatch.setenv("TANDEM_ARTIFACTS_DIR", str(tmp_path / "artifacts"))
     logs = tmp_path / "shop.csv"
     write_synthetic_csv(logs, n_users=300, n_items=120, min_len=8, max_len=30, seed=3)
-    smoke = str(REPO_ROOT / "configs" / "smoke.yaml")
+    smoke = str(CONFIGS_DIR / "smoke.yaml")
     standard, fresh = tmp_path / "standard", tmp_path / "fresh"
     runner = CliRunner()
     res = runner.invoke(app, ["train", "--dataset", str(logs), "--config", smoke,
@@ -150,7 +150,7 @@ def test_new_items_protocol_reuses_the_teacher_and_hides_new_items(tmp_path, mon
     assert t_items.size and not new[t_items].any()
 
     # the context the evaluator gets: the device's view and a results name of its own
-    ctx = open_run(load_config(REPO_ROOT / "configs" / "smoke.yaml",
+    ctx = open_run(load_config(CONFIGS_DIR / "smoke.yaml",
                                [f"dataset={logs}", "protocol=new-items"]), fresh)
     np.testing.assert_array_equal(ctx.new_items, new)
     assert ctx.results_name == "shop-new-items"

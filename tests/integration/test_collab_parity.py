@@ -12,15 +12,15 @@ from pydantic import SecretStr
 from cloud_service.server import replica_in_thread
 from cloud_service.settings import CloudSettings
 from edge_client.client import EdgeClient, EdgeModel, MemoryDeviceStore
-from edge_client.fusion import (
+from edge_client.settings import EdgeSettings
+from edge_client.transport import GrpcTransport, HttpTransport
+from tandem_contract.fusion import (
     CloudCandidates,
     FusionConfig,
     device_log_probs,
     fuse,
     intent_log_probs,
 )
-from edge_client.settings import EdgeSettings
-from edge_client.transport import GrpcTransport, HttpTransport
 from tandemrec.eval.modes import Evaluator
 from tandemrec.eval.report import load_models
 from tandemrec.pipeline import open_run

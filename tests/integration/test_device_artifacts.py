@@ -16,9 +16,9 @@ from pydantic import SecretStr
 from cloud_service.server import Running
 from cloud_service.server import replica_in_thread as live_replica
 from cloud_service.settings import CloudSettings
+from tandem_contract.bundle import MANIFEST_NAME, pair_dirs, read_pair
 from tandem_wire.v1 import recommend_pb2 as pb
 from tandem_wire.v1 import recommend_pb2_grpc as pb_grpc
-from tandemrec.bundle import MANIFEST_NAME, pair_dirs, read_pair
 
 pytestmark = pytest.mark.integration
 DEVICE = (("x-api-key", "device-key"),)

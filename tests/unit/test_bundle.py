@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tandemrec.bundle import (
+from tandem_contract.bundle import (
     MANIFEST_NAME,
     BundleError,
     read_manifest,
@@ -129,7 +129,7 @@ def test_rewritten_manifest_covers_new_files(bundle: Path) -> None:
 
 def test_manifest_path_escape_is_refused(bundle: Path) -> None:
     # Even with a consistent digest, entries may not point outside the bundle directory.
-    from tandemrec.bundle import _manifest_digest
+    from tandem_contract.bundle import _manifest_digest
 
     m = read_manifest(bundle)
     m["files"]["../outside.bin"] = {"sha256": "0" * 64, "size": 1}

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from edge_client.updates import ModelStore
-from tandemrec.bundle import (
+from tandem_contract.bundle import (
     MANIFEST_NAME,
     BundleError,
     bundle_bytes,

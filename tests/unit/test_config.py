@@ -1,5 +1,7 @@
 """Training configs: YAML sections, dotted overrides and clear errors."""
 
+from pathlib import Path
+
 import pytest
 
 from tandemrec.train.config import PipelineConfig, apply_overrides, load_config
@@ -56,9 +58,9 @@ def test_missing_file_is_a_clear_error(tmp_path):
 
 
 def test_shipped_configs_load():
-    from tandemrec.paths import REPO_ROOT
+    from tandemrec.paths import CONFIGS_DIR
 
-    paths = sorted((REPO_ROOT / "configs").glob("*.yaml"))
+    paths = sorted(CONFIGS_DIR.glob("*.yaml"))
     assert paths
     for path in paths:
         cfg = load_config(path)
@@ -123,3 +125,20 @@ def test_teacher_and_student_share_one_shape_with_their_own_defaults():
     assert set(cfg.student.shape()) == set(DecoderShape.model_fields)
     assert StudentConfig(n_items=5, n_intents=2, **cfg.student.shape()).d_model == 64
     assert TeacherConfig(n_items=5).d_model == cfg.teacher.d_model
+
+
+def test_config_paths_name_shipped_configs(tmp_path, monkeypatch):
+    """`--config configs/<name>.yaml` works from any directory, as from a wheel install."""
+    from tandemrec.paths import CONFIGS_DIR, config_path, default_config
+
+    monkeypatch.chdir(tmp_path)
+    for given in ("configs/ml-1m.yaml", "ml-1m.yaml", "ml-1m"):
+        assert config_path(given) == CONFIGS_DIR / "ml-1m.yaml"
+    assert load_config("configs/demo.yaml").dataset == "ml-100k"
+    assert default_config("ml-100k") == CONFIGS_DIR / "ml-100k.yaml"
+    assert default_config("shop.csv") is None
+    # A file of that name in the working directory wins; a missing one stays as given.
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "ml-1m.yaml").write_text("dataset: ml-1m\n")
+    assert config_path("configs/ml-1m.yaml") == Path("configs/ml-1m.yaml")
+    assert config_path("configs/nope.yaml") == Path("configs/nope.yaml")

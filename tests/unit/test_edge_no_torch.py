@@ -1,4 +1,9 @@
-"""The edge SDK must import and run on devices that have no torch (ONNX Runtime + numpy only)."""
+"""The edge SDK must import and run on devices that have no torch (ONNX Runtime + numpy only).
+
+It imports the shared contract (tandem_contract) and nothing else of the project, and neither
+torch nor the CLI's packages (typer, rich, yaml): `pip install tandemrec[edge]` brings none of
+them (tests/integration/test_edge_venv.py installs it in an isolated venv and runs these tests).
+"""
 
 from __future__ import annotations
 
@@ -15,8 +20,10 @@ pytestmark = pytest.mark.unit
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 EDGE_DIR = REPO_ROOT / "edge_client"
-# Training-side code drags torch in; transformers does too, so it is banned on devices as well.
-FORBIDDEN = ("torch", "transformers", "tandemrec.train", "tandemrec.models")
+CONTRACT_DIR = REPO_ROOT / "tandem_contract"
+# Training-side code drags torch in; transformers does too, so it is banned on devices as well;
+# the CLI's packages are not installed on devices, and the cloud is not the device's business.
+FORBIDDEN = ("torch", "transformers", "tandemrec", "cloud_service", "typer", "rich", "yaml")
 
 _IMPORT_ALL = textwrap.dedent(
     """
@@ -41,9 +48,11 @@ _IMPORT_ALL = textwrap.dedent(
     def _raise(name):
         raise ImportError(f"cannot import {{name}}")
 
-    import edge_client
-    names = ["edge_client"] + [
-        m.name for m in pkgutil.walk_packages(edge_client.__path__, "edge_client.", onerror=_raise)
+    import edge_client, tandem_contract
+    names = [
+        m.name
+        for pkg in (edge_client, tandem_contract)
+        for m in pkgutil.walk_packages(pkg.__path__, pkg.__name__ + ".", onerror=_raise)
     ]
     for name in names:
         importlib.import_module(name)
@@ -99,11 +108,12 @@ def _forbidden_imports(path: Path) -> list[str]:
 
 
 def test_edge_client_has_no_torch_imports_in_source() -> None:
-    files = sorted(EDGE_DIR.rglob("*.py"))
-    assert EDGE_DIR / "__init__.py" in files
+    files = sorted([*EDGE_DIR.rglob("*.py"), *CONTRACT_DIR.rglob("*.py")])
+    assert EDGE_DIR / "__init__.py" in files and CONTRACT_DIR / "__init__.py" in files
     offenders = [hit for f in files for hit in _forbidden_imports(f)]
-    assert not offenders, "edge_client must not import torch or training code:\n" + "\n".join(
-        offenders
+    assert not offenders, (
+        "edge_client and tandem_contract must not import torch, tandemrec, the cloud or the "
+        "CLI's packages:\n" + "\n".join(offenders)
     )
 
 
@@ -115,4 +125,4 @@ def test_scanner_catches_forbidden_imports(tmp_path: Path) -> None:
         "from tandemrec.eval import metrics\n"
     )
     lines = sorted(int(h.split(":")[-2]) for h in _forbidden_imports(src))
-    assert lines == [2, 3, 4, 6]
+    assert lines == [2, 3, 4, 6, 7]

@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from edge_client.intents import top_intents
-from edge_client.request import build_request
+from tandem_contract.intents import top_intents
+from tandem_contract.request import build_request
 
 pytestmark = pytest.mark.unit
 

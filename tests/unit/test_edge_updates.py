@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from edge_client.updates import ModelStore, UpdateResult
-from tandemrec.bundle import (
+from tandem_contract.bundle import (
     MANIFEST_NAME,
     BundleError,
     _manifest_digest,

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from edge_client.fusion import (
+from tandem_contract.fusion import (
     CloudCandidates,
     DeviceView,
     FusionConfig,

@@ -22,7 +22,7 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 from typing import Any, Final
 
@@ -84,7 +84,7 @@ def write_manifest(
         "format_version": FORMAT_VERSION,
         "version": version,
         "dataset": dataset,
-        "created_at": datetime.now(UTC).isoformat(),
+        "created_at": datetime.now(timezone.utc).isoformat(),
         "config": config,
         "metrics": metrics,
         "extra": extra or {},

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from edge_client.intents import top_intents
+from tandem_contract.intents import top_intents
 
 
 @dataclass(frozen=True)
