@@ -1,25 +1,25 @@
-"""Device and admin authentication: API keys, or HMAC-signed device tokens bound to a device id.
+"""Device and admin authentication: API keys, or device tokens (JWTs) bound to a device id.
 
-A device token is `v1.<device id, base64url>.<expiry, unix seconds>.<hex HMAC-SHA256>`, signed
-with `TANDEM_CLOUD_DEVICE_TOKEN_SECRET`. An app backend mints one per install (`make_token`), so
-the cloud never stores per-device secrets and a leaked token expires on its own.
-Only a token proves which device is calling; an app API key is shared by all installs.
+A device token is a JWT signed with HS256 under `TANDEM_CLOUD_DEVICE_TOKEN_SECRET`, whose `sub`
+is the device id and `exp` its expiry (both required). An app backend mints one per install
+(`make_token`, or any JWT library with the same secret), so the cloud never stores per-device
+secrets and a leaked token expires on its own. Only a token proves which device is calling; an
+app API key is shared by all installs.
 """
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import hmac
 import time
+
+import jwt
 
 from cloud_service.domain import Credentials, Principal
 from cloud_service.errors import PermissionDenied, Unauthenticated
 from cloud_service.settings import CloudSettings
 
-
-def _sign(secret: str, body: str) -> str:
-    return hmac.new(secret.encode(), body.encode(), hashlib.sha256).hexdigest()
+ALGORITHM = "HS256"
 
 
 def make_token(secret: str, device_id: str, ttl_s: int = 30 * 86400,
@@ -27,27 +27,31 @@ def make_token(secret: str, device_id: str, ttl_s: int = 30 * 86400,
     """Mint a device token valid for `ttl_s` seconds (run by the app's backend, not the device)."""
     if not secret:
         raise ValueError("a device token secret is required to mint tokens")
-    expiry = int((time.time() if now is None else now) + ttl_s)
-    dev = base64.urlsafe_b64encode(device_id.encode()).decode().rstrip("=")
-    body = f"v1.{dev}.{expiry}"
-    return f"{body}.{_sign(secret, body)}"
+    issued = int(time.time() if now is None else now)
+    return jwt.encode({"sub": device_id, "iat": issued, "exp": issued + ttl_s}, secret,
+                      algorithm=ALGORITHM)
 
 
-def token_device(secret: str, token: str, now: float | None = None) -> str:
-    """The device id a valid token was minted for; Unauthenticated if forged or expired."""
-    parts = token.split(".")
-    if len(parts) != 4 or parts[0] != "v1" or not parts[2].isdigit():
-        raise Unauthenticated("malformed device token: expected v1.<device>.<expiry>.<signature>")
-    body = ".".join(parts[:3])
-    if not hmac.compare_digest(_sign(secret, body), parts[3]):
-        raise Unauthenticated("device token signature does not match")
-    if int(parts[2]) < (time.time() if now is None else now):
-        raise Unauthenticated("device token expired: ask the app backend for a new one")
-    padded = parts[1] + "=" * (-len(parts[1]) % 4)
+def token_device(secret: str, token: str) -> str:
+    """The device id (`sub`) a valid token was minted for; Unauthenticated if forged or expired."""
+    if token.startswith("v1."):
+        raise Unauthenticated("old token format: ask the app backend for a new JWT")
     try:
-        return base64.urlsafe_b64decode(padded).decode()
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise Unauthenticated("malformed device token: bad device id") from exc
+        claims = jwt.decode(token, secret, algorithms=[ALGORITHM],
+                            options={"require": ["sub", "exp"]})
+    except jwt.ExpiredSignatureError as exc:
+        raise Unauthenticated("device token expired: ask the app backend for a new one") from exc
+    except jwt.InvalidSignatureError as exc:
+        raise Unauthenticated("device token signature does not match") from exc
+    except jwt.MissingRequiredClaimError as exc:
+        raise Unauthenticated(f"device token lacks the {exc.claim!r} claim") from exc
+    except jwt.InvalidTokenError as exc:
+        raise Unauthenticated(f"malformed device token: expected a JWT signed with "
+                              f"{ALGORITHM} ({exc})") from exc
+    device = claims["sub"]
+    if not isinstance(device, str) or not device:
+        raise Unauthenticated("malformed device token: sub must be the device id")
+    return device
 
 
 def key_id(api_key: str) -> str:

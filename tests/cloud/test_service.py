@@ -24,14 +24,15 @@ from cloud_service.settings import CloudSettings
 from tests.bundles import item_intents
 
 pytestmark = pytest.mark.core
+TOKEN_SECRET = "token-secret-of-at-least-32-bytes"  # HS256 keys of 32+ bytes (RFC 7518)
 KEY = Credentials(api_key="device-key")
-DEV1 = Credentials(device_token=make_token("token-secret", "dev-1"))  # stored history needs one
+DEV1 = Credentials(device_token=make_token(TOKEN_SECRET, "dev-1"))  # stored history needs one
 ADMIN = Credentials(admin_key="admin-key")
 
 
 def settings(bundle: Path, **kw: object) -> CloudSettings:
     base = dict(bundle=str(bundle), device_api_keys=[SecretStr("device-key")],
-                device_token_secret=SecretStr("token-secret"),
+                device_token_secret=SecretStr(TOKEN_SECRET),
                 admin_api_key=SecretStr("admin-key"), registry_poll_s=0.05, n_retrieve=40,
                 rate_burst=1000, batch_max_wait_ms=5.0)
     base.update(kw)
@@ -130,18 +131,18 @@ def test_auth_rate_limit_and_versions(bundle, bundle_v2):
             await svc.recommend(request(), Credentials())
         with pytest.raises(Unauthenticated, match="unknown device API key"):
             await svc.recommend(request(), Credentials(api_key="nope"))
-        token = make_token("token-secret", "dev-1")
+        token = make_token(TOKEN_SECRET, "dev-1")
         assert (await svc.recommend(request(), Credentials(device_token=token))).item_ids
         with pytest.raises(PermissionDenied, match="minted for"):
             await svc.recommend(request(device_id="dev-2"), Credentials(device_token=token))
-        expired = make_token("token-secret", "dev-1", ttl_s=-10)
+        expired = make_token(TOKEN_SECRET, "dev-1", ttl_s=-10)
         with pytest.raises(Unauthenticated, match="expired"):
             await svc.recommend(request(), Credentials(device_token=expired))
         with pytest.raises(PermissionDenied):
             await svc.publish(str(bundle_v2), 0.0, KEY)
         with pytest.raises(NotFound, match="not served"):
             await svc.recommend(request(model_version="v0-unknown"), KEY)
-        busy = Credentials(device_token=make_token("token-secret", "busy"))
+        busy = Credentials(device_token=make_token(TOKEN_SECRET, "busy"))
         for _ in range(3):
             await svc.recommend(request(device_id="busy"), busy)
         with pytest.raises(RateLimited) as err:

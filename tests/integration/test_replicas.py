@@ -25,7 +25,7 @@ from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.integration
 KEY = {"x-api-key": "device-key"}
-SECRET = "token-secret"
+SECRET = "token-secret-of-at-least-32-bytes"
 BODY = {"device_id": "dev-r", "intent_tokens": [1, 2], "intent_weights": [0.5, 0.5], "k": 10}
 
 

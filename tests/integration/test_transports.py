@@ -22,6 +22,7 @@ from tandem_wire.v1 import recommend_pb2 as pb
 from tandem_wire.v1 import recommend_pb2_grpc as pb_grpc
 
 pytestmark = pytest.mark.integration
+TOKEN_SECRET = "token-secret-of-at-least-32-bytes"  # HS256 keys of 32+ bytes (RFC 7518)
 DEVICE = (("x-api-key", "device-key"),)
 BODY = {"device_id": "dev-1", "intent_tokens": [1, 2], "intent_weights": [0.6, 0.4],
         "coarse_history": [2, 1, 1], "k": 12, "request_id": "abc"}
@@ -31,7 +32,7 @@ BODY = {"device_id": "dev-1", "intent_tokens": [1, 2], "intent_weights": [0.6, 0
 def replica(bundle: Path) -> Iterator[Running]:
     s = CloudSettings(bundle=str(bundle), http_port=0, grpc_port=0, n_retrieve=40,
                       device_api_keys=[SecretStr("device-key")],
-                      device_token_secret=SecretStr("token-secret"),
+                      device_token_secret=SecretStr(TOKEN_SECRET),
                       admin_api_key=SecretStr("admin-key"), rate_burst=30, rate_per_s=0.05,
                       cache_ttl_s=0)
     with live_replica(s) as r:
@@ -119,7 +120,7 @@ def test_malformed_payloads_are_client_errors(replica, http):
 def test_rate_limit_is_resource_exhausted_and_429(stub, http):
     body = {**BODY, "device_id": "chatty"}
     # The bucket is the authenticated device's: a device token's (the app key has its own).
-    auth = {"authorization": f"Bearer {make_token('token-secret', 'chatty')}"}
+    auth = {"authorization": f"Bearer {make_token(TOKEN_SECRET, 'chatty')}"}
     codes = [http.post("/v1/recommend", json=body, headers=auth).status_code
              for _ in range(31)]
     assert codes[:30] == [200] * 30 and codes[30] == 429

@@ -18,7 +18,7 @@ from tandem_wire.v1 import recommend_pb2 as pb
 from tandem_wire.v1 import recommend_pb2_grpc as pb_grpc
 
 TRANSPORTS = ("grpc", "http")
-SECRET = "security-token-secret"
+SECRET = "security-token-secret-of-32-bytes+"
 
 
 def token(device_id: str) -> dict[str, str]:

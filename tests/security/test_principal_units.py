@@ -16,16 +16,17 @@ from cloud_service.settings import CloudSettings
 from cloud_service.validation import check_bundle_dir
 
 pytestmark = [pytest.mark.security, pytest.mark.unit]
+TOKEN_SECRET = "tok-secret-of-at-least-32-bytes!"  # HS256 keys of 32+ bytes (RFC 7518)
 S = CloudSettings(device_api_keys=[SecretStr("app-secret")],
-                  device_token_secret=SecretStr("tok"))
+                  device_token_secret=SecretStr(TOKEN_SECRET))
 
 
 def test_a_device_token_is_its_own_device_and_nothing_else():
-    who = check_device(Credentials(device_token=make_token("tok", "d-1")), "d-1", S)
+    who = check_device(Credentials(device_token=make_token(TOKEN_SECRET, "d-1")), "d-1", S)
     assert who == Principal("device", device_id="d-1") and who.stateful
     assert who.scope == "dev:d-1" and who.route_id == "d-1"
     with pytest.raises(PermissionDenied):
-        check_device(Credentials(device_token=make_token("tok", "d-1")), "d-2", S)
+        check_device(Credentials(device_token=make_token(TOKEN_SECRET, "d-1")), "d-2", S)
 
 
 def test_an_app_key_is_one_stateless_principal_whatever_device_it_names():

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
+import hmac
+import json
+import time
 
+import jwt
 import numpy as np
 import pytest
 from pydantic import SecretStr
@@ -19,20 +24,47 @@ from cloud_service.validation import check_recommend_full
 pytestmark = pytest.mark.unit
 
 
-def test_tokens_bind_a_device_and_expire():
-    tok = make_token("s3cret", "device:7", ttl_s=60, now=1000)
-    assert token_device("s3cret", tok, now=1030) == "device:7"
-    with pytest.raises(Unauthenticated, match="expired"):
-        token_device("s3cret", tok, now=2000)
-    with pytest.raises(Unauthenticated, match="signature"):
-        token_device("other", tok, now=1030)
-    parts = tok.split(".")
-    parts[1] = base64.urlsafe_b64encode(b"device:8").decode().rstrip("=")
-    forged = ".".join(parts)  # another device id under the old signature
-    with pytest.raises(Unauthenticated):
-        token_device("s3cret", forged, now=1030)
+TOKEN_SECRET = "s3cret-of-at-least-32-bytes-for-hs256"  # RFC 7518: HS256 keys of 32+ bytes
+
+
+def test_tokens_are_hs256_jwts_that_bind_a_device_and_expire():
+    tok = make_token(TOKEN_SECRET, "device:7", ttl_s=60)
+    assert jwt.get_unverified_header(tok)["alg"] == "HS256"
+    claims = jwt.decode(tok, TOKEN_SECRET, algorithms=["HS256"])
+    assert claims["sub"] == "device:7" and claims["exp"] - claims["iat"] == 60
+    assert token_device(TOKEN_SECRET, tok) == "device:7"
+    # What an app backend mints with its own JWT library is accepted as well.
+    theirs = jwt.encode({"sub": "device:9", "exp": int(time.time()) + 60}, TOKEN_SECRET,
+                        algorithm="HS256")
+    assert token_device(TOKEN_SECRET, theirs) == "device:9"
+    with pytest.raises(Unauthenticated, match="expired: ask the app backend for a new one"):
+        token_device(TOKEN_SECRET, make_token(TOKEN_SECRET, "device:7", ttl_s=60, now=1000))
+    with pytest.raises(Unauthenticated, match="signature does not match"):
+        token_device("another-secret-of-at-least-32-bytes", tok)
+    header, _, signature = tok.split(".")
+    body = base64.urlsafe_b64encode(json.dumps(
+        {"sub": "device:8", "exp": claims["exp"]}).encode()).decode().rstrip("=")
+    with pytest.raises(Unauthenticated, match="signature does not match"):
+        token_device(TOKEN_SECRET, f"{header}.{body}.{signature}")  # another device, old sig
+    unsigned = jwt.encode({"sub": "device:7", "exp": claims["exp"]}, None, algorithm="none")
     with pytest.raises(Unauthenticated, match="malformed"):
-        token_device("s3cret", "abc", now=1030)
+        token_device(TOKEN_SECRET, unsigned)
+    for claim in ("sub", "exp"):
+        partial = {k: v for k, v in claims.items() if k != claim}
+        with pytest.raises(Unauthenticated, match=f"lacks the '{claim}' claim"):
+            token_device(TOKEN_SECRET, jwt.encode(partial, TOKEN_SECRET, algorithm="HS256"))
+    with pytest.raises(Unauthenticated, match="malformed"):
+        token_device(TOKEN_SECRET, "abc")
+
+
+def test_the_old_token_format_is_refused_with_a_clear_message():
+    # v1.<device id, base64url>.<expiry>.<hex HMAC-SHA256>, correctly signed and unexpired.
+    dev = base64.urlsafe_b64encode(b"device:7").decode().rstrip("=")
+    body = f"v1.{dev}.{int(time.time()) + 3600}"
+    sig = hmac.new(TOKEN_SECRET.encode(), body.encode(), hashlib.sha256).hexdigest()
+    with pytest.raises(Unauthenticated,
+                       match="^old token format: ask the app backend for a new JWT$"):
+        token_device(TOKEN_SECRET, f"{body}.{sig}")
 
 
 def test_device_and_admin_checks():
