@@ -9,9 +9,10 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Generic, Protocol, TypeVar
+
+from cachetools import TLRUCache
 
 V = TypeVar("V")
 
@@ -23,9 +24,6 @@ class StoreUnavailable(Exception):
 class Store(Protocol):
     """What the service needs from its shared state; every method may raise StoreUnavailable."""
 
-    async def history_append(
-        self, session: str, tokens: Sequence[int], cap: int, ttl_s: int
-    ) -> None: ...
     async def history_set(
         self, session: str, tokens: Sequence[int], cap: int, ttl_s: int
     ) -> None: ...
@@ -38,7 +36,6 @@ class Store(Protocol):
         self, fields: dict[str, str], delete: Sequence[str] = (),
         expect_revision: int | None = None,
     ) -> bool: ...
-    async def ping(self) -> bool: ...
     async def close(self) -> None: ...
 
 
@@ -63,39 +60,21 @@ def _bucket_ttl_s(rate_per_s: float, burst: int) -> int:
 
 
 class _TTLMap(Generic[V]):
-    """An LRU map whose entries expire; expired entries are dropped on access and from the front."""
+    """A bounded LRU map whose entries each expire after their own TTL (cachetools' TLRUCache:
+    expired entries go first, then the least recently used once it is full)."""
 
     def __init__(self, max_entries: int, clock: Callable[[], float]) -> None:
         if max_entries < 1:
             raise ValueError(f"max_entries must be >= 1, got {max_entries}")
-        self._data: OrderedDict[str, tuple[float, V]] = OrderedDict()
-        self._max = max_entries
-        self._clock = clock
-
-    def __len__(self) -> int:
-        return len(self._data)
+        self._data: TLRUCache[str, tuple[float, V]] = TLRUCache(
+            max_entries, ttu=lambda _key, item, now: now + item[0], timer=clock)
 
     def get(self, key: str) -> V | None:
         item = self._data.get(key)
-        if item is None:
-            return None
-        if item[0] <= self._clock():
-            del self._data[key]
-            return None
-        self._data.move_to_end(key)
-        return item[1]
+        return None if item is None else item[1]
 
     def set(self, key: str, value: V, ttl_s: float) -> None:
-        now = self._clock()
-        self._data[key] = (now + ttl_s, value)
-        self._data.move_to_end(key)
-        # The front holds the least recently used entries, the likeliest to have expired:
-        # dropping them here keeps sessions that never come back from piling up.
-        while self._data:
-            oldest_key, (expires_at, _) = next(iter(self._data.items()))
-            if expires_at > now and len(self._data) <= self._max:
-                break
-            del self._data[oldest_key]
+        self._data[key] = (ttl_s, value)
 
 
 class MemoryStore:
@@ -118,13 +97,6 @@ class MemoryStore:
         # An evicted bucket comes back full: under memory pressure we err on allowing requests.
         self._buckets: _TTLMap[tuple[float, float]] = _TTLMap(max_buckets, clock)
         self._registry: dict[str, str] = {}
-
-    async def history_append(
-        self, session: str, tokens: Sequence[int], cap: int, ttl_s: int
-    ) -> None:
-        _check_history(cap, ttl_s)
-        old = self._history.get(session) or []
-        self._history.set(session, (old + [int(t) for t in tokens])[-cap:], ttl_s)
 
     async def history_set(
         self, session: str, tokens: Sequence[int], cap: int, ttl_s: int
@@ -168,9 +140,6 @@ class MemoryStore:
         for name in delete:
             self._registry.pop(name, None)
         self._registry.update({str(k): str(v) for k, v in fields.items()})
-        return True
-
-    async def ping(self) -> bool:
         return True
 
     async def close(self) -> None:
@@ -252,26 +221,15 @@ class RedisStore:
         ) as e:
             raise StoreUnavailable(f"redis {op} failed: {type(e).__name__}: {e}") from e
 
-    async def history_append(
-        self, session: str, tokens: Sequence[int], cap: int, ttl_s: int
-    ) -> None:
-        await self._history_write(session, tokens, cap, ttl_s, replace=False)
-
     async def history_set(
         self, session: str, tokens: Sequence[int], cap: int, ttl_s: int
     ) -> None:
-        await self._history_write(session, tokens, cap, ttl_s, replace=True)
-
-    async def _history_write(
-        self, session: str, tokens: Sequence[int], cap: int, ttl_s: int, *, replace: bool
-    ) -> None:
-        """RPUSH+LTRIM+EXPIRE (after DEL when replacing) in one transaction."""
+        """DEL+RPUSH+LTRIM+EXPIRE in one transaction."""
         _check_history(cap, ttl_s)
         key = self._key("hist", session)
-        with self._guard("history_set" if replace else "history_append"):
+        with self._guard("history_set"):
             async with self._client.pipeline(transaction=True) as pipe:
-                if replace:
-                    pipe.delete(key)
+                pipe.delete(key)
                 if tokens:
                     pipe.rpush(key, *(int(t) for t in tokens))
                 pipe.ltrim(key, -cap, -1)
@@ -318,12 +276,6 @@ class RedisStore:
             done = await self._registry_cas(keys=[self._key("registry")],
                                             args=[expect, len(delete), *delete, *sets])
         return bool(int(done))
-
-    async def ping(self) -> bool:
-        try:
-            return bool(await self._client.ping())
-        except Exception:  # the contract is "never raises": any failure means "down"
-            return False
 
     async def close(self) -> None:
         with contextlib.suppress(Exception):  # closing a client whose server is gone is fine

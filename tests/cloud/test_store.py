@@ -33,9 +33,8 @@ class FakeClock:
 
 def test_history_keeps_the_last_cap_tokens_oldest_first(store: Store, arun) -> None:
     async def body() -> None:
-        await store.history_append("s1", [1, 2, 3], cap=4, ttl_s=60)
-        await store.history_append("s1", [4, 5], cap=4, ttl_s=60)
-        await store.history_append("s2", [9], cap=4, ttl_s=60)
+        await store.history_set("s1", [1, 2, 3, 4, 5], cap=4, ttl_s=60)
+        await store.history_set("s2", [9], cap=4, ttl_s=60)
         assert await store.history_get("s1", 10) == [2, 3, 4, 5]
         assert await store.history_get("s1", 2) == [4, 5]
         assert await store.history_get("s1", 0) == []
@@ -47,11 +46,9 @@ def test_history_keeps_the_last_cap_tokens_oldest_first(store: Store, arun) -> N
 
 def test_history_set_replaces_the_session_history(store: Store, arun) -> None:
     async def body() -> None:
-        await store.history_append("s", [1, 2, 3], cap=8, ttl_s=60)
+        await store.history_set("s", [1, 2, 3], cap=8, ttl_s=60)
         await store.history_set("s", [7, 8, 9, 10], cap=3, ttl_s=60)
         assert await store.history_get("s", 8) == [8, 9, 10]
-        await store.history_append("s", [11], cap=3, ttl_s=60)
-        assert await store.history_get("s", 8) == [9, 10, 11]
         await store.history_set("s", [], cap=3, ttl_s=60)
         assert await store.history_get("s", 8) == []
 
@@ -60,8 +57,8 @@ def test_history_set_replaces_the_session_history(store: Store, arun) -> None:
 
 def test_history_and_cache_expire_after_their_ttl(store: Store, arun) -> None:
     async def body() -> None:
-        await store.history_append("short", [1, 2], cap=8, ttl_s=1)
-        await store.history_append("long", [3], cap=8, ttl_s=60)
+        await store.history_set("short", [1, 2], cap=8, ttl_s=1)
+        await store.history_set("long", [3], cap=8, ttl_s=60)
         await store.cache_set("short", b"a", ttl_s=1)
         await store.cache_set("long", b"b", ttl_s=60)
         assert await store.history_get("short", 8) == [1, 2]
@@ -108,7 +105,6 @@ def test_registry_update_sets_and_deletes_together(store: Store, arun) -> None:
         await store.registry_update({"a": "1", "b": "2"})
         await store.registry_update({"c": "3"}, delete=["a", "missing"])
         assert await store.registry_load() == {"b": "2", "c": "3"}
-        assert await store.ping() is True
 
     arun(body)
 
@@ -129,7 +125,7 @@ def test_registry_update_is_a_compare_and_set_on_the_revision(store: Store, arun
 def test_invalid_limits_are_refused(store: Store, arun) -> None:
     async def body() -> None:
         with pytest.raises(ValueError):
-            await store.history_append("s", [1], cap=0, ttl_s=60)
+            await store.history_set("s", [1], cap=0, ttl_s=60)
         with pytest.raises(ValueError):
             await store.rate_take("k", rate_per_s=0.0, burst=3)
         with pytest.raises(ValueError):
@@ -151,19 +147,19 @@ def test_memory_cache_evicts_least_recently_used() -> None:
     asyncio.run(body())
 
 
-def test_memory_ttls_refresh_on_append_and_sessions_are_bounded() -> None:
+def test_memory_ttls_refresh_on_write_and_sessions_are_bounded() -> None:
     async def body() -> None:
         clock = FakeClock()
         store = MemoryStore(max_sessions=2, clock=clock)
-        await store.history_append("s", [1], cap=4, ttl_s=10)
+        await store.history_set("s", [1], cap=4, ttl_s=10)
         clock.now += 8
-        await store.history_append("s", [2], cap=4, ttl_s=10)  # expiry moves to t+18
+        await store.history_set("s", [1, 2], cap=4, ttl_s=10)  # expiry moves to t+18
         clock.now += 8
         assert await store.history_get("s", 4) == [1, 2]
         clock.now += 3
         assert await store.history_get("s", 4) == []
         for name in ("x", "y", "z"):
-            await store.history_append(name, [7], cap=4, ttl_s=60)
+            await store.history_set(name, [7], cap=4, ttl_s=60)
         assert await store.history_get("x", 4) == []  # evicted: only two sessions are kept
         assert await store.history_get("z", 4) == [7]
 
@@ -195,7 +191,7 @@ def test_redis_replicas_share_state(redis_server: RedisServer) -> None:
         prefix = f"test-{uuid.uuid4().hex[:12]}:"
         a, b = RedisStore(redis_server.url, prefix=prefix), RedisStore(redis_server.url, prefix)
         try:
-            await a.history_append("s", [1, 2], cap=8, ttl_s=60)
+            await a.history_set("s", [1, 2], cap=8, ttl_s=60)
             assert await b.history_get("s", 8) == [1, 2]
             assert (await a.rate_take("dev", 1.0, 1))[0]
             assert not (await b.rate_take("dev", 1.0, 1))[0]  # one bucket across replicas
@@ -213,10 +209,8 @@ def test_redis_down_raises_store_unavailable_and_recovers(redis_server: RedisSer
         try:
             assert (await store.rate_take("dev", 5.0, 2))[0]  # loads the Lua script
             redis_server.stop()
-            assert await store.ping() is False
             started = time.monotonic()
             calls = [
-                lambda: store.history_append("s", [1], cap=4, ttl_s=60),
                 lambda: store.history_set("s", [1], cap=4, ttl_s=60),
                 lambda: store.history_get("s", 4),
                 lambda: store.cache_get("k"),
@@ -230,10 +224,9 @@ def test_redis_down_raises_store_unavailable_and_recovers(redis_server: RedisSer
                     await call()
             assert time.monotonic() - started < 5.0  # fails fast: no long retry backoff
             redis_server.start()
-            assert await store.ping() is True
             # The restarted server lost its script cache: EVALSHA meets NOSCRIPT and reloads.
             assert await store.rate_take("dev", 5.0, 2) == (True, 0.0)
-            await store.history_append("s", [3], cap=4, ttl_s=60)
+            await store.history_set("s", [3], cap=4, ttl_s=60)
             assert await store.history_get("s", 4) == [3]
         finally:
             redis_server.start()
