@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from cloud_service.domain import ArtifactInfo, ManifestInfo
-from tandem_contract.bundle import MANIFEST_NAME, BundleError, pair_dirs, pair_version, verify_pair
+from tandem_contract.bundle import MANIFEST_NAME, BundleError, pair_dirs, verify_pair
 from tandemrec.checkpoints import load_teacher
 from tandemrec.models.inputs import left_pad
 from tandemrec.models.teacher_ensemble import AnyTeacher
@@ -88,8 +88,3 @@ def load_model(bundle_dir: str | Path) -> LoadedModel:
                        item_intent=item_intent, n_items=n_items, n_intents=n_intents,
                        lock=threading.Lock(),
                        serving=dict((cloud_manifest.get("extra") or {}).get("serving") or {}))
-
-
-def bundle_version(bundle_dir: str | Path) -> str:
-    """The version a bundle pair declares (checks both manifests, not the files)."""
-    return pair_version(bundle_dir)

@@ -38,8 +38,3 @@ class OnnxStudent:
             h = np.zeros(1, dtype=np.int64)  # an empty history reads as one padding step
         intents, scores = self.session.run(None, {self.input_name: h[None]})
         return intents[0], scores[0]
-
-    def run_batch(self, histories: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """A left-padded batch (B, T) -> (B, K+1), (B, N+1)."""
-        intents, scores = self.session.run(None, {self.input_name: histories.astype(np.int64)})
-        return intents, scores

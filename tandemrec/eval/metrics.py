@@ -186,36 +186,3 @@ def sampled_ranks(
     tgt = s[np.arange(n_users), t]
     neg_scores = np.take_along_axis(s, negs, axis=1)
     return np.count_nonzero(~(neg_scores < tgt[:, None]), axis=1).astype(np.int64)
-
-
-def candidate_ranks(
-    candidate_ids: Sequence[npt.ArrayLike],
-    candidate_scores: Sequence[npt.ArrayLike] | None,
-    targets: npt.ArrayLike,
-) -> np.ndarray:
-    """Target's 0-based rank inside each user's returned candidate list, else ``MISS_RANK``.
-
-    The rank is by ``candidate_scores`` with the pessimistic tie rule (other candidates with
-    score >= the target's); pass ``None`` to take each list's order as the ranking. A target
-    missing from its list gets ``MISS_RANK``, which exceeds every cutoff, i.e. counts as a miss.
-    """
-    t = np.asarray(targets, dtype=np.int64).ravel()
-    if len(candidate_ids) != t.size:
-        raise ValueError(f"{len(candidate_ids)} candidate lists for {t.size} targets")
-    if candidate_scores is not None and len(candidate_scores) != t.size:
-        raise ValueError(f"{len(candidate_scores)} score lists for {t.size} targets")
-    ranks = np.full(t.size, MISS_RANK, dtype=np.int64)
-    for u in range(t.size):
-        ids = np.asarray(candidate_ids[u]).ravel()
-        is_tgt = ids == t[u]
-        if not is_tgt.any():
-            continue
-        if candidate_scores is None:
-            ranks[u] = int(np.argmax(is_tgt))
-            continue
-        sc = np.asarray(candidate_scores[u], dtype=np.float64).ravel()
-        if sc.shape != ids.shape:
-            raise ValueError(f"user {u}: {ids.size} candidate ids but {sc.size} scores")
-        tgt_score = sc[is_tgt].max()
-        ranks[u] = int(np.count_nonzero(~(sc[~is_tgt] < tgt_score)))
-    return ranks
