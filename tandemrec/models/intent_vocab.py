@@ -3,13 +3,15 @@
 As in TIGER-style semantic ids, level 1 clusters the L2-normalised item vectors and each further
 level clusters what the previous levels left unexplained (the residuals), so an item's code
 (c1, c2, ...) reads coarse to fine. The level-1 codes are the intent tokens the device sends
-upstream instead of item ids. Numpy only: the edge and the cloud load this without torch.
+upstream instead of item ids. Loading needs numpy only (the edge and the cloud load this
+without torch); building a vocabulary runs scikit-learn's k-means.
 """
 
 from __future__ import annotations
 
 import math
 import re
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -94,10 +96,15 @@ def kmeans(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Weighted k-means (k-means++ seeding, Lloyd steps) -> (centroids (k, d), assign (n,)).
 
-    k is capped at n. No cluster is left empty: an emptied cluster takes the point farthest from
-    its centroid, so every returned cluster id in 0..k-1 has at least one point. Deterministic
-    for a given seed.
+    The Lloyd steps are scikit-learn's `KMeans`, started from this module's weighted k-means++
+    centres (so a converged run's clusters are those of the hand-written loop it replaced;
+    tests/unit/test_intent_vocab.py holds that loop as the reference). k is capped at n. No
+    cluster is left empty: an emptied cluster takes the point farthest from its centroid, so
+    every returned cluster id in 0..k-1 has at least one point. Deterministic for a given seed.
     """
+    from sklearn.cluster import KMeans  # training only: loading a vocabulary needs numpy alone
+    from sklearn.exceptions import ConvergenceWarning
+
     x = np.asarray(x, dtype=np.float64)
     n = x.shape[0]
     if n == 0 or k < 1:
@@ -108,17 +115,15 @@ def kmeans(
         raise ValueError("weights must be non-negative with one entry per point")
     rng = np.random.default_rng(seed)
     xx = (x * x).sum(1)
-    centroids = _kmeanspp(x, xx, k, w, rng)
-    assign = np.full(n, -1, dtype=np.int64)
-    for _ in range(max(1, iters)):
-        d = _sq_dists(x, centroids, xx)
-        new = d.argmin(1)
-        _fill_empty(new, d[np.arange(n), new].copy(), k)
-        centroids = _means(x, new, w, k)
-        if np.array_equal(new, assign):
-            break  # converged: the centroids just recomputed equal the previous ones
-        assign = new
-    return centroids, assign
+    init = _kmeanspp(x, xx, k, w, rng)
+    with warnings.catch_warnings():  # duplicates leave clusters empty: filled below
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        fit = KMeans(k, init=init, n_init=1, max_iter=max(1, iters), tol=0.0,
+                     algorithm="lloyd").fit(x, sample_weight=w if w.sum() > 0 else None)
+    assign = fit.labels_.astype(np.int64)
+    d = _sq_dists(x, fit.cluster_centers_, xx)
+    _fill_empty(assign, d[np.arange(n), assign].copy(), k)
+    return _means(x, assign, w, k), assign
 
 
 def _l2_normalise(x: np.ndarray) -> np.ndarray:
