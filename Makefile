@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 EXTRAS := edge,cloud,train,dev
 
-.PHONY: demo test setup lint clean
+.PHONY: demo test test-install setup lint clean
 
 $(BIN)/tandem: pyproject.toml
 	@command -v $(PY) >/dev/null || { echo "error: $(PY) not found; install Python 3.11 or run make PY=/path/to/python3.11"; exit 1; }
@@ -26,6 +26,11 @@ lint: setup
 
 test: lint
 	$(BIN)/python -m pytest -q
+
+# Fresh venvs outside the checkout (minutes, from the package index): the edge extra alone on
+# Python 3.10 and 3.13 (no torch, typer, rich or yaml; the SDK's tests pass), and the wheel's CLI.
+test-install: setup
+	TANDEM_VENV_TESTS=1 $(BIN)/python -m pytest -q tests/integration/test_install.py
 
 clean:
 	rm -rf $(VENV) artifacts .cache .pytest_cache .mypy_cache .ruff_cache
