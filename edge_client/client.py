@@ -264,7 +264,7 @@ class EdgeClient:
         t1 = time.perf_counter()
         s = scores.astype(np.float32).copy()
         s[~model.known[: len(s)]] = -np.inf
-        s[history] = -np.inf
+        s[in_catalog(history, len(s))] = -np.inf  # items newer than the bundle score nothing
         top = _top(s, k)
         device_s += time.perf_counter() - t1
         return EdgeResult(tuple(int(i) for i in top), tuple(float(s[i]) for i in top),
@@ -323,6 +323,12 @@ def _intents(answer: CloudAnswer, model: EdgeModel) -> np.ndarray:
         return np.asarray(answer.intents, dtype=np.int64).reshape(-1)
     items = np.clip(np.asarray(answer.items, dtype=np.int64), 0, len(model.item_intent) - 1)
     return model.item_intent[items]
+
+
+def in_catalog(items: np.ndarray, size: int) -> np.ndarray:
+    """The ids that index a score vector of `size` (the history may hold newer items)."""
+    h = np.asarray(items, dtype=np.int64)
+    return h[(h >= 0) & (h < size)]
 
 
 def known_history(history: np.ndarray, model: EdgeModel) -> np.ndarray:

@@ -138,7 +138,8 @@ def fusion_parts(device_logp: np.ndarray, intent_logp: np.ndarray, view: DeviceV
     d = device_logp.copy()
     d[0] = -np.inf
     if exclude is not None and len(exclude):
-        d[np.asarray(exclude, dtype=np.int64)] = -np.inf
+        ex = np.asarray(exclude, dtype=np.int64)
+        d[ex[(ex >= 0) & (ex < len(d))]] = -np.inf  # ids past the bundle's catalog: nothing
     keep = ~_in(cloud.items, exclude)
     c_items, c_logp, c_intents = cloud.items[keep], cloud.logp[keep], cloud.intents[keep]
     own = _top(d, cfg.device_top)

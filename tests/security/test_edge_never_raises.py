@@ -200,3 +200,17 @@ def test_a_bad_k_is_the_callers_error(model):
                      (2.5, TypeError)):
         with pytest.raises(error, match="k must"):
             asyncio.run(client.recommend(k))  # type: ignore[arg-type]
+
+
+def test_a_history_with_items_newer_than_the_bundle_never_raises(model, cloud):
+    """Items the cloud sent after the bundle was built (ids past its catalog) are history too."""
+    beyond = len(model.known) + 7
+    transports: dict[str, Transport | None] = {
+        "offline": None, "grpc": GrpcTransport(f"127.0.0.1:{cloud.grpc_port}", api_key=README_KEY)}
+    for name, transport in transports.items():
+        client = EdgeClient(model, MemoryDeviceStore([1, 2, beyond]), "dev-new", transport,
+                            EdgeSettings(deadline_ms=5000))
+        result, _ = recommend_timed(client)
+        check_answer(result)
+        assert beyond not in result.items, name
+        assert result.served_by == ("fallback" if transport is None else "cloud"), result
