@@ -36,14 +36,19 @@ def _load(path: Path, kinds: tuple[str, ...]) -> dict[str, Any]:
     return ckpt
 
 
+def _teacher_config(config: dict[str, Any]) -> TeacherConfig:
+    """Checkpoints written before item_scale was removed carry `item_scale: false`: dropped."""
+    return TeacherConfig(**{k: v for k, v in config.items() if (k, v) != ("item_scale", False)})
+
+
 def load_teacher(path: Path) -> tuple[AnyTeacher, dict[str, Any]]:
     """A teacher or a teacher ensemble, whichever the checkpoint holds, in eval mode."""
     ckpt = _load(path, ("teacher", "teacher-ensemble"))
     model: AnyTeacher
     if ckpt["kind"] == "teacher":
-        model = Teacher(TeacherConfig(**ckpt["config"]))
+        model = Teacher(_teacher_config(ckpt["config"]))
     else:
-        model = TeacherEnsemble([Teacher(TeacherConfig(**c))
+        model = TeacherEnsemble([Teacher(_teacher_config(c))
                                  for c in ckpt["config"]["members"]])
     model.load_state_dict(ckpt["state_dict"])
     return model.eval(), ckpt["extra"]

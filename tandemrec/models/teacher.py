@@ -29,7 +29,6 @@ class TeacherConfig(DecoderShape):
     n_items: int
     text_dim: int = 384  # 0 when the dataset has no item text
     n_intents: int = 0  # set once the intent vocabulary exists
-    item_scale: bool = False  # a learned norm per item on top of the unit-RMS item vector
 
 
 class ItemTower(nn.Module):
@@ -47,9 +46,6 @@ class ItemTower(nn.Module):
         self.register_buffer("text", torch.zeros(cfg.n_items + 1, max(cfg.text_dim, 1)))
         self.register_buffer("has_id", torch.ones(cfg.n_items + 1))
         self.norm = RMSNorm(cfg.d_model)
-        # RMSNorm gives every item the same norm; SASRec's free embeddings let an item's norm
-        # carry how strongly it is predicted. log_scale (N+1,) starts at 0, i.e. unit RMS.
-        self.log_scale = nn.Parameter(torch.zeros(cfg.n_items + 1)) if cfg.item_scale else None
 
     def forward(self) -> torch.Tensor:
         """All item vectors: (N+1, D); row 0 (padding) is zero."""
@@ -57,8 +53,6 @@ class ItemTower(nn.Module):
         if self.text_proj is not None:
             vec = vec + self.text_proj(self.text)
         vec = self.norm(vec)
-        if self.log_scale is not None:
-            vec = vec * self.log_scale.exp()[:, None]
         return torch.cat([torch.zeros_like(vec[:1]), vec[1:]], dim=0)
 
 

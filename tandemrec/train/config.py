@@ -33,13 +33,11 @@ class TeacherTrainConfig(DecoderShape):
     batch_size: int = Field(128, gt=0)
     lr: float = Field(2e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
-    ema: float = Field(0.0, ge=0, lt=1)  # > 0: validate and keep a moving average (train/loop.py)
     warmup_steps: int = Field(100, ge=0)
     max_epochs: int = Field(40, gt=0)
     patience: int = Field(4, gt=0)  # epochs without validation NDCG@10 improvement before stopping
     max_minutes: Minutes = 0.0  # wall-clock budget for this stage
     use_text: bool = True
-    item_scale: bool = False  # learned per-item norm (models/teacher.py ItemTower)
     coarse_epochs: int = Field(3, ge=0)  # training of the intent-token (coarse) input mode
     loss_positions: Share = 1.0  # share of positions scored per step (see batches.loss_positions)
     # Probability that a history longer than max_len trains on its most recent window this

@@ -76,45 +76,18 @@ def epochs_within(budget_s: float, elapsed_s: float, done: int, planned: int,
     return max(done, min(planned, done + fit_more))
 
 
-class WeightAverage:
-    """An exponential moving average of parameters, swapped in for validation.
-
-    Late in training the validation score swings by a few per cent from epoch to epoch as the
-    weights wander around a plateau; their average sits nearer its centre (Polyak averaging).
-    """
-
-    def __init__(self, params: list[nn.Parameter], decay: float) -> None:
-        if not 0.0 < decay < 1.0:
-            raise ValueError(f"ema decay must be in (0, 1), got {decay}")
-        self.params, self.decay = params, decay
-        self.shadow = [p.detach().clone() for p in params]
-
-    @torch.no_grad()
-    def update(self) -> None:
-        for s, p in zip(self.shadow, self.params, strict=True):
-            s.lerp_(p, 1.0 - self.decay)
-
-    @torch.no_grad()
-    def swap(self) -> None:
-        for s, p in zip(self.shadow, self.params, strict=True):
-            tmp = p.detach().clone()
-            p.copy_(s)
-            s.copy_(tmp)
-
-
 def fit(model: nn.Module, params: Iterable[nn.Parameter], *, name: str,
         batches: Callable[[int], Iterator], n_batches: int,
         loss_fn: Callable[..., torch.Tensor], validate: Callable[[], dict[str, float]],
         lr: float, max_epochs: int, patience: int, warmup_steps: int = 100,
         weight_decay: float = 0.0, max_minutes: float = 0.0, grad_clip: float = 1.0,
-        ema: float = 0.0, keep: str = "best",
+        keep: str = "best",
         clock: Callable[[], float] = time.time) -> FitResult:
     """Train until validation NDCG@10 stops improving, then restore the best weights.
 
     `batches(epoch)` yields the arguments of `loss_fn`; `validate()` returns metrics with
     "ndcg@10". Stops early on patience. With `max_minutes`, the epochs (and the cosine decay)
     shrink to what fits the budget at the epoch time measured so far, on a slower machine.
-    `ema` > 0 validates (and keeps) an exponential moving average of the weights instead.
     `keep="last"` ends with the last epoch's weights: on a small validation set the best
     epoch can be a noisy spike in the middle of the schedule, at a high learning rate.
     """
@@ -122,7 +95,6 @@ def fit(model: nn.Module, params: Iterable[nn.Parameter], *, name: str,
         raise ValueError(f"keep must be 'best' or 'last', got '{keep}'")
     params = [p for p in params if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    average = WeightAverage(params, ema) if ema else None
     schedule = CosineSchedule(warmup_steps, max_epochs * n_batches)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
     result = FitResult(best_epoch=-1, best_score=-1.0, planned_epochs=max_epochs)
@@ -143,14 +115,10 @@ def fit(model: nn.Module, params: Iterable[nn.Parameter], *, name: str,
                     nn.utils.clip_grad_norm_(params, grad_clip)
                 opt.step()
                 sched.step()
-                if average is not None:
-                    average.update()
                 losses.append(loss.item())
                 progress.update(task, advance=1,
                                 status=f"ep {epoch + 1} loss {np.mean(losses[-50:]):.3f}")
             model.eval()
-            if average is not None:
-                average.swap()  # validate (and keep as best) the averaged weights
             metrics = validate()
             score = metrics["ndcg@10"]
             entry = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "val_ndcg@10": score,
@@ -165,8 +133,6 @@ def fit(model: nn.Module, params: Iterable[nn.Parameter], *, name: str,
                     best_state = copy.deepcopy(model.state_dict())
             else:
                 bad += 1
-            if average is not None:
-                average.swap()  # back to the raw weights for the next epoch
             if bad >= patience:
                 result.stopped = "early_stopping"
                 break
@@ -177,8 +143,6 @@ def fit(model: nn.Module, params: Iterable[nn.Parameter], *, name: str,
         model.load_state_dict(best_state)
         result.kept_epoch = result.best_epoch
     else:
-        if average is not None:
-            average.swap()  # the averaged weights are the ones validated
         result.kept_epoch = len(result.history)
     model.eval()
     result.seconds = clock() - start

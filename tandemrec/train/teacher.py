@@ -42,7 +42,7 @@ def build_teacher(n_items: int, text_vecs: np.ndarray | None, cfg: TeacherTrainC
     """A fresh teacher whose item tower holds the text vectors and knows which items are cold."""
     text = text_vecs if cfg.use_text else None
     mcfg = TeacherConfig(n_items=n_items, text_dim=0 if text is None else text.shape[1],
-                         item_scale=cfg.item_scale, **cfg.shape())
+                         **cfg.shape())
     model = Teacher(mcfg)
     seen = np.zeros(n_items + 1, dtype=np.float32)
     for s in train:
@@ -79,7 +79,7 @@ def train_teacher(split: LeaveOneOutSplit, n_items: int, text_vecs: np.ndarray |
                  n_batches=n_batches(split.train, cfg.batch_size), loss_fn=loss_fn,
                  validate=validate, lr=cfg.lr, max_epochs=cfg.max_epochs, patience=cfg.patience,
                  warmup_steps=cfg.warmup_steps, weight_decay=cfg.weight_decay,
-                 max_minutes=cfg.max_minutes, ema=cfg.ema)
+                 max_minutes=cfg.max_minutes)
     return model, result
 
 

@@ -68,19 +68,6 @@ def test_cold_item_is_scored_through_its_text_alone():
     assert changed != pytest.approx(before, abs=1e-4)
 
 
-def test_item_scale_starts_at_unit_rms_and_scales_one_item():
-    model = Teacher(TeacherConfig(n_items=10, text_dim=4, d_model=8, n_heads=2, mlp_hidden=16,
-                                  item_scale=True))
-    vecs = model.items()
-    assert torch.allclose(vecs[1:].pow(2).mean(-1), torch.ones(10), atol=1e-4)
-    assert torch.equal(vecs[0], torch.zeros(8))  # padding stays zero
-    with torch.no_grad():
-        model.items.log_scale[3] = np.log(2.0)
-    scaled = model.items()
-    assert torch.allclose(scaled[3], 2 * vecs[3], atol=1e-5)
-    assert torch.allclose(scaled[4], vecs[4])
-
-
 def test_position_init_scale():
     small = Teacher(TeacherConfig(n_items=10, text_dim=4, max_len=400, pos_std=0.02))
     assert small.decoder.pos.weight.std().item() == pytest.approx(0.02, rel=0.05)

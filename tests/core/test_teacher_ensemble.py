@@ -88,3 +88,23 @@ def test_checkpoint_round_trip_keeps_kind_members_and_intent_tokens(tmp_path):
     save_model(a, tmp_path / "one.pt")
     one, _ = load_teacher(tmp_path / "one.pt")
     assert isinstance(one, Teacher) and torch.allclose(one(SEQ), a(SEQ), atol=1e-6)
+
+
+def test_checkpoints_from_before_item_scale_was_removed_still_load(tmp_path):
+    # Teachers (single or ensemble members) saved with `item_scale: false` in their config.
+    a, b = member(0), member(1)
+    for model, name in ((a, "one.pt"), (TeacherEnsemble([a, b]), "ens.pt")):
+        save_model(model, tmp_path / name)
+        ckpt = torch.load(tmp_path / name, weights_only=True)
+        configs = ckpt["config"]["members"] if "members" in ckpt["config"] else [ckpt["config"]]
+        for c in configs:
+            c["item_scale"] = False
+        torch.save(ckpt, tmp_path / name)
+        loaded, _ = load_teacher(tmp_path / name)
+        assert torch.allclose(loaded(SEQ), model(SEQ), atol=1e-6)
+    # One trained with the per-item norm has weights no teacher has any more: refused by name.
+    ckpt = torch.load(tmp_path / "one.pt", weights_only=True)
+    ckpt["config"]["item_scale"] = True
+    torch.save(ckpt, tmp_path / "scaled.pt")
+    with pytest.raises(ValueError, match="item_scale"):
+        load_teacher(tmp_path / "scaled.pt")

@@ -97,6 +97,9 @@ def test_protocol_and_new_items_share():
     ("eval.cloud_missing=max", r"config\.eval\.cloud_missing: Input should be 'floor' or 'mass'"),
     ("teacher.n_heads=3", r"d_model \(128\) must be a multiple of n_heads \(3\)"),
     ("bogus=1", r"config: unknown key 'bogus'; expected one of \['compress', 'dataset'"),
+    # Options measured as no gain and set by no config were removed (issue 21).
+    ("teacher.ema=0.995", r"config\.teacher: unknown key 'ema'"),
+    ("teacher.item_scale=true", r"config\.teacher: unknown key 'item_scale'"),
 ])
 def test_bad_values_name_the_key(override, message):
     with pytest.raises(ValueError, match=message):
