@@ -183,6 +183,7 @@ def test_edge_only_venv(version: str, wheel: Path, tmp_path: Path, away: Path) -
     out = _run([str(py), "-m", "pytest", "-q", "-p", "no:cacheprovider", *SDK_TESTS],
                REPO_ROOT, timeout=900)
     assert " passed" in out and " failed" not in out, out[-2000:]
+    print(f"edge-only venv, Python {version}: {out.strip().splitlines()[-1]}")  # shown by -rP
 
 
 @needs_venv_opt_in
