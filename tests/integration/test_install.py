@@ -20,6 +20,7 @@ import shutil
 import subprocess
 import sys
 import zipfile
+from importlib import metadata
 from pathlib import Path
 
 import pytest
@@ -53,6 +54,13 @@ def _source_copy(dest: Path) -> Path:
     return dest
 
 
+def _setuptools_major() -> int:
+    try:
+        return int(metadata.version("setuptools").split(".")[0])
+    except (metadata.PackageNotFoundError, ValueError):
+        return 0
+
+
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A wheel of the working tree, built from a copy (the checkout gets no build/ directory)."""
@@ -60,10 +68,11 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
         pytest.skip("needs a git checkout to know which files a clone would hold")
     src = _source_copy(tmp_path_factory.mktemp("src"))
     out = tmp_path_factory.mktemp("wheel")
-    # No build isolation: the project's venv has setuptools, so no index is needed here.
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-                    "-q", "-w", str(out), str(src)], check=True, capture_output=True, text=True,
-                   timeout=600)
+    # Without build isolation when this venv's setuptools can build it (no index needed);
+    # a fresh 3.11 venv may hold an older one, and then pip fetches the build backend.
+    flags = ["--no-build-isolation"] if _setuptools_major() >= 77 else []
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", *flags, "-w",
+                    str(out), str(src)], check=True, capture_output=True, text=True, timeout=600)
     (whl,) = out.glob("tandemrec-*.whl")
     return whl
 
