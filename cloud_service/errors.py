@@ -20,6 +20,12 @@ class ServiceError(Exception):
         self.message = message
         self.retry_after_s = retry_after_s
 
+    def retry_after_header(self) -> str | None:
+        """The HTTP Retry-After value: whole seconds, at least 1 (None: no retry hint)."""
+        if self.retry_after_s is None:
+            return None
+        return str(max(1, round(self.retry_after_s)))
+
 
 class InvalidInput(ServiceError):
     """The request is malformed or out of range; retrying it unchanged cannot succeed."""
@@ -53,6 +59,16 @@ class RateLimited(ServiceError):
     """The device's token bucket is empty; `retry_after_s` says when a token frees up."""
 
     http_status = 429
+    grpc_code = "RESOURCE_EXHAUSTED"
+
+
+class BodyTooLarge(ServiceError):
+    """The request body is over the limit: refused after at most the limit has been read.
+
+    HTTP's own case (413) of gRPC's RESOURCE_EXHAUSTED, which `RateLimited` stands for in ERRORS.
+    """
+
+    http_status = 413
     grpc_code = "RESOURCE_EXHAUSTED"
 
 

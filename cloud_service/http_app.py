@@ -86,9 +86,8 @@ def _fastapi_app(service: RecommendationService) -> FastAPI:
 def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ServiceError)
     async def service_error(_: Request, exc: ServiceError) -> JSONResponse:
-        headers = None
-        if exc.retry_after_s is not None:
-            headers = {"Retry-After": str(max(1, round(exc.retry_after_s)))}
+        retry = exc.retry_after_header()
+        headers = None if retry is None else {"Retry-After": retry}
         return _error(exc.http_status, exc.grpc_code, exc.message, headers)
 
     @app.exception_handler(RequestValidationError)

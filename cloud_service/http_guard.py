@@ -18,7 +18,7 @@ from typing import Any
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from cloud_service.errors import ServiceError
+from cloud_service.errors import BodyTooLarge, InvalidInput, ServiceError
 from cloud_service.http_schemas import credentials
 from cloud_service.service import RecommendationService
 
@@ -89,27 +89,13 @@ def timed_h11(read_timeout_s: float) -> type[H11Protocol]:
     return TimedH11Protocol
 
 
-class BodyTooLarge(ServiceError):
-    """The body is over the limit: refused after at most the limit has been read."""
-
-    http_status = 413
-    grpc_code = "RESOURCE_EXHAUSTED"
-
-
-class BadFraming(ServiceError):
-    """Content-Length and Transfer-Encoding together, or a Content-Length that is no number."""
-
-    http_status = 400
-    grpc_code = "INVALID_ARGUMENT"
-
-
 def error_body(exc: ServiceError) -> tuple[bytes, list[tuple[bytes, bytes]]]:
     """The envelope `{"error": {"code", "message"}}` and its headers (Retry-After if any)."""
     body = json.dumps({"error": {"code": exc.grpc_code, "message": exc.message}}).encode()
     headers = [(b"content-type", b"application/json"),
                (b"content-length", str(len(body)).encode())]
-    if exc.retry_after_s is not None:
-        headers.append((b"retry-after", str(max(1, round(exc.retry_after_s))).encode()))
+    if (retry := exc.retry_after_header()) is not None:
+        headers.append((b"retry-after", retry.encode()))
     return body, headers
 
 
@@ -140,9 +126,9 @@ class RequestGuard:
     def _check_framing(self, headers: dict[str, str]) -> None:
         size = headers.get("content-length")
         if size is not None and "transfer-encoding" in headers:
-            raise BadFraming("Content-Length and Transfer-Encoding together: send one framing")
+            raise InvalidInput("Content-Length and Transfer-Encoding together: send one framing")
         if size is not None and not size.strip().isdigit():
-            raise BadFraming("Content-Length is not a number")
+            raise InvalidInput("Content-Length is not a number")
         if size is not None and int(size) > self.max_body:
             raise BodyTooLarge(f"request body over {self.max_body} bytes")
 

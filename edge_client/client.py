@@ -30,6 +30,7 @@ from tandem_contract.fusion import (
     FusionConfig,
     device_log_probs,
     fuse,
+    in_catalog,
     intent_log_probs,
 )
 from tandem_contract.request import CollaborativeRequest, build_request
@@ -325,16 +326,7 @@ def _intents(answer: CloudAnswer, model: EdgeModel) -> np.ndarray:
     return model.item_intent[items]
 
 
-def in_catalog(items: np.ndarray, size: int) -> np.ndarray:
-    """The ids that index a score vector of `size` (the history may hold newer items)."""
-    h = np.asarray(items, dtype=np.int64)
-    return h[(h >= 0) & (h < size)]
-
-
 def known_history(history: np.ndarray, model: EdgeModel) -> np.ndarray:
     """The part of the history the device's student reads: items its bundle knows."""
-    h = np.asarray(history, dtype=np.int64)
-    inside = h < len(model.known)
-    keep = np.zeros(len(h), dtype=bool)
-    keep[inside] = model.known[h[inside]]
-    return h[keep]
+    h = in_catalog(history, len(model.known))
+    return h[model.known[h]]

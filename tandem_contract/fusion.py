@@ -131,6 +131,13 @@ class FusionParts:
     device: np.ndarray  # (U,)
 
 
+def in_catalog(items: np.ndarray, size: int) -> np.ndarray:
+    """The ids that index a score vector of `size` (a history may hold items newer than the
+    device's bundle, past its catalog)."""
+    h = np.asarray(items, dtype=np.int64)
+    return h[(h >= 0) & (h < size)]
+
+
 def fusion_parts(device_logp: np.ndarray, intent_logp: np.ndarray, view: DeviceView,
                  cloud: CloudCandidates, cfg: FusionConfig,
                  exclude: np.ndarray | None = None) -> FusionParts:
@@ -138,8 +145,7 @@ def fusion_parts(device_logp: np.ndarray, intent_logp: np.ndarray, view: DeviceV
     d = device_logp.copy()
     d[0] = -np.inf
     if exclude is not None and len(exclude):
-        ex = np.asarray(exclude, dtype=np.int64)
-        d[ex[(ex >= 0) & (ex < len(d))]] = -np.inf  # ids past the bundle's catalog: nothing
+        d[in_catalog(exclude, len(d))] = -np.inf
     keep = ~_in(cloud.items, exclude)
     c_items, c_logp, c_intents = cloud.items[keep], cloud.logp[keep], cloud.intents[keep]
     own = _top(d, cfg.device_top)
