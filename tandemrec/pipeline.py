@@ -97,7 +97,7 @@ def open_run(cfg: PipelineConfig, run_dir: Path, data_dir: Path | None = None,
     reuse_large_allocations()
     run_dir.mkdir(parents=True, exist_ok=True)
     data = load_dataset(cfg.dataset, data_dir)
-    split = leave_one_out(data, cfg.val_users, cfg.seed)
+    split = leave_one_out(data, cfg.val_users, cfg.seed, cfg.tune_share)
     if cfg.protocol == "new-items":
         new = select_new_items(split.train, data.n_items, cfg.new_items_share, cfg.seed)
         device_split = device_view(split, new)
@@ -107,7 +107,8 @@ def open_run(cfg: PipelineConfig, run_dir: Path, data_dir: Path | None = None,
     np.save(run_dir / NEW_ITEMS_FILE, new)
     log(f"{data.name}: {data.n_users} users, {data.n_items} items, "
         f"{data.n_interactions} interactions; {len(split.eval_users)} held-out users, "
-        f"{len(split.valid_target)} of them validated")
+        f"{len(split.valid_target)} of them for early stopping, {len(split.tune_target)} "
+        f"for fusion tuning")
     if cfg.protocol == "new-items":
         log(f"new-items protocol: {int(new.sum())} items new to the device "
             f"({cfg.new_items_share:.0%} of the catalog, {_interaction_share(split, new):.1%} "
@@ -178,7 +179,7 @@ def train_members(ctx: RunContext) -> tuple[list[Teacher], list[FitResult]]:
 
 
 # What a reused teacher must share with this run: everything its training read.
-TEACHER_SECTIONS = ("dataset", "seed", "val_users", "teacher", "intents")
+TEACHER_SECTIONS = ("dataset", "seed", "val_users", "tune_share", "teacher", "intents")
 TEACHER_FILES = ("teacher.pt", "codebook.json", "popularity.npy")
 
 

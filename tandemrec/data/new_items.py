@@ -62,6 +62,7 @@ def device_view(split: LeaveOneOutSplit, new: np.ndarray) -> LeaveOneOutSplit:
         train=[_known(s, new) for s in split.train],
         valid_input=[_known(s, new) for s in split.valid_input],
         test_input=[_known(s, new) for s in split.test_input],
+        tune_input=[_known(s, new) for s in split.tune_input],
     )
 
 

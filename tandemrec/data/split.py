@@ -9,7 +9,8 @@ from tandemrec.data.types import LeaveOneOutSplit, SequenceDataset
 MIN_EVAL_LENGTH = 3  # one item to train on, one to validate, one to test
 
 
-def leave_one_out(ds: SequenceDataset, val_users: int = 0, seed: int = 0) -> LeaveOneOutSplit:
+def leave_one_out(ds: SequenceDataset, val_users: int = 0, seed: int = 0,
+                  tune_share: float = 0.0) -> LeaveOneOutSplit:
     """Hold out each user's last item for test and second-to-last for validation.
 
     Users with at least 3 interactions are evaluated: train = seq[:-2], validation predicts
@@ -19,12 +20,19 @@ def leave_one_out(ds: SequenceDataset, val_users: int = 0, seed: int = 0) -> Lea
     `val_users > 0` validates on that many users drawn with `seed` and trains on the other
     users' second-to-last items (train = seq[:-1]), as gSASRec's evaluation code does: the
     model tested on the last item has then seen every earlier one. Test is unchanged.
+
+    `tune_share > 0` moves that share of the validated users (drawn with `seed`) to `tune_*`:
+    they are held out the same way but never used for early stopping, so a choice made on them
+    afterwards (the fusion setting) sees models that were not selected on their targets.
     """
     validated = _validation_users(ds, val_users, seed)
+    tuned = _tuning_users(ds, validated, tune_share, seed)
     train: list[np.ndarray] = []
     eval_users: list[int] = []
     valid_input: list[np.ndarray] = []
     valid_target: list[int] = []
+    tune_input: list[np.ndarray] = []
+    tune_target: list[int] = []
     test_input: list[np.ndarray] = []
     test_target: list[int] = []
     for user, seq in enumerate(ds.sequences):
@@ -36,8 +44,10 @@ def leave_one_out(ds: SequenceDataset, val_users: int = 0, seed: int = 0) -> Lea
             train.append(seq[:-1])
         else:
             train.append(seq[:-2])
-            valid_input.append(seq[:-2])
-            valid_target.append(int(seq[-2]))
+            inputs, targets = (tune_input, tune_target) if user in tuned else (
+                valid_input, valid_target)
+            inputs.append(seq[:-2])
+            targets.append(int(seq[-2]))
         test_input.append(seq[:-1])
         test_target.append(int(seq[-1]))
     return LeaveOneOutSplit(
@@ -47,6 +57,8 @@ def leave_one_out(ds: SequenceDataset, val_users: int = 0, seed: int = 0) -> Lea
         valid_target=np.array(valid_target, dtype=np.int64),
         test_input=test_input,
         test_target=np.array(test_target, dtype=np.int64),
+        tune_input=tune_input,
+        tune_target=np.array(tune_target, dtype=np.int64),
     )
 
 
@@ -59,6 +71,20 @@ def _validation_users(ds: SequenceDataset, val_users: int, seed: int) -> set[int
         return None
     rng = np.random.default_rng(seed)
     return set(rng.choice(candidates, size=val_users, replace=False).tolist())
+
+
+def _tuning_users(ds: SequenceDataset, validated: set[int] | None, share: float,
+                  seed: int) -> set[int]:
+    """The validated users kept apart for fusion tuning (a seeded `share` of them)."""
+    if not 0 <= share < 1:
+        raise ValueError(f"tune_share must be in [0, 1), got {share}")
+    pool = sorted(validated) if validated is not None else [
+        u for u, seq in enumerate(ds.sequences) if len(seq) >= MIN_EVAL_LENGTH]
+    n = int(round(share * len(pool)))
+    if n == 0:
+        return set()
+    rng = np.random.default_rng([seed, 1])  # independent of the validation draw
+    return set(rng.choice(pool, size=n, replace=False).tolist())
 
 
 def item_popularity(train: list[np.ndarray], n_items: int) -> np.ndarray:

@@ -42,6 +42,8 @@ class LeaveOneOutSplit:
     Only users with at least 3 interactions are evaluated (`eval_users`); the others train on
     everything they have. `train[u]` never contains user u's test target, nor its validation
     target when u is validated (`val_users` in `leave_one_out` validates a sample of users).
+    Validated users are either early-stopping users (`valid_*`) or fusion-tuning users
+    (`tune_*`, empty unless `tune_share` > 0): no model is selected on the tuning users.
     """
 
     train: list[np.ndarray]
@@ -50,3 +52,12 @@ class LeaveOneOutSplit:
     valid_target: np.ndarray
     test_input: list[np.ndarray]
     test_target: np.ndarray
+    tune_input: list[np.ndarray] = field(default_factory=list)
+    tune_target: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+
+    def fusion_users(self) -> tuple[list[np.ndarray], np.ndarray]:
+        """Inputs and targets the fusion setting is chosen on: the tuning users where there
+        are any, else the early-stopping users."""
+        if len(self.tune_target):
+            return self.tune_input, self.tune_target
+        return self.valid_input, self.valid_target

@@ -54,8 +54,9 @@ def protocol(ctx: RunContext) -> dict[str, Any]:
     cfg = ctx.cfg.eval
     return {
         "split": "leave-one-out by time: last item = test target, second to last = validation"
-                 + (f" for {len(ctx.split.valid_target)} sampled users (the others train on it)"
-                    if ctx.cfg.val_users else ""),
+                 + (" for sampled users (the others train on it)" if ctx.cfg.val_users else "")
+                 + f"; {len(ctx.split.valid_target)} validation users early-stop the models, "
+                 f"{len(ctx.split.tune_target)} others choose the fusion setting",
         "users": f"all {len(ctx.split.eval_users)} users with >= 3 interactions, "
                  "the same users for every mode",
         "ranking": "full ranking over the whole catalog; items in the user's history excluded "
@@ -67,8 +68,8 @@ def protocol(ctx: RunContext) -> dict[str, Any]:
                          f"{cfg.n_candidates} with their intent tokens and catalog log-"
                          "probabilities; the device ranks the union of those and its own top "
                          "items with tandem_contract.fusion.fuse (weight, device top-N and the "
-                         "rules for missing scores chosen on validation users, the device alone "
-                         "among the choices); a target outside the union is a miss",
+                         "rules for missing scores chosen on the fusion-tuning users, the device "
+                         "alone among the choices); a target outside the union is a miss",
         "edge-only": "int8 student ranking the items its bundle knows, no network",
         "new_items": ("none: the device knows every item" if ctx.cfg.protocol == "standard" else
                       f"{ctx.cfg.new_items_share:.0%} of the items are new to the device: "
@@ -103,12 +104,12 @@ def choose_fusion(ctx: RunContext, models: Models) -> tuple[FusionConfig, dict]:
     grid = fusion_grid(cfg, bool(ctx.new_items.any()))
     if len(grid) == 1:
         return grid[0], {}
-    sp, dsp = ctx.split, ctx.device_split
-    val = Evaluator(models, sp.valid_input, sp.valid_target, cfg, ctx.cfg.seed,
-                    device_inputs=dsp.valid_input)
+    inputs, targets = ctx.split.fusion_users()
+    val = Evaluator(models, inputs, targets, cfg, ctx.cfg.seed,
+                    device_inputs=ctx.device_split.fusion_users()[0])
     fusion, tuning = tune_fusion(val, grid, cfg.fusion_confidence, ctx.cfg.seed)
     zero = max((v for k, v in tuning.items() if k.startswith("w=0.0 ")), default=0.0)
-    log(f"fusion on {len(sp.valid_target)} validation users: {fusion} (NDCG@10 "
+    log(f"fusion on {len(targets)} held-out validation users: {fusion} (NDCG@10 "
         f"{max(tuning.values()):.4f}; the device alone {zero:.4f}; {len(grid)} settings tried)")
     return fusion, tuning
 

@@ -150,6 +150,10 @@ class PipelineConfig(Section):
     # Users validated (early stopping, fusion tuning); the others also train on their
     # second-to-last item (data/split.leave_one_out). 0 = validate every user.
     val_users: int = Field(0, ge=0)
+    # Share of the validated users kept apart to choose the fusion setting on: no model early-
+    # stops on them, so a teacher picked at its best validation epoch does not look better
+    # there than on test users (data/split.leave_one_out). 0 = tune on the early-stopping users.
+    tune_share: float = Field(0.5, ge=0, lt=1)
     # "new-items": the fresh-catalog protocol (data/new_items.py). A seeded share of the items,
     # drawn in proportion to their training counts, is new to the device: the student never
     # trains on them while the teacher does. "standard": every item is known to both.

@@ -87,6 +87,30 @@ def test_sampled_validation_users_train_on_their_second_to_last_item() -> None:
         leave_one_out(ds, val_users=-1)
 
 
+def test_tuning_users_are_validated_users_kept_from_early_stopping() -> None:
+    ds = make_synthetic(n_users=80, n_items=40, min_len=3, max_len=12, seed=5)
+    for val_users in (0, 20):
+        plain = leave_one_out(ds, val_users=val_users, seed=3)
+        split = leave_one_out(ds, val_users=val_users, seed=3, tune_share=0.5)
+        n_val = len(plain.valid_target)
+        assert len(split.tune_target) == round(0.5 * n_val) == len(split.tune_input)
+        assert len(split.valid_target) + len(split.tune_target) == n_val
+        # Same training data and test: only which held-out pairs early-stop changes.
+        assert all(np.array_equal(a, b) for a, b in zip(split.train, plain.train, strict=True))
+        assert np.array_equal(split.test_target, plain.test_target)
+        def pairs(inputs: list[np.ndarray], targets: np.ndarray) -> Counter:
+            return Counter((tuple(v.tolist()), int(t))
+                           for v, t in zip(inputs, targets, strict=True))
+        assert (pairs(split.valid_input, split.valid_target)
+                + pairs(split.tune_input, split.tune_target)
+                == pairs(plain.valid_input, plain.valid_target))
+        inputs, targets = split.fusion_users()
+        assert targets is split.tune_target and inputs is split.tune_input
+    assert plain.fusion_users()[1] is plain.valid_target  # no tuning users: early-stopping ones
+    with pytest.raises(ValueError, match="tune_share"):
+        leave_one_out(ds, tune_share=1.0)
+
+
 def test_item_popularity_counts_train_only() -> None:
     split = leave_one_out(dataset([1, 1, 2, 3, 3], [2, 3]))
     pop = item_popularity(split.train, n_items=4)
