@@ -18,7 +18,10 @@ gets that side's principled estimate:
   spread evenly over the items it did not return;
 - device_missing="intent": the student's intent head, log p(intent) - log |intent| (the item's
   intent token comes with the cloud's answer); "teacher": the device has no opinion and adopts
-  the teacher's log-probability.
+  the teacher's log-probability; "mixture": as "teacher", and the device's own items give up
+  the mass the teacher puts on items the device does not know (p(i) = (1 - M) p_device(i) with
+  M the teacher's probability of the unknown candidates), since the student's distribution is
+  conditional on the next item being one it knows.
 
 With weight 0 and device_top >= k the top k is exactly the device alone, so the tuned setting
 (weight 0 is among the choices) never ranks worse than the device on validation users.
@@ -32,7 +35,7 @@ from typing import Literal
 import numpy as np
 
 CloudMissing = Literal["floor", "mass"]
-DeviceMissing = Literal["intent", "teacher"]
+DeviceMissing = Literal["intent", "teacher", "mixture"]
 
 
 @dataclass(frozen=True)
@@ -151,11 +154,27 @@ def fusion_parts(device_logp: np.ndarray, intent_logp: np.ndarray, view: DeviceV
     own = _top(d, cfg.device_top)
     own = own[~_in(own, c_items)]
     floor = _teacher_missing(cloud, cfg.cloud_missing)
+    if cfg.device_missing == "mixture":
+        d = d + _known_share(c_items, c_logp, view)
     return FusionParts(
         np.concatenate([c_items, own]).astype(np.int64),
         np.concatenate([c_logp, np.full(len(own), floor)]),
         np.concatenate([_device_scores(c_items, c_logp, c_intents, d, intent_logp, view,
                                        cfg.device_missing), d[own]]))
+
+
+def _known(items: np.ndarray, view: DeviceView) -> np.ndarray:
+    """Which of `items` the device's bundle knows (ids past its catalog are unknown)."""
+    inside = items < len(view.known)
+    known = np.zeros(len(items), dtype=bool)
+    known[inside] = view.known[items[inside]]
+    return known
+
+
+def _known_share(items: np.ndarray, logp: np.ndarray, view: DeviceView) -> float:
+    """log(1 - M), M the teacher's probability of the candidates the device does not know."""
+    mass = float(np.exp(logp[~_known(items, view)]).sum())
+    return float(np.log1p(-min(mass, 1.0 - 1e-6)))
 
 
 def mix(weight: float, teacher: np.ndarray, device: np.ndarray) -> np.ndarray:
@@ -201,14 +220,12 @@ def target_positions(parts: FusionParts, weights: np.ndarray, target: int) -> np
 def _device_scores(items: np.ndarray, logp: np.ndarray, intents: np.ndarray, d: np.ndarray,
                    intent_logp: np.ndarray, view: DeviceView, rule: DeviceMissing) -> np.ndarray:
     """The device's log-probability of each cloud item, estimated where it does not know it."""
-    inside = items < len(view.known)
-    known = np.zeros(len(items), dtype=bool)
-    known[inside] = view.known[items[inside]]
+    known = _known(items, view)
     out = np.empty(len(items))
     out[known] = d[items[known]]
     unknown = ~known
     if unknown.any():
-        if rule == "teacher":
+        if rule in ("teacher", "mixture"):
             out[unknown] = logp[unknown]
         else:
             tok = np.asarray(intents[unknown], dtype=np.int64)

@@ -125,7 +125,7 @@ def fusion_grid(cfg: EvalConfig, new_items: bool) -> list[FusionConfig]:
     tops = (cfg.device_top,) if cfg.device_top is not None else DEVICE_TOPS
     cloud = (cfg.cloud_missing,) if cfg.cloud_missing else ("floor", "mass")
     device = ((cfg.device_missing,) if cfg.device_missing else
-              ("intent", "teacher") if new_items else ("intent",))
+              ("intent", "teacher", "mixture") if new_items else ("intent",))
     out = []
     for w, n, c, d in itertools.product(weights, tops, cloud, device):
         if w == 0 and c != cloud[0]:

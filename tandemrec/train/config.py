@@ -133,7 +133,7 @@ class EvalConfig(Section):
     fusion_weight: Annotated[float, Field(ge=0, le=1)] | None = None  # 0 = the device alone
     device_top: Annotated[int, Field(ge=0)] | None = None  # device's own top items ranked too
     cloud_missing: Literal["floor", "mass"] | None = None  # teacher score of items not sent
-    device_missing: Literal["intent", "teacher"] | None = None  # device score of unknown items
+    device_missing: Literal["intent", "teacher", "mixture"] | None = None  # unknown items' score
     # A teacher share is chosen only if its validation gain over the device alone is positive
     # at this bootstrap confidence (paired over users); 0 takes the best validation mean.
     fusion_confidence: float = Field(0.95, ge=0, lt=1)

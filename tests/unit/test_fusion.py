@@ -83,6 +83,23 @@ def test_new_item_scored_through_its_intent_or_the_teacher():
     assert parts.device[0] == pytest.approx(-1.0)
 
 
+def test_mixture_gives_new_items_the_teachers_mass_and_known_items_the_rest():
+    d, il = device_log_probs(SCORES, VIEW), intent_log_probs(LOGITS)
+    c = cloud([8, 3], [np.log(0.4), np.log(0.1)])  # the teacher puts 40% on new item 8
+    parts = fusion_parts(d, il, VIEW, c, FusionConfig(device_top=2, device_missing="mixture"))
+    assert parts.items.tolist() == [8, 3, 1, 2]
+    assert parts.device[0] == pytest.approx(np.log(0.4))
+    # known items keep the device's opinion, scaled to the 60% the teacher leaves them
+    assert parts.device[1:].tolist() == pytest.approx((d[[3, 1, 2]] + np.log(0.6)).tolist())
+    assert np.exp(parts.device[1:]).sum() + 0.4 <= 1.0 + 1e-9
+    # with weight 0 the new item outranks the device's best (0.6 * 0.63 < 0.4): under "teacher"
+    # its log(0.4) would sit below the device's unscaled log(0.63)
+    for rule, first in (("mixture", 8), ("teacher", 1)):
+        items, _ = fuse(d, il, VIEW, c, FusionConfig(weight=0.0, device_top=2,
+                                                     device_missing=rule))
+        assert items[0] == first
+
+
 def test_mixed_scores_are_the_weighted_sum_of_log_probabilities():
     d, il = device_log_probs(SCORES, VIEW), intent_log_probs(LOGITS)
     c = cloud([4, 3], log_softmax(np.array([2.0, 0.0])))
