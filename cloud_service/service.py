@@ -68,7 +68,8 @@ class RecommendationService:
         size = settings.batch_max_size if settings.batching else 1
         self.batcher: MicroBatcher[tuple[LoadedModel, bool]] = MicroBatcher(
             lambda key, rows: key[0].score(rows, key[1]), max_size=size,
-            max_wait_s=settings.batch_max_wait_ms / 1000, on_batch=self.metrics.batch_size.observe)
+            max_wait_s=settings.batch_max_wait_ms / 1000, on_batch=self.metrics.batch_size.observe,
+            adaptive=settings.batch_adaptive)
         self.pool = ModelPool(self.registry, self.metrics, keep=settings.keep_versions,
                               safe=self._safe, on_evict=self._evicted)
         self._inflight = 0

@@ -46,6 +46,8 @@ class CloudSettings(BaseSettings):
     max_history: int = Field(1000, ge=1, description="longest item history for recommend-full")
     batch_max_size: int = Field(64, ge=1, description="micro-batch: most requests per call")
     batch_max_wait_ms: float = Field(2.0, ge=0, description="micro-batch: longest wait")
+    batch_adaptive: bool = Field(True, description="false: every batch waits out "
+                                 "batch_max_wait_ms unless full (the fixed window of old)")
     batching: bool = True
     # One intra-op thread: batches are small and the event loop needs the other core
     # (bench/cloud_load.py measures 1 against 2 threads in the same run).

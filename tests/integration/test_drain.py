@@ -18,8 +18,10 @@ pytestmark = pytest.mark.integration
 
 
 def test_sigterm_drains_in_flight_requests_then_exits_cleanly(bundle: Path) -> None:
-    # A long batching wait holds every request in the server for ~1 s: SIGTERM lands mid-flight.
+    # A long fixed batching wait holds every request in the server for ~1 s: SIGTERM lands
+    # mid-flight (adaptive batching would send a lone request at once).
     env = {"TANDEM_CLOUD_BATCH_MAX_WAIT_MS": "1000", "TANDEM_CLOUD_BATCH_MAX_SIZE": "64",
+           "TANDEM_CLOUD_BATCH_ADAPTIVE": "false",
            "TANDEM_CLOUD_N_RETRIEVE": "40", "TANDEM_CLOUD_CACHE_TTL_S": "0",
            "TANDEM_CLOUD_RATE_BURST": "100000", "TANDEM_CLOUD_SHUTDOWN_GRACE_S": "10"}
     proc, _, port = start_cloud_process(bundle, env, auth=False)
