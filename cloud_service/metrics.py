@@ -40,6 +40,9 @@ class Metrics:
         self.reloads = Counter("tandem_model_loads_total", "Model versions loaded", ["result"],
                                registry=r)
         self.versions = Gauge("tandem_loaded_versions", "Model versions in memory", registry=r)
+        self.http_refused = Counter("tandem_http_refused_total",
+                                    "HTTP requests refused at once: the replica was at its "
+                                    "limit of requests in flight and waiting", registry=r)
         self.store_up.set(1)
 
     @contextmanager

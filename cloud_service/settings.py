@@ -81,6 +81,12 @@ class CloudSettings(BaseSettings):
     max_body_bytes: int = Field(1 << 20, ge=1024, description="largest request body, any framing")
     http_read_timeout_s: float = Field(
         10.0, gt=0, description="a request's headers, then its body, must arrive within this")
+    # Admission: past these, /v1/ device requests are refused at once (503, Retry-After) rather
+    # than queued without bound. 32 in flight is where HTTP peaked on 2 cores (docs/performance).
+    http_max_inflight: int = Field(32, ge=0, description="HTTP device requests handled at "
+                                   "once by a replica; 0 = no limit")
+    http_max_queued: int = Field(32, ge=0, description="HTTP device requests past that limit "
+                                 "that wait their turn; more are refused")
     metrics_port: int | None = Field(
         None, ge=0, le=65535, description="unset: /metrics on the HTTP port behind the admin "
         "key; a port: /metrics there without a key (keep that port private)")

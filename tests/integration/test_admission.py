@@ -1,0 +1,87 @@
+"""HTTP admission control on a real replica allowed one request in flight and none waiting.
+
+A raw socket that sends a request's headers but holds back its body keeps the one slot taken
+for as long as the test wants, so refusals do not depend on how fast the machine is.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from pydantic import SecretStr
+
+from cloud_service.server import Running, replica_in_thread
+from cloud_service.settings import CloudSettings
+from tests.security.http_client import connect, error_of, head, read_response
+
+pytestmark = pytest.mark.integration
+KEY = {"x-api-key": "device-key"}
+BODY = json.dumps({"device_id": "dev-1", "intent_tokens": [1, 2], "intent_weights": [0.6, 0.4],
+                   "k": 5}).encode()
+REQUEST = head("/v1/recommend", {**KEY, "content-type": "application/json",
+                                 "content-length": str(len(BODY))}) + BODY
+
+
+@pytest.fixture(scope="module")
+def replica(bundle: Path) -> Iterator[Running]:
+    settings = CloudSettings(bundle=str(bundle), http_port=0, grpc_port=0, metrics_port=0,
+                             n_retrieve=40, device_api_keys=[SecretStr("device-key")],
+                             rate_burst=100000, cache_ttl_s=0, http_max_inflight=1,
+                             http_max_queued=0, http_read_timeout_s=300)  # the held body
+    with replica_in_thread(settings) as r:
+        yield r
+
+
+def assert_refused(status: int, headers: dict[str, str], body: bytes) -> None:
+    assert status == 503 and headers.get("retry-after") == "1", (status, headers, body)
+    assert error_of(body)["code"] == "UNAVAILABLE"
+
+
+def test_a_full_replica_refuses_device_calls_but_answers_health_and_metrics(replica):
+    http = f"http://127.0.0.1:{replica.http_port}"
+    with connect(replica.http_port) as holder, connect(replica.http_port) as other:
+        holder.sendall(REQUEST[:-len(BODY)])  # admitted; the route now waits for its body
+        for _ in range(200):  # until the guard has admitted it (a refusal is the sign)
+            other.sendall(REQUEST)
+            status, headers, body = read_response(other)
+            if status == 503:
+                break
+            assert status == 200, body
+        assert_refused(status, headers, body)
+        assert "connection" not in headers  # the refused request's connection stays usable
+        assert httpx.get(f"{http}/healthz").status_code == 200
+        assert httpx.get(f"{http}/readyz").status_code == 200
+        metrics = httpx.get(f"http://127.0.0.1:{replica.metrics_port}/metrics").text
+        refused = [ln for ln in metrics.splitlines() if ln.startswith("tandem_http_refused_total")]
+        assert refused and float(refused[0].split()[-1]) >= 1
+        holder.sendall(BODY)  # the held request completes and frees the slot
+        assert read_response(holder)[0] == 200
+        other.sendall(REQUEST)  # the same connection that was refused on
+        assert read_response(other)[0] == 200
+
+
+def test_concurrent_calls_get_an_answer_or_a_polite_refusal(replica):
+    answers: list[tuple[int, str | None, bytes]] = []
+
+    def client() -> None:
+        with httpx.Client(base_url=f"http://127.0.0.1:{replica.http_port}", timeout=30) as c:
+            for _ in range(10):
+                r = c.post("/v1/recommend", content=BODY,
+                           headers={**KEY, "content-type": "application/json"})
+                answers.append((r.status_code, r.headers.get("retry-after"), r.content))
+
+    threads = [threading.Thread(target=client) for _ in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert len(answers) == 120  # no transport errors: refused connections stayed usable
+    assert any(status == 200 for status, _, _ in answers)
+    for status, retry_after, body in answers:
+        if status != 200:
+            assert_refused(status, {"retry-after": retry_after or ""}, body)
