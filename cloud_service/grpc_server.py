@@ -2,9 +2,10 @@
 
 Handlers receive raw bytes and parse them here, so a malformed protobuf is answered with
 INVALID_ARGUMENT and a message (gRPC's own deserializer would report INTERNAL). Errors map to
-status codes through the one vocabulary in `cloud_service.errors`. Credentials are checked
-before the message is parsed, and every call is counted in flight for the drain. The standard
-health service and server reflection are on.
+status codes through the one vocabulary in `cloud_service.errors`. Credentials are
+authenticated once, before the message is parsed, and the operation takes that principal;
+every call is counted in flight for the drain. The standard health service and server
+reflection are on.
 """
 
 from __future__ import annotations
@@ -18,63 +19,27 @@ from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from cloud_service.domain import (
-    Credentials,
-    ManifestInfo,
-    Recommendation,
-    RecommendFullRequest,
-    RecommendRequest,
-    RegistryState,
-)
+from cloud_service.domain import Principal
 from cloud_service.errors import InvalidInput, ServiceError
+from cloud_service.grpc_convert import (
+    artifact_chunk_to_grpc,
+    artifact_request_from_grpc,
+    credentials_from_grpc,
+    manifest_request_from_grpc,
+    manifest_to_grpc,
+    publish_request_from_grpc,
+    recommend_full_request_from_grpc,
+    recommend_request_from_grpc,
+    recommendation_to_grpc,
+    registry_status_to_grpc,
+    retire_request_from_grpc,
+)
 from cloud_service.service import RecommendationService
 from tandem_wire.v1 import recommend_pb2 as pb
 
 log = logging.getLogger("tandem.cloud")
 SERVICE = pb.DESCRIPTOR.services_by_name["TandemService"].full_name
 MAX_MESSAGE_BYTES = 1 << 20
-
-
-# ---- converters ----------------------------------------------------------------------------
-
-def recommend_from_pb(m: pb.RecommendRequest) -> RecommendRequest:
-    return RecommendRequest(device_id=m.device_id, intent_tokens=tuple(m.intent_tokens),
-                            intent_weights=tuple(m.intent_weights),
-                            coarse_history=tuple(m.coarse_history), k=m.k,
-                            model_version=m.model_version, request_id=m.request_id)
-
-
-def recommend_full_from_pb(m: pb.RecommendFullRequest) -> RecommendFullRequest:
-    return RecommendFullRequest(device_id=m.device_id, item_history=tuple(m.item_history),
-                                k=m.k, model_version=m.model_version, request_id=m.request_id)
-
-
-def recommendation_to_pb(r: Recommendation) -> pb.RecommendResponse:
-    return pb.RecommendResponse(item_ids=r.item_ids, scores=r.scores,
-                                model_version=r.model_version, request_id=r.request_id,
-                                cached=r.cached, item_intents=r.item_intents,
-                                catalog_size=r.catalog_size)
-
-
-def manifest_to_pb(m: ManifestInfo) -> pb.Manifest:
-    return pb.Manifest(version=m.version, dataset=m.dataset, created_at=m.created_at,
-                       files=[pb.Artifact(name=f.name, sha256=f.sha256, size=f.size)
-                              for f in m.files],
-                       manifest_json=m.manifest_json, n_items=m.n_items, n_intents=m.n_intents)
-
-
-def registry_to_pb(s: RegistryState) -> pb.RegistryStatus:
-    return pb.RegistryStatus(current=s.current, canary=s.canary, canary_share=s.canary_share,
-                             versions=sorted(s.versions), revision=s.revision)
-
-
-def credentials_from(context: grpc.aio.ServicerContext) -> Credentials:
-    md = {k.lower(): v for k, v in (context.invocation_metadata() or ())
-          if isinstance(v, str)}
-    auth = md.get("authorization", "")
-    token = auth[7:].strip() if auth.lower().startswith("bearer ") else ""
-    return Credentials(api_key=md.get("x-api-key", ""), device_token=token,
-                       admin_key=md.get("x-admin-key", ""))
 
 
 def _parse(cls: Any, raw: bytes) -> Any:
@@ -95,10 +60,10 @@ async def _abort(context: grpc.aio.ServicerContext, exc: Exception) -> None:
 
 # ---- handlers ------------------------------------------------------------------------------
 
-Call = Callable[[bytes, grpc.aio.ServicerContext], Awaitable[Any]]
+Handler = Callable[[bytes, grpc.aio.ServicerContext], Awaitable[Any]]
 
 
-def _unary(call: Call):  # noqa: ANN202
+def _unary(call: Handler) -> grpc.RpcMethodHandler:
     async def handler(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
         try:
             return await call(raw, context)
@@ -109,67 +74,50 @@ def _unary(call: Call):  # noqa: ANN202
 
 
 def build_handlers(service: RecommendationService) -> grpc.GenericRpcHandler:
-    """The method table of TandemService, each method a thin conversion around the core."""
+    """TandemService's methods: convert in (`grpc_convert`), call the core, convert out."""
 
-    def guarded(call: Call, admin: bool = False) -> Call:
+    def authenticate(ctx: grpc.aio.ServicerContext, admin: bool) -> Principal:
+        return service.authenticate(credentials_from_grpc(ctx.invocation_metadata()), admin)
+
+    def unary(request: Any, convert_in: Callable[[Any], Any] | None,
+              call: Callable[..., Awaitable[Any]], convert_out: Callable[[Any], Any],
+              admin: bool = False) -> grpc.RpcMethodHandler:
+        """One method; `convert_in` None: the request message is empty (Promote, status)."""
         async def run(raw: bytes, ctx: grpc.aio.ServicerContext) -> Any:
             with service.in_flight():  # refused once draining closed the doors
-                service.authenticate(credentials_from(ctx), admin)  # before parsing
-                return await call(raw, ctx)
-        return run
+                who = authenticate(ctx, admin)  # before parsing
+                message = _parse(request, raw)
+                args = () if convert_in is None else (convert_in(message),)
+                return convert_out(await call(*args, who))
+        return _unary(run)
 
-    async def recommend(raw: bytes, ctx: grpc.aio.ServicerContext) -> pb.RecommendResponse:
-        req = recommend_from_pb(_parse(pb.RecommendRequest, raw))
-        return recommendation_to_pb(await service.recommend(req, credentials_from(ctx)))
-
-    async def recommend_full(raw: bytes, ctx: grpc.aio.ServicerContext) -> pb.RecommendResponse:
-        req = recommend_full_from_pb(_parse(pb.RecommendFullRequest, raw))
-        return recommendation_to_pb(await service.recommend_full(req, credentials_from(ctx)))
-
-    async def get_manifest(raw: bytes, ctx: grpc.aio.ServicerContext) -> pb.Manifest:
-        req = _parse(pb.GetManifestRequest, raw)
-        return manifest_to_pb(await service.get_manifest(req.model_version, req.device_id,
-                                                         credentials_from(ctx)))
-
-    async def publish(raw: bytes, ctx: grpc.aio.ServicerContext) -> pb.RegistryStatus:
-        req = _parse(pb.PublishRequest, raw)
-        return registry_to_pb(await service.publish(req.bundle_dir, req.canary_share,
-                                                    credentials_from(ctx)))
-
-    async def promote(raw: bytes, ctx: grpc.aio.ServicerContext) -> pb.RegistryStatus:
-        _parse(pb.PromoteRequest, raw)
-        return registry_to_pb(await service.promote(credentials_from(ctx)))
-
-    async def retire(raw: bytes, ctx: grpc.aio.ServicerContext) -> pb.RegistryStatus:
-        req = _parse(pb.RetireRequest, raw)
-        return registry_to_pb(await service.retire(req.version, credentials_from(ctx)))
-
-    async def registry_status(raw: bytes, ctx: grpc.aio.ServicerContext) -> pb.RegistryStatus:
-        _parse(pb.GetRegistryStatusRequest, raw)
-        return registry_to_pb(await service.registry_state(credentials_from(ctx)))
-
-    async def download(raw: bytes, ctx: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+    async def download_artifact(raw: bytes, ctx: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         try:
             with service.in_flight():
-                service.authenticate(credentials_from(ctx), admin=False)
-                req = _parse(pb.DownloadArtifactRequest, raw)
-                chunks = await service.artifact_chunks(req.model_version, req.name,
-                                                       req.device_id, credentials_from(ctx))
-                async for data, offset, total in chunks:
-                    yield pb.ArtifactChunk(data=data, offset=offset, total_size=total)
+                who = authenticate(ctx, admin=False)
+                req = artifact_request_from_grpc(_parse(pb.DownloadArtifactRequest, raw))
+                async for chunk in await service.download_artifact(req, who):
+                    yield artifact_chunk_to_grpc(chunk)
         except Exception as exc:  # noqa: BLE001
             await _abort(ctx, exc)
 
+    svc, status = service, registry_status_to_grpc  # every admin method answers the status
     methods = {
-        "Recommend": _unary(guarded(recommend)),
-        "RecommendFull": _unary(guarded(recommend_full)),
-        "GetManifest": _unary(guarded(get_manifest)),
-        "Publish": _unary(guarded(publish, admin=True)),
-        "Promote": _unary(guarded(promote, admin=True)),
-        "Retire": _unary(guarded(retire, admin=True)),
-        "GetRegistryStatus": _unary(guarded(registry_status, admin=True)),
+        "Recommend": unary(pb.RecommendRequest, recommend_request_from_grpc, svc.recommend,
+                           recommendation_to_grpc),
+        "RecommendFull": unary(pb.RecommendFullRequest, recommend_full_request_from_grpc,
+                               svc.recommend_full, recommendation_to_grpc),
+        "GetManifest": unary(pb.GetManifestRequest, manifest_request_from_grpc,
+                             svc.get_manifest, manifest_to_grpc),
+        "Publish": unary(pb.PublishRequest, publish_request_from_grpc, svc.publish, status,
+                         admin=True),
+        "Promote": unary(pb.PromoteRequest, None, svc.promote, status, admin=True),
+        "Retire": unary(pb.RetireRequest, retire_request_from_grpc, svc.retire, status,
+                        admin=True),
+        "GetRegistryStatus": unary(pb.GetRegistryStatusRequest, None, svc.get_registry_status,
+                                   status, admin=True),
         "DownloadArtifact": grpc.unary_stream_rpc_method_handler(
-            download, response_serializer=lambda m: m.SerializeToString()),
+            download_artifact, response_serializer=lambda m: m.SerializeToString()),
     }
     return grpc.method_handlers_generic_handler(SERVICE, methods)
 

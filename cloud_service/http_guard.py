@@ -4,8 +4,8 @@ Two layers. `timed_h11` is uvicorn's h11 protocol with read deadlines: a request
 then its body, must arrive within `read_timeout_s`, or the connection is closed (uvicorn alone
 waits forever for a half-sent request). `RequestGuard` is a pure ASGI middleware: it refuses
 ambiguous framing, counts the body bytes actually received whatever the framing, refuses
-unauthenticated calls before anything parses their body, and counts requests in flight so a
-draining replica finishes them.
+unauthenticated calls before anything parses their body (the routes reuse the principal it
+authenticated), and counts requests in flight so a draining replica finishes them.
 
 It also admits at most `http_max_inflight` device requests (`/v1/` but not `/v1/admin/`) at
 once, lets `http_max_queued` more wait their turn in arrival order, and refuses the rest at
@@ -27,7 +27,7 @@ import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from cloud_service.errors import BodyTooLarge, InvalidInput, ServiceError, Unavailable
-from cloud_service.http_schemas import credentials
+from cloud_service.http_convert import credentials_from_http
 from cloud_service.service import RecommendationService
 
 Scope = MutableMapping[str, Any]
@@ -189,7 +189,7 @@ class RequestGuard:
         """A /v1/ request: counted for the drain, authenticated, then forwarded."""
         try:
             with self.service.in_flight():
-                self._authenticate(scope["method"], scope["path"], headers)
+                self._authenticate(scope, headers)
                 await self._forward(scope, receive, send)
         except ServiceError as exc:
             await _reply(send, exc)
@@ -203,16 +203,19 @@ class RequestGuard:
         if size is not None and int(size) > self.max_body:
             raise BodyTooLarge(f"request body over {self.max_body} bytes")
 
-    def _authenticate(self, method: str, path: str, headers: dict[str, str]) -> None:
-        # Before the body is read: unauthenticated callers learn nothing about validation.
+    def _authenticate(self, scope: Scope, headers: dict[str, str]) -> None:
+        """Before the body is read: unauthenticated callers learn nothing about validation.
+
+        The principal goes in the request's state, where the routes take it (http_app).
+        """
+        method, path = scope["method"], scope["path"]
         if path.startswith("/v1/artifacts/"):
             path = "/v1/artifacts/"
         admin = (method, path) in ADMIN_ROUTES
         if not admin and (method, path) not in DEVICE_ROUTES:
             return
-        creds = credentials(headers.get("x-api-key"), headers.get("authorization"),
-                            headers.get("x-admin-key"))
-        self.service.authenticate(creds, admin=admin)
+        who = self.service.authenticate(credentials_from_http(headers), admin=admin)
+        scope["state"] = {**scope.get("state", {}), "principal": who}  # this request's own
 
     async def _forward(self, scope: Scope, receive: Receive, send: Send) -> None:
         received = 0

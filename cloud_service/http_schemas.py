@@ -1,21 +1,11 @@
 """Pydantic models of the HTTP API: the protos' messages, field for field, as JSON.
 
-Converters to and from the core's domain types live here too, so the FastAPI routes stay
-one line each.
+Plain schemas: `http_convert` converts them to and from the core's domain types.
 """
 
 from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
-
-from cloud_service.domain import (
-    Credentials,
-    ManifestInfo,
-    Recommendation,
-    RecommendFullRequest,
-    RecommendRequest,
-    RegistryState,
-)
 
 # A misspelt field is an error, not silently dropped; `true` or "1" is no integer.
 _STRICT = ConfigDict(extra="forbid", strict=True)
@@ -35,13 +25,6 @@ class RecommendIn(BaseModel):
     k: int = Field(10, description="how many candidates to return")
     model_version: str = Field("", description="empty = the version routed to this device")
 
-    def to_domain(self) -> RecommendRequest:
-        return RecommendRequest(device_id=self.device_id,
-                                intent_tokens=tuple(self.intent_tokens),
-                                intent_weights=tuple(self.intent_weights),
-                                coarse_history=tuple(self.coarse_history), k=self.k,
-                                model_version=self.model_version, request_id=self.request_id)
-
 
 class RecommendFullIn(BaseModel):
     """Cloud-full request: uploads the raw item history (the privacy-costly baseline)."""
@@ -52,12 +35,6 @@ class RecommendFullIn(BaseModel):
     item_history: list[int] = Field(..., description="dense item ids, oldest first")
     k: int = 10
     model_version: str = ""
-
-    def to_domain(self) -> RecommendFullRequest:
-        return RecommendFullRequest(device_id=self.device_id,
-                                    item_history=tuple(self.item_history), k=self.k,
-                                    model_version=self.model_version,
-                                    request_id=self.request_id)
 
 
 class RecommendOut(BaseModel):
@@ -70,12 +47,6 @@ class RecommendOut(BaseModel):
         default_factory=list, description="collaborative: the intent token of each item")
     catalog_size: int = Field(
         0, description="collaborative: the catalog the scores' log-probabilities cover")
-
-    @classmethod
-    def from_domain(cls, r: Recommendation) -> RecommendOut:
-        return cls(item_ids=list(r.item_ids), scores=list(r.scores),
-                   model_version=r.model_version, request_id=r.request_id, cached=r.cached,
-                   item_intents=list(r.item_intents), catalog_size=r.catalog_size)
 
 
 class ArtifactOut(BaseModel):
@@ -92,13 +63,6 @@ class ManifestOut(BaseModel):
     manifest_json: str
     n_items: int
     n_intents: int
-
-    @classmethod
-    def from_domain(cls, m: ManifestInfo) -> ManifestOut:
-        return cls(version=m.version, dataset=m.dataset, created_at=m.created_at,
-                   files=[ArtifactOut(name=f.name, sha256=f.sha256, size=f.size)
-                          for f in m.files],
-                   manifest_json=m.manifest_json, n_items=m.n_items, n_intents=m.n_intents)
 
 
 class PublishIn(BaseModel):
@@ -119,11 +83,6 @@ class RegistryStatusOut(BaseModel):
     versions: list[str]
     revision: int
 
-    @classmethod
-    def from_domain(cls, s: RegistryState) -> RegistryStatusOut:
-        return cls(current=s.current, canary=s.canary, canary_share=s.canary_share,
-                   versions=sorted(s.versions), revision=s.revision)
-
 
 class ErrorBody(BaseModel):
     code: str = Field(..., description="the gRPC status code name, same on both transports")
@@ -133,11 +92,3 @@ class ErrorBody(BaseModel):
 class ErrorOut(BaseModel):
     error: ErrorBody
 
-
-def credentials(api_key: str | None, authorization: str | None,
-                admin_key: str | None = None) -> Credentials:
-    """Headers -> credentials: x-api-key, 'authorization: Bearer <device token>', x-admin-key."""
-    token = ""
-    if authorization and authorization.lower().startswith("bearer "):
-        token = authorization[7:].strip()
-    return Credentials(api_key=api_key or "", device_token=token, admin_key=admin_key or "")

@@ -1,7 +1,8 @@
 """The cloud core: `RecommendationService`, built once at start-up, shared by both transports.
 
-It works on domain types only (no fastapi, no grpc). Request path for collaborative mode:
-auth -> rate limit -> model version -> validation -> session history -> cache -> intent
+It works on domain types only (no fastapi, no grpc), and takes the `Principal` a transport
+authenticated. Request path for collaborative mode: the principal acts for the named device
+-> rate limit -> model version -> validation -> session history -> cache -> intent
 retrieval -> teacher in coarse mode (micro-batched) -> top k. The store (Redis or in-process)
 is optional at run time: when it fails, requests are served without history and cache, the
 rate limit falls back to a bucket per replica, and the failure is logged and counted.
@@ -26,16 +27,21 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from cloud_service.auth import check_admin, check_device, token_device
+from cloud_service.auth import acting_for, authenticate, require_admin
 from cloud_service.batcher import MicroBatcher
 from cloud_service.domain import (
+    ArtifactChunk,
+    ArtifactRequest,
     Credentials,
     ManifestInfo,
+    ManifestRequest,
     Principal,
+    PublishRequest,
     Recommendation,
     RecommendFullRequest,
     RecommendRequest,
     RegistryState,
+    RetireRequest,
 )
 from cloud_service.errors import InvalidInput, NotFound, RateLimited, Unavailable
 from cloud_service.metrics import Metrics
@@ -146,16 +152,9 @@ class RecommendationService:
         finally:
             self._inflight -= 1
 
-    def authenticate(self, creds: Credentials, admin: bool) -> None:
-        """Refuse missing or invalid credentials before a transport parses the request."""
-        if admin:
-            check_admin(creds, self.settings)
-            return
-        secret = self.settings.device_token_secret.get_secret_value()
-        device = ""
-        if self.settings.auth_required and creds.device_token and secret:
-            device = token_device(secret, creds.device_token)  # the body is not read yet
-        check_device(creds, device, self.settings)
+    def authenticate(self, creds: Credentials, admin: bool) -> Principal:
+        """The principal every operation takes; transports call it before parsing the request."""
+        return authenticate(creds, self.settings, admin)
 
     # ---- helpers ---------------------------------------------------------------------------
 
@@ -182,13 +181,13 @@ class RecommendationService:
             self.batcher.drop((model, coarse),
                               Unavailable(f"model version {model.version} was unloaded: retry"))
 
-    async def _admit(self, device_id: str, creds: Credentials) -> Principal:
-        """Authenticate (before any validation), validate the id, take from the bucket."""
+    async def _admit(self, device_id: str, who: Principal) -> Principal:
+        """Authorize for the device (before any validation), validate the id, take a token."""
         if self._stopped:  # requests that arrived before the drain closed the doors still pass
             raise _shutting_down()
         if not self.pool.ready:
             raise Unavailable("no model loaded yet: retry shortly")
-        who = check_device(creds, device_id, self.settings)
+        who = acting_for(who, device_id)
         check_device_id(device_id)
         await self._rate_limit(who)
         return who
@@ -236,18 +235,18 @@ class RecommendationService:
 
     # ---- operations ------------------------------------------------------------------------
 
-    async def recommend(self, req: RecommendRequest, creds: Credentials) -> Recommendation:
+    async def recommend(self, req: RecommendRequest, who: Principal) -> Recommendation:
         """Collaborative: intent tokens in, the teacher's top k of the retrieved candidates out."""
         with self.metrics.track("recommend"):
             self._inflight += 1
             try:
-                return await self._recommend(req, creds)
+                return await self._recommend(req, who)
             finally:
                 self._inflight -= 1
 
-    async def _recommend(self, req: RecommendRequest, creds: Credentials) -> Recommendation:
+    async def _recommend(self, req: RecommendRequest, who: Principal) -> Recommendation:
         s = self.settings
-        who = await self._admit(req.device_id, creds)
+        who = await self._admit(req.device_id, who)
         model = self._model(req.model_version, who)
         check_recommend(req, model.n_intents, s)
         n_retrieve, share, hist_len = retrieval_settings(s, model)
@@ -289,13 +288,12 @@ class RecommendationService:
         # The device may rely on the history it sent earlier, to any replica.
         return await self._safe("history", self.store.history_get(session, limit), [])
 
-    async def recommend_full(self, req: RecommendFullRequest,
-                             creds: Credentials) -> Recommendation:
+    async def recommend_full(self, req: RecommendFullRequest, who: Principal) -> Recommendation:
         """Cloud-full baseline: the raw history in, the teacher's ranking of the catalog out."""
         with self.metrics.track("recommend_full"):
             self._inflight += 1
             try:
-                who = await self._admit(req.device_id, creds)
+                who = await self._admit(req.device_id, who)
                 model = self._model(req.model_version, who)
                 check_recommend_full(req, model.n_items, self.settings)
                 hist = np.asarray(req.item_history, dtype=np.int64)
@@ -311,55 +309,53 @@ class RecommendationService:
             finally:
                 self._inflight -= 1
 
-    async def get_manifest(self, version: str, device_id: str,
-                           creds: Credentials) -> ManifestInfo:
+    async def get_manifest(self, req: ManifestRequest, who: Principal) -> ManifestInfo:
         """The manifest of the requested version, or of the one the registry routes to."""
         with self.metrics.track("get_manifest"):
-            who = await self._admit(device_id, creds)
-            return self._model(version, who).manifest
+            who = await self._admit(req.device_id, who)
+            return self._model(req.model_version, who).manifest
 
-    async def artifact_chunks(self, version: str, name: str, device_id: str,
-                              creds: Credentials) -> AsyncIterator[tuple[bytes, int, int]]:
-        """(data, offset, total size) chunks of one bundle file, read lazily from disk."""
+    async def download_artifact(self, req: ArtifactRequest,
+                                who: Principal) -> AsyncIterator[ArtifactChunk]:
+        """The chunks of one bundle file, read lazily from disk."""
         with self.metrics.track("download_artifact"):
-            who = await self._admit(device_id, creds)
-            model = self._model(version, who)
-            path = model.artifact_path(name)
+            who = await self._admit(req.device_id, who)
+            model = self._model(req.model_version, who)
+            path = model.artifact_path(req.name)
             if path is None or not path.is_file():
-                raise NotFound(f"artifact {name!r} is not in bundle {model.version} "
+                raise NotFound(f"artifact {req.name!r} is not in bundle {model.version} "
                                f"(files: {', '.join(f.name for f in model.manifest.files)})")
         return _read_chunks(path, self.settings.chunk_bytes)
 
-    async def publish(self, bundle_dir: str, canary_share: float,
-                      creds: Credentials) -> RegistryState:
+    async def publish(self, req: PublishRequest, who: Principal) -> RegistryState:
         """Admin: register a bundle as current (or as a canary); every replica switches to it."""
         with self.metrics.track("publish"):
-            check_admin(creds, self.settings)
-            path = check_bundle_dir(bundle_dir, self.bundle_root)
-            if not 0.0 <= canary_share < 1.0:
-                raise InvalidInput(f"canary_share must be in [0, 1) (got {canary_share})")
-            return await self.pool.publish_local(str(path), canary_share)
+            require_admin(who)
+            path = check_bundle_dir(req.bundle_dir, self.bundle_root)
+            if not 0.0 <= req.canary_share < 1.0:
+                raise InvalidInput(f"canary_share must be in [0, 1) (got {req.canary_share})")
+            return await self.pool.publish_local(str(path), req.canary_share)
 
-    async def registry_state(self, creds: Credentials) -> RegistryState:
+    async def get_registry_status(self, who: Principal) -> RegistryState:
         """Admin: the registry as this replica serves it (current, canary, live versions)."""
         with self.metrics.track("registry"):
-            check_admin(creds, self.settings)
+            require_admin(who)
             return self.pool.state
 
-    async def promote(self, creds: Credentials) -> RegistryState:
+    async def promote(self, who: Principal) -> RegistryState:
         """Admin: the canary becomes current for every device; every replica switches to it."""
         with self.metrics.track("promote"):
-            check_admin(creds, self.settings)
+            require_admin(who)
             return await self._registry_change(self.registry.promote_canary())
 
-    async def retire(self, version: str, creds: Credentials) -> RegistryState:
+    async def retire(self, req: RetireRequest, who: Principal) -> RegistryState:
         """Admin: forget a version that is not current (ending its canary if it is one)."""
         with self.metrics.track("retire"):
-            check_admin(creds, self.settings)
-            if not version or len(version) > 256:
+            require_admin(who)
+            if not req.version or len(req.version) > 256:
                 raise InvalidInput("retire needs the model version to retire (at most 256 "
                                    "characters)")
-            return await self._registry_change(self.registry.retire(version))
+            return await self._registry_change(self.registry.retire(req.version))
 
     async def _registry_change(self, change: Awaitable[RegistryState]) -> RegistryState:
         """Write a change to the shared registry, then switch this replica to it at once."""
@@ -399,10 +395,10 @@ def _with_id(rec: Recommendation, request_id: str) -> Recommendation:
     return dataclasses.replace(rec, request_id=request_id)
 
 
-async def _read_chunks(path: Path, size: int) -> AsyncIterator[tuple[bytes, int, int]]:
+async def _read_chunks(path: Path, size: int) -> AsyncIterator[ArtifactChunk]:
     total = path.stat().st_size
     with open(path, "rb") as f:
         offset = 0
         while chunk := await asyncio.to_thread(f.read, size):
-            yield chunk, offset, total
+            yield ArtifactChunk(chunk, offset, total)
             offset += len(chunk)

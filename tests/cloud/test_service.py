@@ -10,8 +10,15 @@ import numpy as np
 import pytest
 from pydantic import SecretStr
 
-from cloud_service.auth import make_token
-from cloud_service.domain import Credentials, RecommendFullRequest, RecommendRequest
+from cloud_service.auth import key_id, make_token
+from cloud_service.domain import (
+    Credentials,
+    ManifestRequest,
+    Principal,
+    PublishRequest,
+    RecommendFullRequest,
+    RecommendRequest,
+)
 from cloud_service.errors import (
     InvalidInput,
     NotFound,
@@ -25,9 +32,10 @@ from tests.bundles import item_intents
 
 pytestmark = pytest.mark.core
 TOKEN_SECRET = "token-secret-of-at-least-32-bytes"  # HS256 keys of 32+ bytes (RFC 7518)
-KEY = Credentials(api_key="device-key")
-DEV1 = Credentials(device_token=make_token(TOKEN_SECRET, "dev-1"))  # stored history needs one
-ADMIN = Credentials(admin_key="admin-key")
+# The principals the transports authenticate an x-api-key, a device token, the admin key as.
+KEY = Principal("app", key_id=key_id("device-key"))
+DEV1 = Principal("device", device_id="dev-1")  # stored history needs a device token
+ADMIN = Principal("admin")
 
 
 def settings(bundle: Path, **kw: object) -> CloudSettings:
@@ -127,22 +135,31 @@ def test_auth_rate_limit_and_versions(bundle, bundle_v2):
     from cloud_service.store import MemoryStore
 
     async def body(svc: RecommendationService):  # noqa: ANN202
+        def device(creds: Credentials) -> Principal:
+            return svc.authenticate(creds, admin=False)
+
         with pytest.raises(Unauthenticated, match="missing credentials"):
-            await svc.recommend(request(), Credentials())
+            device(Credentials())
         with pytest.raises(Unauthenticated, match="unknown device API key"):
-            await svc.recommend(request(), Credentials(api_key="nope"))
-        token = make_token(TOKEN_SECRET, "dev-1")
-        assert (await svc.recommend(request(), Credentials(device_token=token))).item_ids
+            device(Credentials(api_key="nope"))
+        assert device(Credentials(api_key="device-key")) == KEY
+        token = device(Credentials(device_token=make_token(TOKEN_SECRET, "dev-1")))
+        assert token == DEV1 and (await svc.recommend(request(), token)).item_ids
         with pytest.raises(PermissionDenied, match="minted for"):
-            await svc.recommend(request(device_id="dev-2"), Credentials(device_token=token))
+            await svc.recommend(request(device_id="dev-2"), token)
         expired = make_token(TOKEN_SECRET, "dev-1", ttl_s=-10)
         with pytest.raises(Unauthenticated, match="expired"):
-            await svc.recommend(request(), Credentials(device_token=expired))
+            device(Credentials(device_token=expired))
         with pytest.raises(PermissionDenied):
-            await svc.publish(str(bundle_v2), 0.0, KEY)
+            svc.authenticate(Credentials(api_key="device-key"), admin=True)
+        with pytest.raises(PermissionDenied):
+            await svc.publish(PublishRequest(str(bundle_v2)), KEY)
+        with pytest.raises(PermissionDenied, match="acts for no device"):
+            await svc.recommend(request(), svc.authenticate(Credentials(admin_key="admin-key"),
+                                                             admin=True))
         with pytest.raises(NotFound, match="not served"):
             await svc.recommend(request(model_version="v0-unknown"), KEY)
-        busy = Credentials(device_token=make_token(TOKEN_SECRET, "busy"))
+        busy = device(Credentials(device_token=make_token(TOKEN_SECRET, "busy")))
         for _ in range(3):
             await svc.recommend(request(device_id="busy"), busy)
         with pytest.raises(RateLimited) as err:
@@ -155,16 +172,16 @@ def test_publish_switches_versions_and_keeps_the_old_one_for_pinned_devices(stor
                                                                            bundle_v2):
     async def body(svc: RecommendationService):  # noqa: ANN202
         old = svc.pool.state.current
-        state = await svc.publish(str(bundle_v2), 0.0, ADMIN)
+        state = await svc.publish(PublishRequest(str(bundle_v2)), ADMIN)
         assert state.current == "v2-test"
         assert (await svc.recommend(request(), KEY)).model_version == "v2-test"
         pinned = await svc.recommend(request(model_version=old), KEY)
         assert pinned.model_version == old
-        manifest = await svc.get_manifest("", "dev-1", KEY)
+        manifest = await svc.get_manifest(ManifestRequest("dev-1"), KEY)
         assert manifest.version == "v2-test"
         assert json.loads(manifest.manifest_json)["version"] == "v2-test"
         with pytest.raises(InvalidInput, match="refused"):
-            await svc.publish(str(bundle_v2.parent), 0.0, ADMIN)  # not a bundle
+            await svc.publish(PublishRequest(str(bundle_v2.parent)), ADMIN)  # not a bundle
     run(store, body, bundle, bundle_root=str(bundle_v2.parent))
 
 
