@@ -193,6 +193,7 @@ def _registry_call(op: str, body: dict[str, str], url: str | None, grpc_target: 
                 return
         out = MessageToDict(reply, preserving_proto_field_name=True,
                             always_print_fields_with_no_presence=True)
+        out["revision"] = int(out["revision"])  # proto3 JSON writes int64 as a string
     elif redis_url:
         from cloud_service.errors import ServiceError
         from cloud_service.registry import ModelRegistry
