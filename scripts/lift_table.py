@@ -90,12 +90,11 @@ def headline(name: str, report: dict[str, Any]) -> list[str]:
     notes = []
     full = by["cloud-full"]["ndcg@10"]
     if full > 0:
-        notes.append(f"Collaborative serving reaches {by['collaborative']['ndcg@10'] / full:.1%} "
-                     "of cloud-full.")
+        notes.append(f"Collaborative: {by['collaborative']['ndcg@10'] / full:.1%} of cloud-full.")
     if "device_bundle_bytes" in report:
         dev, cloud = report["device_bundle_bytes"], report["cloud_bundle_bytes"]
-        notes.append(f"A device downloads {dev:,} bytes; the cloud bundle, which never leaves "
-                     f"the cloud, is {cloud:,} (1/{cloud / dev:.0f}).")
+        notes.append(f"Device download {dev:,} bytes; cloud bundle (never leaves the cloud) "
+                     f"{cloud:,}, 1/{cloud / dev:.0f}.")
     if "fusion" not in report:
         notes.append("This run was made before the current fusion (its collaborative row "
                      "ranks the cloud's candidates only) and has not been re-run since.")
@@ -104,7 +103,7 @@ def headline(name: str, report: dict[str, Any]) -> list[str]:
         notes.append("The new-item protocol has not been run on this dataset yet.")
     machine = report.get("machine", {})
     if machine:
-        notes.append(f"Machine: {machine.get('cpu')}, {machine.get('cores')} cores.")
+        notes.append(f"{machine.get('cpu')}, {machine.get('cores')} cores.")
     out += textwrap.wrap(" ".join(notes), 100, break_long_words=False, break_on_hyphens=False)
     if new:
         out += ["", f"New-item protocol ({new['share']:.0%} of the items, {new['n_new_items']:,}, "
