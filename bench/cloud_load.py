@@ -4,20 +4,36 @@ Starts `tandem serve` on a bundle (once with micro-batching, once without), then
 from separate client processes in a closed loop (each in-flight slot sends its next request as
 soon as the previous answer arrives) at each concurrency. Requests are collaborative requests
 built from real held-out users: the intent tokens of their recent items, never item ids.
-Writes bench/results/cloud-load.{json,md}.
+Refusals (HTTP 503/429, gRPC RESOURCE_EXHAUSTED/UNAVAILABLE with a retry hint) are counted
+apart from errors; req/s, p50 and p99 are those of answered requests. Writes
+bench/results/cloud-load.{json,md} (cloud-load-vs-baseline.* with --baseline).
+
+With --baseline REV the same cells are also served by REV's code: a `git worktree add
+--detach` of REV under a temporary directory (removed at the end), its `tandem serve` started
+from there with PYTHONPATH set to it and this venv. Both servers run side by side, idle but
+for the one being measured, and within each cell the two take turns going first, so machine
+noise hits both alike; rows carry "code": "baseline" or "current" and the table gives
+current/baseline per cell.
 
     python bench/cloud_load.py [--bundle artifacts/ml-1m/bundle] [--seconds 8]
+    python bench/cloud_load.py --baseline cb9ae40 --concurrency 1 32 --transports grpc
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import multiprocessing as mp
+import os
+import shutil
 import socket
 import subprocess
+import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -27,12 +43,6 @@ from tandemrec.paths import REPO_ROOT, artifacts_dir
 from tandemrec.sim.run import start_cloud_process
 
 RESULTS = REPO_ROOT / "bench" / "results"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def build_requests(bundle: Path, dataset: str, n: int = 2000, top_m: int = 8,
@@ -55,36 +65,50 @@ def build_requests(bundle: Path, dataset: str, n: int = 2000, top_m: int = 8,
     return out
 
 
-async def _grpc_loop(port: int, reqs: list[dict], slots: int, seconds: float) -> tuple:
+class Tally:
+    """One client process's outcomes: latencies of answered requests, refusals, errors."""
+
+    def __init__(self, end: float, honour: bool) -> None:
+        self.lat: list[float] = []
+        self.refused = self.errors = 0
+        self.end, self.honour = end, honour
+
+    async def refusal(self, retry_after: str | None) -> None:
+        """Count it; a client honouring Retry-After (or a device that fell back) pauses."""
+        self.refused += 1
+        if self.honour:
+            pause = float(retry_after) if retry_after else 1.0
+            await asyncio.sleep(max(0.0, min(pause, self.end - time.perf_counter())))
+
+
+async def _grpc_loop(port: int, reqs: list[dict], slots: int, tally: Tally) -> None:
     import grpc
 
     from tandem_wire.v1 import recommend_pb2 as pb
     from tandem_wire.v1 import recommend_pb2_grpc as pb_grpc
 
     msgs = [pb.RecommendRequest(**r) for r in reqs]
-    lat: list[float] = []
-    errors = 0
+    refusals = (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE)
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         stub = pb_grpc.TandemServiceStub(channel)
-        end = time.perf_counter() + seconds
 
         async def slot(i: int) -> None:
-            nonlocal errors
-            while time.perf_counter() < end:
+            while time.perf_counter() < tally.end:
                 t = time.perf_counter()
                 try:
                     await stub.Recommend(msgs[i % len(msgs)], timeout=10)
-                    lat.append(time.perf_counter() - t)
-                except grpc.RpcError:
-                    errors += 1
+                    tally.lat.append(time.perf_counter() - t)
+                except grpc.aio.AioRpcError as exc:
+                    trailers = dict(exc.trailing_metadata() or ())
+                    if exc.code() in refusals and "retry-after" in trailers:  # the server's own
+                        await tally.refusal(str(trailers["retry-after"]))
+                    else:
+                        tally.errors += 1
                 i += slots
         await asyncio.gather(*(slot(i) for i in range(slots)))
-    return lat, errors
 
 
-async def _http_loop(port: int, reqs: list[dict], slots: int, seconds: float) -> tuple:
-    lat: list[float] = []
-    errors = 0
+async def _http_loop(port: int, reqs: list[dict], slots: int, tally: Tally) -> None:
     limits = httpx.Limits(max_connections=slots, max_keepalive_connections=slots)
     # Headers and body leave in separate writes: without TCP_NODELAY, Nagle's algorithm and
     # the server's delayed ACK add ~40 ms to every request.
@@ -92,121 +116,264 @@ async def _http_loop(port: int, reqs: list[dict], slots: int, seconds: float) ->
         limits=limits, socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)])
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", transport=nodelay,
                                  timeout=10) as client:
-        end = time.perf_counter() + seconds
 
         async def slot(i: int) -> None:
-            nonlocal errors
-            while time.perf_counter() < end:
+            while time.perf_counter() < tally.end:
                 t = time.perf_counter()
                 try:
                     r = await client.post("/v1/recommend", json=reqs[i % len(reqs)])
                     if r.status_code == 200:
-                        lat.append(time.perf_counter() - t)
+                        tally.lat.append(time.perf_counter() - t)
+                    elif r.status_code in (429, 503):
+                        await tally.refusal(r.headers.get("retry-after"))
                     else:
-                        errors += 1
+                        tally.errors += 1
                 except httpx.HTTPError:
-                    errors += 1
+                    tally.errors += 1
                 i += slots
         await asyncio.gather(*(slot(i) for i in range(slots)))
-    return lat, errors
 
 
 def _client(args: tuple) -> tuple:
-    transport, port, reqs, slots, seconds = args
+    transport, port, reqs, slots, seconds, honour = args
     loop = _grpc_loop if transport == "grpc" else _http_loop
-    return asyncio.run(loop(port, reqs, slots, seconds))
+    tally = Tally(time.perf_counter() + seconds, honour)
+    asyncio.run(loop(port, reqs, slots, tally))
+    return tally.lat, tally.refused, tally.errors
 
 
 def drive(transport: str, port: int, reqs: list[dict], concurrency: int, seconds: float,
-          processes: int) -> dict:
+          processes: int, honour: bool = True) -> dict:
     """Closed loop at `concurrency` in-flight requests spread over client processes."""
     procs = max(1, min(processes, concurrency))
     shares = [concurrency // procs + (i < concurrency % procs) for i in range(procs)]
-    jobs = [(transport, port, reqs[i::procs], s, seconds) for i, s in enumerate(shares)]
+    jobs = [(transport, port, reqs[i::procs], s, seconds, honour) for i, s in enumerate(shares)]
     with mp.get_context("spawn").Pool(procs) as pool:
         parts = pool.map(_client, jobs)
     lat = np.concatenate([np.asarray(p[0]) for p in parts]) * 1000
-    errors = sum(p[1] for p in parts)
     return {"rps": round(len(lat) / seconds, 1),
             "p50_ms": round(float(np.percentile(lat, 50)), 2) if len(lat) else None,
             "p99_ms": round(float(np.percentile(lat, 99)), 2) if len(lat) else None,
-            "errors": int(errors), "requests": int(len(lat))}
+            "refused": int(sum(p[1] for p in parts)), "errors": int(sum(p[2] for p in parts)),
+            "requests": int(len(lat))}
 
 
-def start_server(bundle: Path, batching: bool, threads: int) -> tuple[subprocess.Popen, int, int]:
+def start_server(bundle: Path, batching: bool, threads: int, code: Path,
+                 extra_env: dict[str, str]) -> tuple[subprocess.Popen, int, int]:
+    """`tandem serve` from the code in `code` (this checkout or the baseline's worktree)."""
     env = {"TANDEM_CLOUD_BATCHING": str(batching).lower(), "TANDEM_CLOUD_CACHE_TTL_S": "0",
            "TANDEM_CLOUD_RATE_BURST": "100000000", "TANDEM_CLOUD_RATE_PER_S": "100000000",
-           "TANDEM_CLOUD_TORCH_THREADS": str(threads)}
-    return start_cloud_process(bundle, env, auth=False)
+           "TANDEM_CLOUD_TORCH_THREADS": str(threads), **extra_env, "PYTHONPATH": str(code)}
+    with in_directory(code):  # `python -m` puts the working directory first on sys.path
+        return start_cloud_process(bundle, env, auth=False)
+
+
+@contextlib.contextmanager
+def in_directory(path: Path) -> Iterator[None]:
+    before = Path.cwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(before)
+
+
+def imports_from(code: Path) -> str:
+    """Where a server started from `code` imports the cloud service from (a sanity check)."""
+    with in_directory(code):
+        out = subprocess.run([sys.executable, "-c", "import cloud_service; print("
+                              "cloud_service.__file__)"], env={**os.environ, "PYTHONPATH":
+                             str(code)}, capture_output=True, text=True, check=True)
+    return str(Path(out.stdout.strip()).parent.parent)
+
+
+@contextlib.contextmanager
+def worktree(rev: str) -> Iterator[tuple[Path, str]]:
+    """A detached git worktree of `rev` under a temporary directory, removed afterwards."""
+    tmp = Path(tempfile.mkdtemp(prefix="tandem-baseline-"))
+    path = tmp / "src"
+    git = ["git", "-C", str(REPO_ROOT)]
+    subprocess.run([*git, "worktree", "add", "--detach", str(path), rev], check=True,
+                   capture_output=True)
+    try:
+        yield path, git_commit(path)
+    finally:
+        subprocess.run([*git, "worktree", "remove", "--force", str(path)], check=False,
+                       capture_output=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def git_commit(path: Path) -> str:
+    out = subprocess.run(["git", "-C", str(path), "rev-parse", "HEAD"], check=True,
+                         capture_output=True, text=True)
+    dirty = subprocess.run(["git", "-C", str(path), "status", "--porcelain",
+                            "--untracked-files=no"], capture_output=True, text=True).stdout
+    return out.stdout.strip() + ("+uncommitted changes" if dirty.strip() else "")
 
 
 def markdown(report: dict) -> str:
-    lines = [f"# Cloud load: {report['bundle_dataset']} bundle {report['bundle_version']}", "",
-             f"Machine: {report['machine']['cpu']}, {report['machine']['cores']} cores. "
-             f"Closed loop, {report['seconds']} s per cell, clients in "
-             f"{report['client_processes']} separate processes on the same machine.", "",
-             "| transport | batching | torch threads | concurrency | req/s | p50 ms | p99 ms |"
-             " errors | batched/unbatched |",
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    for r in report["rows"]:
-        ratio = r.get("speedup_vs_unbatched")
-        lines.append(f"| {r['transport']} | {'on' if r['batching'] else 'off'} | "
-                     f"{r['server_threads']} | {r['concurrency']} | {r['rps']} | {r['p50_ms']} | "
-                     f"{r['p99_ms']} | {r['errors']} | {f'{ratio:.2f}x' if ratio else ''} |")
-    return "\n".join(lines) + "\n"
+    head = [f"# Cloud load: {report['bundle_dataset']} bundle {report['bundle_version']}", "",
+            f"Machine: {report['machine']['cpu']}, {report['machine']['cores']} cores. "
+            f"Closed loop, {report['seconds']} s per cell, clients in "
+            f"{report['client_processes']} separate processes on the same machine; refused "
+            f"requests (503, RESOURCE_EXHAUSTED) {report['on_refusal']}. Latencies are those "
+            "of answered requests.", ""]
+    rows = report["rows"]
+    if "baseline" not in report:
+        head += ["| transport | batching | torch threads | concurrency | req/s | p50 ms | p99 ms |"
+                 " refused | errors | batched/unbatched |",
+                 "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        for r in rows:
+            ratio = r.get("speedup_vs_unbatched")
+            head.append(f"| {_cell(r)} | {r['rps']} | {r['p50_ms']} | {r['p99_ms']} | "
+                        f"{r['refused']} | {r['errors']} | {f'{ratio:.2f}x' if ratio else ''} |")
+        return "\n".join(head) + "\n"
+    b = report["baseline"]
+    head += [f"Baseline: {b['rev']} ({_short(b['commit'])}), current: "
+             f"{_short(report['current']['commit'])}; each cell ran on both, the two taking "
+             "turns going first.",
+             "", "| transport | batching | torch threads | concurrency | req/s current | req/s "
+             "baseline | current/baseline | p50 ms cur / base | p99 ms cur / base | refused "
+             "cur / base | errors cur / base |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for cur in (r for r in rows if r["code"] == "current"):
+        base = _twin(rows, cur, code="baseline")
+        ratio = f"{cur['rps'] / base['rps']:.2f}x" if base["rps"] else ""
+        head.append(f"| {_cell(cur)} | {cur['rps']} | {base['rps']} | {ratio} | "
+                    + " | ".join(f"{cur[k]} / {base[k]}" for k in
+                                 ("p50_ms", "p99_ms", "refused", "errors")) + " |")
+    return "\n".join(head) + "\n"
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--bundle", type=Path, default=artifacts_dir() / "ml-1m" / "bundle")
+def _short(commit: str) -> str:
+    sha, _, rest = commit.partition("+")
+    return sha[:12] + (f" with {rest}" if rest else "")
+
+
+def _cell(r: dict) -> str:
+    return (f"{r['transport']} | {'on' if r['batching'] else 'off'} | {r['server_threads']} | "
+            f"{r['concurrency']}")
+
+
+def _twin(rows: list[dict], row: dict, **change: object) -> dict:
+    """The row of the same cell with `change` applied (the other code, or unbatched)."""
+    want = {**{k: row[k] for k in ("transport", "batching", "server_threads", "concurrency",
+                                   "code")}, **change}
+    return next(r for r in rows if all(r[k] == v for k, v in want.items()))
+
+
+def measure(a: argparse.Namespace, reqs: list[dict], codes: list[tuple[str, Path]]) -> list[dict]:
+    """Every cell on every code's server; within a cell the codes take turns going first."""
+    configs = [(b == "on", a.server_threads, a.transports, a.concurrency) for b in a.batching]
+    if a.compare_threads:
+        configs.append((True, a.compare_threads, ["grpc"], [32]))
+    extra_env = dict(kv.split("=", 1) for kv in a.server_env)
+    rows, turn = [], 0
+    for batching, threads, transports, concurrency in configs:
+        servers: dict[str, tuple[subprocess.Popen, int, int]] = {}
+        try:
+            for name, code in codes:
+                servers[name] = start_server(a.bundle, batching, threads, code, extra_env)
+            for transport in transports:
+                port = {name: srv[2 if transport == "grpc" else 1] for name, srv in servers.items()}
+                for name in servers:
+                    drive(transport, port[name], reqs, 4, 2.0, a.client_processes)  # warm-up
+                for c in concurrency:
+                    order = [n for n, _ in codes][::1 if turn % 2 == 0 else -1]
+                    turn += 1
+                    for name in order:
+                        row = {"code": name, "transport": transport, "batching": batching,
+                               "server_threads": threads, "concurrency": c,
+                               **drive(transport, port[name], reqs, c, a.seconds,
+                                       a.client_processes, a.on_refusal == "pause")}
+                        print(json.dumps(row), flush=True)
+                        rows.append(row)
+        finally:
+            for proc, _, _ in servers.values():
+                proc.terminate()
+                proc.wait(timeout=30)
+    for r in rows:
+        if r["batching"] and r["server_threads"] == a.server_threads and "off" in a.batching:
+            base = _twin(rows, r, batching=False)
+            r["speedup_vs_unbatched"] = round(r["rps"] / base["rps"], 2) if base["rps"] else None
+        if r["code"] == "current" and len(codes) > 1:
+            base = _twin(rows, r, code="baseline")
+            r["vs_baseline_rps"] = round(r["rps"] / base["rps"], 2) if base["rps"] else None
+    return rows
+
+
+def _words(values: list[str]) -> list[str]:
+    return [w for v in values for w in v.split(",") if w]  # "1 8" and the older "1,8" alike
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=__doc__.split("\n\n", 1)[1])
+    p.add_argument("--bundle", type=Path, default=artifacts_dir() / "ml-1m" / "bundle",
+                   help="bundle pair directory (default: artifacts/ml-1m/bundle)")
     p.add_argument("--dataset", default="", help="default: the bundle's dataset")
-    p.add_argument("--seconds", type=float, default=8.0)
-    p.add_argument("--concurrency", default="1,8,32,64")
-    p.add_argument("--transports", default="grpc,http")
-    p.add_argument("--client-processes", type=int, default=2)
+    p.add_argument("--seconds", type=float, default=8.0, help="closed loop per cell")
+    p.add_argument("--concurrency", nargs="+", default=["1", "8", "32", "64", "128"], metavar="N",
+                   help="requests in flight per cell (default: 1 8 32 64 128)")
+    p.add_argument("--transports", nargs="+", default=["grpc", "http"], metavar="T",
+                   help="grpc, http or both (default: both)")
+    p.add_argument("--batching", nargs="+", default=["on", "off"], metavar="ON_OFF",
+                   help="micro-batching on, off or both (default: both)")
+    p.add_argument("--client-processes", type=int, default=2,
+                   help="processes the load is driven from (default: 2)")
     p.add_argument("--server-threads", type=int, default=1, help="the server's default")
     p.add_argument("--compare-threads", type=int, default=2,
                    help="also run gRPC, batched, concurrency 32 with this many torch threads "
                         "(0 = skip)")
-    p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument("--baseline", metavar="REV", default="",
+                   help="also serve every cell from a git worktree of REV (a commit, tag or "
+                        "branch) and compare: current/baseline per cell")
+    p.add_argument("--on-refusal", choices=["pause", "retry"], default="pause",
+                   help="pause: a refused slot waits out Retry-After, as a client honouring it "
+                        "or a device that fell back would; retry: it asks again at once")
+    p.add_argument("--server-env", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="extra environment for both servers, e.g. "
+                        "TANDEM_CLOUD_HTTP_MAX_INFLIGHT=64 (a baseline ignores unknown ones)")
+    p.add_argument("--out", type=Path, default=RESULTS, help="default: bench/results")
     a = p.parse_args()
+    a.concurrency = [int(c) for c in _words(a.concurrency)]
+    a.transports, a.batching = _words(a.transports), _words(a.batching)
+    if not set(a.transports) <= {"grpc", "http"} or not set(a.batching) <= {"on", "off"}:
+        p.error("--transports takes grpc and/or http; --batching on and/or off")
+    a.bundle = a.bundle.resolve()  # the servers run from other directories
+    a.out = a.out.resolve()
+    return a
+
+
+def main() -> None:
+    a = parse_args()
     from tandem_contract.bundle import read_pair
     from tandemrec.eval.report import machine
 
     manifest = read_pair(a.bundle)[1]
     reqs = build_requests(a.bundle, a.dataset or manifest["dataset"])
-    rows = []
-    cells = [(b, a.server_threads, a.transports.split(","), a.concurrency) for b in (True, False)]
-    if a.compare_threads:
-        cells.append((True, a.compare_threads, ["grpc"], "32"))
-    for batching, threads, transports, concurrency in cells:
-        proc, http, grpc_port = start_server(a.bundle, batching, threads)
-        try:
-            for transport in transports:
-                port = grpc_port if transport == "grpc" else http
-                drive(transport, port, reqs, 4, 2.0, a.client_processes)  # warm-up
-                for c in (int(x) for x in concurrency.split(",")):
-                    row = {"transport": transport, "batching": batching,
-                           "server_threads": threads, "concurrency": c,
-                           **drive(transport, port, reqs, c, a.seconds, a.client_processes)}
-                    print(json.dumps(row), flush=True)
-                    rows.append(row)
-        finally:
-            proc.terminate()
-            proc.wait(timeout=30)
-    for r in rows:
-        if r["batching"] and r["server_threads"] == a.server_threads:
-            base = next(b for b in rows if not b["batching"] and
-                        b["transport"] == r["transport"] and b["concurrency"] == r["concurrency"])
-            r["speedup_vs_unbatched"] = round(r["rps"] / base["rps"], 2) if base["rps"] else None
-    report = {"machine": machine(), "bundle_version": manifest["version"],
-              "bundle_dataset": manifest["dataset"], "seconds": a.seconds,
-              "client_processes": a.client_processes, "server_torch_threads": a.server_threads,
-              "request": "collaborative, 8 intent tokens, 50-token coarse history, k=100",
-              "rows": rows}
+    report: dict = {"machine": machine(), "bundle_version": manifest["version"],
+                    "bundle_dataset": manifest["dataset"], "seconds": a.seconds,
+                    "client_processes": a.client_processes,
+                    "server_torch_threads": a.server_threads, "server_env": a.server_env,
+                    "on_refusal": ("paused for their Retry-After" if a.on_refusal == "pause"
+                                   else "retried at once"),
+                    "request": "collaborative, 8 intent tokens, 50-token coarse history, k=100",
+                    "current": {"commit": git_commit(REPO_ROOT),
+                                "imports_from": imports_from(REPO_ROOT)}}
+    with contextlib.ExitStack() as stack:
+        codes = [("current", REPO_ROOT)]
+        if a.baseline:
+            path, commit = stack.enter_context(worktree(a.baseline))
+            report["baseline"] = {"rev": a.baseline, "commit": commit,
+                                  "imports_from": imports_from(path)}
+            codes.insert(0, ("baseline", path))
+        report["rows"] = measure(a, reqs, codes)
     a.out.mkdir(parents=True, exist_ok=True)
-    (a.out / "cloud-load.json").write_text(json.dumps(report, indent=2) + "\n")
-    (a.out / "cloud-load.md").write_text(markdown(report))
+    name = "cloud-load-vs-baseline" if a.baseline else "cloud-load"
+    (a.out / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
+    (a.out / f"{name}.md").write_text(markdown(report))
     print(markdown(report))
 
 
