@@ -172,27 +172,52 @@ class RequestGuard:
         except ServiceError as exc:
             await _reply(send, exc)
             return
-        if path.startswith("/v1/admin/"):  # operators must reach a loaded replica too
-            await self._serve(scope, receive, send, headers)
-        elif not await self.admission.enter():
-            self.service.metrics.http_refused.inc()
-            # uvicorn drops an unread body of known length and keeps the connection open.
-            await _reply(send, self._overloaded, close="transfer-encoding" in headers)
-        else:
-            try:
-                await self._serve(scope, receive, send, headers)
-            finally:
-                self.admission.leave()
+        # Operators must reach a loaded replica too: admin routes skip admission.
+        await self._serve(scope, receive, send, headers,
+                          admit=not path.startswith("/v1/admin/"))
 
     async def _serve(self, scope: Scope, receive: Receive, send: Send,
-                     headers: dict[str, str]) -> None:
-        """A /v1/ request: counted for the drain, authenticated, then forwarded."""
+                     headers: dict[str, str], admit: bool) -> None:
+        """A /v1/ request: counted for the drain, authenticated, then forwarded; device
+        requests take an admission slot only once their whole body is here, so clients that
+        send slowly hold a connection (cut by the read timeout), never a slot."""
         try:
             with self.service.in_flight():
                 self._authenticate(scope, headers)
-                await self._forward(scope, receive, send)
+                if not admit:
+                    await self._forward(scope, receive, send)
+                    return
+                body = await self._read_body(receive)
+                if body is not None:  # None: the client went away
+                    await self._admitted(scope, _replay(body, receive), send)
         except ServiceError as exc:
             await _reply(send, exc)
+
+    async def _admitted(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if not await self.admission.enter():
+            self.service.metrics.http_refused.inc()
+            await _reply(send, self._overloaded, close=False)  # the body is read: keep-alive
+            return
+        try:
+            await self._forward(scope, receive, send)
+        finally:
+            self.admission.leave()
+
+    async def _read_body(self, receive: Receive) -> bytes | None:
+        """The whole request body, at most `max_body` bytes; None if the client went away."""
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return None
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body:
+                raise BodyTooLarge(f"request body over {self.max_body} bytes")
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
 
     def _check_framing(self, headers: dict[str, str]) -> None:
         size = headers.get("content-length")
@@ -237,6 +262,19 @@ class RequestGuard:
                 await send(message)
 
         await self.app(scope, counted, guarded_send)
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A receive that hands over the buffered body once, then the connection's own messages."""
+    given = False
+
+    async def replay() -> Message:
+        nonlocal given
+        if not given:
+            given = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+    return replay
 
 
 async def _reply(send: Send, exc: ServiceError, close: bool = True) -> None:

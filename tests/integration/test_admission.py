@@ -1,7 +1,8 @@
 """HTTP admission control on a real replica allowed one request in flight and none waiting.
 
-A raw socket that sends a request's headers but holds back its body keeps the one slot taken
-for as long as the test wants, so refusals do not depend on how fast the machine is.
+A slot is taken only once a request's body is all there: a client that holds back its body
+keeps a connection open (until the read timeout), never a slot. Refusals under a slot that is
+held are covered against a slow app in tests/unit/test_admission.py.
 """
 
 from __future__ import annotations
@@ -42,27 +43,17 @@ def assert_refused(status: int, headers: dict[str, str], body: bytes) -> None:
     assert error_of(body)["code"] == "UNAVAILABLE"
 
 
-def test_a_full_replica_refuses_device_calls_but_answers_health_and_metrics(replica):
+def test_a_client_holding_back_its_body_takes_no_slot(replica):
     http = f"http://127.0.0.1:{replica.http_port}"
     with connect(replica.http_port) as holder, connect(replica.http_port) as other:
-        holder.sendall(REQUEST[:-len(BODY)])  # admitted; the route now waits for its body
-        for _ in range(200):  # until the guard has admitted it (a refusal is the sign)
+        holder.sendall(REQUEST[:-len(BODY)])  # headers sent, body held back
+        for _ in range(3):  # the one slot stays free for complete requests
             other.sendall(REQUEST)
-            status, headers, body = read_response(other)
-            if status == 503:
-                break
+            status, _, body = read_response(other)
             assert status == 200, body
-        assert_refused(status, headers, body)
-        assert "connection" not in headers  # the refused request's connection stays usable
         assert httpx.get(f"{http}/healthz").status_code == 200
-        assert httpx.get(f"{http}/readyz").status_code == 200
-        metrics = httpx.get(f"http://127.0.0.1:{replica.metrics_port}/metrics").text
-        refused = [ln for ln in metrics.splitlines() if ln.startswith("tandem_http_refused_total")]
-        assert refused and float(refused[0].split()[-1]) >= 1
-        holder.sendall(BODY)  # the held request completes and frees the slot
+        holder.sendall(BODY)  # the held request completes and is served
         assert read_response(holder)[0] == 200
-        other.sendall(REQUEST)  # the same connection that was refused on
-        assert read_response(other)[0] == 200
 
 
 def test_concurrent_calls_get_an_answer_or_a_polite_refusal(replica):
