@@ -29,6 +29,7 @@ With weight 0 and device_top >= k the top k is exactly the device alone, so the 
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Literal
 
@@ -92,27 +93,41 @@ class DeviceView:
         sizes = np.bincount(np.asarray(item_intent)[known], minlength=n_intents + 1)
         return cls(known, np.log(sizes[: n_intents + 1] + 1.0))
 
+    @functools.cached_property
+    def unknown(self) -> np.ndarray:
+        """The ids below the catalog's size that the bundle does not know (padding among them)."""
+        return np.flatnonzero(~self.known)
+
 
 def log_softmax(x: np.ndarray) -> np.ndarray:
     """Log-softmax of a vector; -inf entries stay -inf."""
-    x = np.asarray(x, dtype=np.float64)
-    z = x - np.max(x)
-    return z - np.log(np.exp(z).sum())
+    return _log_softmax_(np.array(x, dtype=np.float64))
+
+
+def _log_softmax_(z: np.ndarray) -> np.ndarray:
+    """`log_softmax` in place in a float64 vector the caller owns (no temporaries but exp)."""
+    z -= z.max()
+    z -= np.log(np.exp(z).sum())
+    return z
 
 
 def intent_log_probs(intent_logits: np.ndarray) -> np.ndarray:
     """(K+1,) log-softmax of the intent head over tokens 1..K; token 0 (padding) is -inf."""
-    x = np.asarray(intent_logits, dtype=np.float64).copy()
+    x = np.array(intent_logits, dtype=np.float64)
     x[0] = -np.inf
-    return log_softmax(x)
+    return _log_softmax_(x)
 
 
 def device_log_probs(item_scores: np.ndarray, view: DeviceView) -> np.ndarray:
     """(N+1,) student log-probabilities over the items the device knows; -inf elsewhere."""
-    s = np.full(len(view.known), -np.inf)
-    n = min(len(item_scores), len(view.known))
-    s[:n] = np.where(view.known[:n], item_scores[:n], -np.inf)
-    return log_softmax(s)
+    if len(item_scores) == len(view.known):
+        s = np.array(item_scores, dtype=np.float64)
+    else:
+        s = np.full(len(view.known), -np.inf)
+        n = min(len(item_scores), len(view.known))
+        s[:n] = item_scores[:n]
+    s[view.unknown] = -np.inf
+    return _log_softmax_(s)
 
 
 def _teacher_missing(cloud: CloudCandidates, rule: CloudMissing) -> float:
@@ -136,8 +151,10 @@ class FusionParts:
 
 def in_catalog(items: np.ndarray, size: int) -> np.ndarray:
     """The ids that index a score vector of `size` (a history may hold items newer than the
-    device's bundle, past its catalog)."""
+    device's bundle, past its catalog); the ids themselves when all do."""
     h = np.asarray(items, dtype=np.int64)
+    if len(h) and h.min() >= 0 and h.max() < size:
+        return h
     return h[(h >= 0) & (h < size)]
 
 
@@ -147,24 +164,43 @@ def fusion_parts(device_logp: np.ndarray, intent_logp: np.ndarray, view: DeviceV
     """Both sides' scores over the union; `cfg.weight` is not used (see `mix`)."""
     d = device_logp.copy()
     d[0] = -np.inf
-    if exclude is not None and len(exclude):
-        d[in_catalog(exclude, len(d))] = -np.inf
-    keep = ~_in(cloud.items, exclude)
+    gone = in_catalog(exclude, len(d)) if exclude is not None and len(exclude) else None
+    if gone is not None:
+        d[gone] = -np.inf
+    marks = _marks(cloud.items, gone, len(d))
+    keep = ~_in(cloud.items, exclude) if marks is None else marks[cloud.items] < 2
     c_items, c_logp, c_intents = cloud.items[keep], cloud.logp[keep], cloud.intents[keep]
-    own = _top(d, cfg.device_top)
-    own = own[~_in(own, c_items)]
+    own = _top(d, cfg.device_top)  # never consumed: consumed items score -inf
+    own = own[~_in(own, c_items)] if marks is None else own[marks[own] == 0]
     floor = _teacher_missing(cloud, cfg.cloud_missing)
     if cfg.device_missing == "mixture":
         d = d + _known_share(c_items, c_logp, view)
-    return FusionParts(
-        np.concatenate([c_items, own]).astype(np.int64),
-        np.concatenate([c_logp, np.full(len(own), floor)]),
-        np.concatenate([_device_scores(c_items, c_logp, c_intents, d, intent_logp, view,
-                                       cfg.device_missing), d[own]]))
+    c, union = len(c_items), len(c_items) + len(own)
+    items, teacher, device = np.empty(union, np.int64), np.empty(union), np.empty(union)
+    items[:c], items[c:] = c_items, own  # filled in place: cheaper than concatenating
+    teacher[:c], teacher[c:] = c_logp, floor
+    device[:c] = _device_scores(c_items, c_logp, c_intents, d, intent_logp, view,
+                                cfg.device_missing)
+    device[c:] = d[own]
+    return FusionParts(items, teacher, device)
+
+
+def _marks(items: np.ndarray, gone: np.ndarray | None, size: int) -> np.ndarray | None:
+    """Per id of the device's catalog: 1 where the cloud answered it, 2 where it was consumed
+    (`gone`), else 0; None when the answer holds ids outside the catalog (then `_in`)."""
+    if items.dtype.kind not in "iu" or not len(items) or items.min() < 0 or items.max() >= size:
+        return None
+    marks = np.zeros(size, dtype=np.uint8)
+    marks[items] = 1
+    if gone is not None:
+        marks[gone] = 2
+    return marks
 
 
 def _known(items: np.ndarray, view: DeviceView) -> np.ndarray:
     """Which of `items` the device's bundle knows (ids past its catalog are unknown)."""
+    if len(items) and items.max() < len(view.known):
+        return view.known[items]
     inside = items < len(view.known)
     known = np.zeros(len(items), dtype=bool)
     known[inside] = view.known[items[inside]]
@@ -196,8 +232,30 @@ def fuse(device_logp: np.ndarray, intent_logp: np.ndarray, view: DeviceView,
     """
     parts = fusion_parts(device_logp, intent_logp, view, cloud, cfg, exclude)
     fused = mix(cfg.weight, parts.teacher, parts.device)
-    order = np.argsort(-fused, kind="stable")
+    order = _best_first(fused)
     return parts.items[order], fused[order]
+
+
+def _best_first(scores: np.ndarray, max_ties: int = 16) -> np.ndarray:
+    """`np.argsort(-scores, kind="stable")`, from the unstable sort, which takes half the time:
+    equal scores lie side by side in its order, and each such run is put back in index order.
+    With NaN, or more than `max_ties` ties, the stable sort itself."""
+    neg = -scores
+    order = np.argsort(neg)
+    if len(order) < 2:
+        return order
+    ranked = neg[order]
+    tied = np.flatnonzero(ranked[1:] == ranked[:-1])  # i where ranks i and i + 1 tie
+    if ranked[-1] != ranked[-1] or len(tied) > max_ties:  # NaN sorts last, equals nothing
+        return np.argsort(neg, kind="stable")
+    i = 0
+    while i < len(tied):
+        start = j = int(tied[i])
+        while i + 1 < len(tied) and tied[i + 1] == j + 1:
+            i, j = i + 1, j + 1
+        order[start:j + 2] = np.sort(order[start:j + 2])
+        i += 1
+    return order
 
 
 def target_positions(parts: FusionParts, weights: np.ndarray, target: int) -> np.ndarray:
@@ -221,16 +279,23 @@ def _device_scores(items: np.ndarray, logp: np.ndarray, intents: np.ndarray, d: 
                    intent_logp: np.ndarray, view: DeviceView, rule: DeviceMissing) -> np.ndarray:
     """The device's log-probability of each cloud item, estimated where it does not know it."""
     known = _known(items, view)
+    if known.all():
+        return d[items]
     out = np.empty(len(items))
     out[known] = d[items[known]]
     unknown = ~known
     if unknown.any():
         if rule in ("teacher", "mixture"):
             out[unknown] = logp[unknown]
+            return out
+        tok = np.asarray(intents[unknown], dtype=np.int64)
+        sizes = view.log_intent_size
+        if len(sizes) == len(intent_logp) and tok.min() >= 0 and tok.max() < len(sizes):
+            by_token = intent_logp - sizes  # one estimate per token, 0 (padding) none
+            by_token[0] = -np.inf
+            out[unknown] = by_token[tok]
         else:
-            tok = np.asarray(intents[unknown], dtype=np.int64)
             valid = (tok > 0) & (tok < len(intent_logp))
-            sizes = view.log_intent_size
             size = np.where(tok < len(sizes), sizes[np.clip(tok, 0, len(sizes) - 1)], 0.0)
             out[unknown] = np.where(valid, intent_logp[np.where(valid, tok, 0)] - size, -np.inf)
     return out
@@ -240,7 +305,13 @@ def _top(scores: np.ndarray, n: int) -> np.ndarray:
     """The n best finite entries, best first (fewer when fewer are finite)."""
     if n <= 0:
         return np.zeros(0, dtype=np.int64)
-    n = min(n, int(np.isfinite(scores).sum()))
+    if n <= len(scores):  # the n best, when all are finite, as below without counting
+        neg = -scores
+        top = np.argpartition(neg, n - 1)[:n]
+        best = neg[top]
+        if np.isfinite(best).all():
+            return top[np.argsort(best, kind="stable")]
+    n = min(n, int(np.count_nonzero(np.isfinite(scores))))
     if n == 0:
         return np.zeros(0, dtype=np.int64)
     top = np.argpartition(-scores, n - 1)[:n]
@@ -248,6 +319,15 @@ def _top(scores: np.ndarray, n: int) -> np.ndarray:
 
 
 def _in(items: np.ndarray, among: np.ndarray | None) -> np.ndarray:
+    """`np.isin(items, among)`; ids of a catalog are looked up in a table, without the
+    overhead of np.isin's own (an eighth of its time for a cloud answer against a history)."""
     if among is None or len(among) == 0 or len(items) == 0:
         return np.zeros(len(items), dtype=bool)
+    items, among = np.asarray(items), np.asarray(among)
+    if items.dtype.kind in "iu" and among.dtype.kind in "iu":
+        lo, hi = min(items.min(), among.min()), max(items.max(), among.max())
+        if lo >= 0 and hi < max(1 << 16, 8 * (len(items) + len(among))):
+            table = np.zeros(int(hi) + 1, dtype=bool)
+            table[among] = True
+            return table[items]
     return np.isin(items, among)

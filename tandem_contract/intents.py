@@ -9,5 +9,7 @@ def top_intents(intent_logits: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarr
     """The m most likely intent tokens (ids >= 1) with softmax weights that sum to 1."""
     logits = intent_logits[1:]  # token 0 is padding
     idx = np.argsort(-logits)[:m]
-    w = np.exp(logits[idx] - logits[idx].max())
-    return idx + 1, (w / w.sum()).astype(np.float32)
+    top = logits[idx]
+    w = np.exp(top - top.max())
+    w /= w.sum()
+    return idx + 1, w.astype(np.float32, copy=False)

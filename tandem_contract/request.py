@@ -37,6 +37,15 @@ def build_request(intent_logits: np.ndarray, history: np.ndarray, item_intents: 
     recent = history[-coarse_len:] if coarse_len > 0 else history[:0]
     coarse = item_intents[np.asarray(recent, dtype=np.int64)]
     coarse = coarse[coarse > 0]  # an item the bundle does not know (token 0) says nothing
-    return CollaborativeRequest(tuple(int(t) for t in tokens),
-                                tuple(round(float(w), 6) for w in weights),
-                                tuple(int(t) for t in coarse), int(k), model_version)
+    return CollaborativeRequest(tuple(tokens.tolist()), _round6(weights),
+                                tuple(coarse.astype(np.int64, copy=False).tolist()), int(k),
+                                model_version)
+
+
+def _round6(weights: np.ndarray) -> tuple[float, ...]:
+    """`round(w, 6)` of each weight, vectorised: for float32 weights (what `top_intents` gives)
+    w * 1e6 is exact in float64 (24 + 14 significant bits), so numpy's rint of it and division
+    by 1e6 land on the very float Python's correctly rounded `round` returns."""
+    if weights.dtype != np.float32:
+        return tuple(round(float(w), 6) for w in weights)
+    return tuple((np.rint(weights.astype(np.float64) * 1e6) / 1e6).tolist())  # np.round's way
