@@ -11,6 +11,7 @@ class OnnxStudent:
     """The on-device intent model: history -> (intent logits (K+1,), item scores (N+1,)).
 
     One inference session per model file; `threads` bounds the cores it may take on a phone.
+    The graph reads one history at a time (tandemrec.train.export: batch 1, no padding inside).
     """
 
     def __init__(self, path: Path | str, threads: int = 1, max_len: int | None = None) -> None:
@@ -20,10 +21,15 @@ class OnnxStudent:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # ONNX Runtime plans a memory pattern per input shape; a device's history grows by one
+        # item a request, so each shape is new and the plan a cost that never pays back.
+        options.enable_mem_pattern = False
         self.path = Path(path)
         self.session = ort.InferenceSession(str(path), options,
                                             providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        self.run_options = ort.RunOptions()  # made once: each run would make a default one
         meta = self.session.get_modelmeta().custom_metadata_map
         # The model's own history window (written at export) unless the caller narrows it.
         self.max_len = max_len or (int(meta["max_len"]) if "max_len" in meta else None)
@@ -36,5 +42,6 @@ class OnnxStudent:
             h = h[-self.max_len:]
         if h.size == 0:
             h = np.zeros(1, dtype=np.int64)  # an empty history reads as one padding step
-        intents, scores = self.session.run(None, {self.input_name: h[None]})
+        intents, scores = self.session.run(self.output_names, {self.input_name: h[None]},
+                                           self.run_options)
         return intents[0], scores[0]
