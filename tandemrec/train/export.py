@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from tandemrec.models.blocks import CausalSelfAttention
 from tandemrec.models.student import Student
@@ -15,6 +19,7 @@ from tandemrec.models.student import Student
 INPUT = "history"
 OUTPUTS = ("intent_logits", "item_scores")
 OPSET = 17
+CONTRIB = "com.microsoft"  # ONNX Runtime's contrib operators (GroupQueryAttention)
 
 
 @dataclass
@@ -29,11 +34,16 @@ class ParityReport:
         return self.max_abs_diff_scores <= self.atol and self.max_abs_diff_intents <= self.atol
 
 
-def export_onnx(student: Student, path: Path) -> Path:
-    """Write the student as ONNX: history (B, T) int64 -> intent logits, item scores.
+def export_onnx(student: Student, path: Path, batched: bool = False) -> Path:
+    """Write the student as ONNX: history (1, T) int64 -> intent logits, item scores.
+
+    By default the device graph (`DeviceGraph`): one history at a time, as the device and the
+    evaluation run it, with ONNX Runtime's causal attention kernel and no attention mask; its
+    outputs are bit for bit those of the module's own graph. `batched=True` exports the module's
+    own forward instead (any batch, left padding masked).
 
     Uses the TorchScript-based exporter (dynamo=False), which needs no extra packages and writes
-    a single self-contained file. Batch and history length are dynamic.
+    a single self-contained file. The history length is dynamic.
     """
     student = student.eval()
     for mod in student.modules():
@@ -41,16 +51,103 @@ def export_onnx(student: Student, path: Path) -> Path:
             mod.fused = False  # the exported graph gets plain matmuls
     example = torch.randint(1, student.cfg.n_items + 1, (1, student.cfg.max_len))
     path.parent.mkdir(parents=True, exist_ok=True)
+    module: nn.Module = student if batched else DeviceGraph(student)
+    axes = ({INPUT: {0: "batch", 1: "history"}, OUTPUTS[0]: {0: "batch"},
+             OUTPUTS[1]: {0: "batch"}} if batched else {INPUT: {1: "history"}})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(student, (example,), str(path), input_names=[INPUT],
+        torch.onnx.export(module, (example,), str(path), input_names=[INPUT],
                           output_names=list(OUTPUTS), opset_version=OPSET, dynamo=False,
-                          dynamic_axes={INPUT: {0: "batch", 1: "history"},
-                                        OUTPUTS[0]: {0: "batch"}, OUTPUTS[1]: {0: "batch"}})
+                          custom_opsets={CONTRIB: 1}, dynamic_axes=axes)
     cfg = student.cfg
     _set_metadata(path, {"max_len": cfg.max_len, "n_items": cfg.n_items,
                          "n_intents": cfg.n_intents, "producer": "tandemrec"})
     return path
+
+
+class _CausalAttention(torch.autograd.Function):
+    """Causal attention of one unpadded sequence, packed [q | k | v] (1, T, 3D) -> (1, T, D);
+    exported as ONNX Runtime's GroupQueryAttention (as many key heads as query heads, no cache),
+    which reads the packed projection as it is."""
+
+    @staticmethod
+    def forward(ctx: Any, qkv: torch.Tensor, heads: int, d_head: int) -> torch.Tensor:
+        t = qkv.shape[1]
+        qh, kh, vh = (x.reshape(1, t, heads, d_head).transpose(1, 2)
+                      for x in qkv.split(heads * d_head, dim=-1))
+        att = (qh @ kh.transpose(-2, -1)) * (1.0 / math.sqrt(d_head))
+        att = att.masked_fill(torch.ones(t, t, dtype=torch.bool).triu(1), float("-inf"))
+        return (att.softmax(dim=-1) @ vh).transpose(1, 2).reshape(1, t, heads * d_head)
+
+    @staticmethod
+    def symbolic(g: Any, qkv: Any, heads: int, d_head: int) -> Any:
+        def const(value: Any, dtype: torch.dtype = torch.int64) -> Any:
+            return g.op("Constant", value_t=torch.tensor(value, dtype=dtype))
+
+        def absent() -> Any:  # an omitted optional input
+            node = g.op("prim::Constant")
+            node.setType(torch._C.OptionalType.ofTensor())
+            return node
+
+        length = g.op("Cast", g.op("Gather", g.op("Shape", qkv), const(1), axis_i=0),
+                      to_i=6)  # INT32
+        last = g.op("Reshape", g.op("Sub", length, const(1, torch.int32)), const([1]))
+        out = g.op(f"{CONTRIB}::GroupQueryAttention", qkv, absent(), absent(), absent(),
+                   absent(), last, length, num_heads_i=heads, kv_num_heads_i=heads,
+                   scale_f=1.0 / math.sqrt(d_head), outputs=1)
+        out.setType(qkv.type().with_sizes([1, None, heads * d_head]))  # (1, T, D)
+        return out
+
+
+class DeviceGraph(nn.Module):
+    """The student's forward for one history without padding, the graph the device runs.
+
+    The same operations as `Student.forward` on a (1, T) history, less what one unpadded
+    history does not need: no (T, T) attention mask is built and added; the first layers attend
+    through ONNX Runtime's causal kernel, which skips the masked half of each softmax and gives
+    the same bits; the last layer's one query sees every key, so it takes no mask at all; the
+    reshapes have fixed sizes instead of shape arithmetic. A padding id still contributes a
+    zero input (an empty history is one padding step, which can only attend to itself).
+    """
+
+    def __init__(self, student: Student) -> None:
+        super().__init__()
+        # The student's own parts under their own names, so the file's tensors are named alike
+        self.cfg, self.items, self.in_norm = student.cfg, student.items, student.in_norm
+        self.decoder, self.intent_head, self.out_bias = (student.decoder, student.intent_head,
+                                                         student.out_bias)
+
+    def forward(self, seq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        dec, items = self.decoder, self.items
+        table = items.weight_t if items.rank is None else items.u_t
+        rows = table.index_select(1, seq[0]).T  # (T, D or r), as ItemTable.lookup
+        if items.rank is not None:
+            rows = rows @ items.v
+        x = self.in_norm(rows[None])
+        t = x.shape[1]
+        positions = (t - 1) - torch.arange(t)  # as Decoder: 0 is the most recent item
+        x = (x + dec.pos(positions)[None]) * (seq != 0)[..., None]
+        blocks: list[Any] = list(dec.blocks)
+        for i, block in enumerate(blocks):
+            last = i == len(blocks) - 1
+            a = self._attend(block.attn, block.norm1(x), last)
+            x = (x[:, -1:] if last else x) + a
+            gate, up = block.mlp.gate_up(block.norm2(x)).split(self.cfg.mlp_hidden, dim=-1)
+            x = x + block.mlp.down(F.silu(gate) * up)
+        return Student.heads(self, dec.norm(x)[:, -1])  # type: ignore[arg-type]  # same parts
+
+    @staticmethod
+    def _attend(attn: CausalSelfAttention, x: torch.Tensor, last: bool) -> torch.Tensor:
+        h, dh = attn.n_heads, attn.d_head
+        if not last:
+            return attn.proj(_CausalAttention.apply(attn.qkv(x), h, dh))
+        q, k, v = attn.qkv(x).split(h * dh, dim=-1)
+        qh = q[:, -1:].reshape(1, 1, h, dh).transpose(1, 2)  # (1, H, 1, Dh)
+        kh = k.reshape(1, -1, h, dh).transpose(1, 2)  # (1, H, T, Dh)
+        vh = v.reshape(1, -1, h, dh).transpose(1, 2)
+        att = (qh @ kh.transpose(-2, -1)) * (1.0 / math.sqrt(dh))  # a mask row of zeros: none
+        y = (att.softmax(dim=-1) @ vh).transpose(1, 2).reshape(1, 1, h * dh)
+        return attn.proj(y)
 
 
 def _set_metadata(path: Path, meta: dict) -> None:
@@ -72,15 +169,164 @@ def _get_metadata(path: Path) -> dict:
 
 
 def quantize_int8(src: Path, dst: Path) -> Path:
-    """Dynamic int8 quantisation of weights (MatMul and Gather) with ONNX Runtime."""
+    """Dynamic int8 quantisation of weights (MatMul and Gather) with ONNX Runtime, then two
+    rewrites of the int8 graph that leave every output bit as it was (`_rewrite_int8`)."""
     import logging
 
     from onnxruntime.quantization import QuantType, quantize_dynamic
     logging.getLogger().setLevel(logging.ERROR)  # ORT logs a pre-processing hint as a warning
     quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8,
                      op_types_to_quantize=["MatMul", "Gather"])
+    _rewrite_int8(dst)
     _set_metadata(dst, _get_metadata(src))
     return dst
+
+
+def _rewrite_int8(path: Path) -> None:
+    """Two rewrites of the quantised graph that move bytes less and change no output bit."""
+    import onnx
+
+    model = onnx.load(str(path))
+    _gather_rows(model.graph)
+    _split_matmuls(model.graph)
+    onnx.save(model, str(path))
+
+
+def _consumers(graph: Any) -> dict[str, list[Any]]:
+    users: dict[str, list[Any]] = {}
+    for node in graph.node:
+        for name in node.input:
+            users.setdefault(name, []).append(node)
+    return users
+
+
+def _gather_rows(graph: Any) -> None:
+    """Store the item table by rows for its lookup, which then copies rows, not bytes.
+
+    The table is kept column-major (E^T, `ItemTable`) for the tied output head, so the lookup
+    gathers columns of an int8 matrix: one byte at a time, a tenth of the student's time on
+    ML-1M. Rewritten: the table is stored transposed and gathered by rows, the transpose that
+    followed the lookup goes, and the head reads a transpose of it that ONNX Runtime folds into
+    a constant when it loads the model. The file holds the table once.
+    """
+    from onnx import helper, numpy_helper
+
+    inits = {t.name: t for t in graph.initializer}
+    users = _consumers(graph)
+    scalar = {name for name, t in inits.items() if len(t.dims) == 0}
+    for gather in [n for n in graph.node if n.op_type == "Gather"]:
+        table = inits.get(gather.input[0])
+        axis = next((a.i for a in gather.attribute if a.name == "axis"), 0)
+        if table is None or len(table.dims) != 2 or axis != 1:
+            continue
+        chain = [gather]  # the lookup, its per-tensor dequantisation if any, then a transpose
+        while len(users.get(chain[-1].output[0], [])) == 1:
+            nxt = users[chain[-1].output[0]][0]
+            chain.append(nxt)
+            if nxt.op_type != "DequantizeLinear" or not set(nxt.input[1:]) <= scalar:
+                break
+        flip = chain[-1]
+        if flip.op_type != "Transpose" or [a.ints for a in flip.attribute] != [[1, 0]]:
+            continue
+        rows = numpy_helper.from_array(np.ascontiguousarray(numpy_helper.to_array(table).T),
+                                       table.name + "_rows")
+        graph.initializer.remove(table)
+        graph.initializer.append(rows)
+        gather.input[0] = rows.name
+        del gather.attribute[:]  # axis 0
+        for node in users.get(flip.output[0], []):  # read the lookup as it now comes, by rows
+            node.input[:] = [chain[-2].output[0] if x == flip.output[0] else x
+                             for x in node.input]
+        graph.node.remove(flip)
+        _forget_shapes(graph, {n.output[0] for n in chain})
+        if [n for n in users[table.name] if n is not gather]:  # the head: the table as it was,
+            graph.node.insert(0, helper.make_node(  # a transpose ONNX Runtime folds at load
+                "Transpose", [rows.name], [table.name], perm=[1, 0], name=table.name + "_cols"))
+
+
+def _split_matmuls(graph: Any) -> None:
+    """A quantised matmul whose output is split by columns becomes one matmul per part.
+
+    `qkv` and `gate_up` project once and split the result, which copies it whole. Each part
+    now multiplies by its own columns of the int8 weight (same scale and zero point) in ONNX
+    Runtime's DynamicQuantizeMatMul, the kernel the whole matmul ran in, after its own dynamic
+    quantisation of the same input: integer sums are exact in any order, so every part is the
+    bits the split gave, without the copy.
+    """
+    from onnx import helper, numpy_helper
+
+    inits = {t.name: t for t in graph.initializer}
+    made = {o: n for n in graph.node for o in n.output}
+    users = _consumers(graph)
+    for split in [n for n in graph.node if n.op_type == "Split"]:
+        found = _quantised_matmul(split, made, users, inits)
+        sizes = _constant(graph, split.input[1]) if len(split.input) > 1 else None
+        axis = next((a.i for a in split.attribute if a.name == "axis"), 0)
+        if found is None or sizes is None or axis not in (-1, 2):
+            continue
+        dql, mm, cast, mul, scales = found
+        weight = numpy_helper.to_array(inits[mm.input[1]])
+        if weight.ndim != 2 or int(sizes.sum()) != weight.shape[1]:
+            continue
+        b_scale = next(x for x in scales.input if x != dql.output[1])
+        at, start = list(graph.node).index(split), 0
+        for i, (size, out) in enumerate(zip(sizes.tolist(), split.output, strict=True)):
+            part = numpy_helper.from_array(np.ascontiguousarray(weight[:, start:start + size]),
+                                           f"{mm.input[1]}_part{i}")
+            graph.initializer.append(part)
+            graph.node.insert(at + i, helper.make_node(
+                "DynamicQuantizeMatMul", [dql.input[0], part.name, b_scale, mm.input[3]], [out],
+                domain=CONTRIB, name=f"{mm.name}_part{i}"))
+            start += size
+        for node in (split, mul, cast, mm, scales, dql):
+            graph.node.remove(node)
+        graph.initializer.remove(inits[mm.input[1]])
+        if len(users[split.input[1]]) == 1:  # the sizes, read by the split alone
+            if split.input[1] in inits:
+                graph.initializer.remove(inits[split.input[1]])
+            elif split.input[1] in made:
+                graph.node.remove(made[split.input[1]])
+        _forget_shapes(graph, set(split.output))
+
+
+def _quantised_matmul(split: Any, made: dict[str, Any], users: dict[str, list[Any]],
+                      inits: dict[str, Any]) -> tuple[Any, ...] | None:
+    """The nodes of the dynamic int8 matmul whose output `split` alone reads, as
+    `quantize_dynamic` writes it: DynamicQuantizeLinear, MatMulInteger on a weight, Cast to
+    float, Mul by the product of the two scales (that Mul too); else None."""
+    mul = made.get(split.input[0])
+    cast = made.get(mul.input[0]) if mul is not None and mul.op_type == "Mul" else None
+    mm = made.get(cast.input[0]) if cast is not None and cast.op_type == "Cast" else None
+    dql = made.get(mm.input[0]) if mm is not None and mm.op_type == "MatMulInteger" else None
+    if mul is None or cast is None or mm is None or dql is None \
+            or dql.op_type != "DynamicQuantizeLinear" or mm.input[1] not in inits:
+        return None
+    scales = made.get(mul.input[1])
+    if scales is None or scales.op_type != "Mul" or dql.output[1] not in scales.input:
+        return None
+    single = (*dql.output, mul.output[0], cast.output[0], mm.output[0], scales.output[0])
+    if any(len(users.get(x, [])) != 1 for x in single):
+        return None
+    return dql, mm, cast, mul, scales
+
+
+def _constant(graph: Any, name: str) -> np.ndarray | None:
+    """The value of `name` when it is an initializer or a Constant node's output."""
+    from onnx import numpy_helper
+
+    for t in graph.initializer:
+        if t.name == name:
+            return numpy_helper.to_array(t)
+    for node in graph.node:
+        if node.op_type == "Constant" and node.output[0] == name:
+            return numpy_helper.to_array(node.attribute[0].t)
+    return None
+
+
+def _forget_shapes(graph: Any, names: set[str]) -> None:
+    """Drop the shapes the quantiser recorded for tensors a rewrite changed."""
+    for info in [v for v in graph.value_info if v.name in names]:
+        graph.value_info.remove(info)
 
 
 def check_parity(student: Student, onnx_path: Path, histories: list[np.ndarray],
