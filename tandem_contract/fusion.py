@@ -179,8 +179,9 @@ def fusion_parts(device_logp: np.ndarray, intent_logp: np.ndarray, view: DeviceV
     items, teacher, device = np.empty(union, np.int64), np.empty(union), np.empty(union)
     items[:c], items[c:] = c_items, own  # filled in place: cheaper than concatenating
     teacher[:c], teacher[c:] = c_logp, floor
+    known = view.known[c_items] if marks is not None and len(d) == len(view.known) else None
     device[:c] = _device_scores(c_items, c_logp, c_intents, d, intent_logp, view,
-                                cfg.device_missing)
+                                cfg.device_missing, known)
     device[c:] = d[own]
     return FusionParts(items, teacher, device)
 
@@ -241,7 +242,7 @@ def _best_first(scores: np.ndarray, max_ties: int = 16) -> np.ndarray:
     equal scores lie side by side in its order, and each such run is put back in index order.
     With NaN, or more than `max_ties` ties, the stable sort itself."""
     neg = -scores
-    order = np.argsort(neg)
+    order = neg.argsort()
     if len(order) < 2:
         return order
     ranked = neg[order]
@@ -276,9 +277,11 @@ def target_positions(parts: FusionParts, weights: np.ndarray, target: int) -> np
 
 
 def _device_scores(items: np.ndarray, logp: np.ndarray, intents: np.ndarray, d: np.ndarray,
-                   intent_logp: np.ndarray, view: DeviceView, rule: DeviceMissing) -> np.ndarray:
-    """The device's log-probability of each cloud item, estimated where it does not know it."""
-    known = _known(items, view)
+                   intent_logp: np.ndarray, view: DeviceView, rule: DeviceMissing,
+                   known: np.ndarray | None = None) -> np.ndarray:
+    """The device's log-probability of each cloud item, estimated where it does not know it
+    (`known`: `_known(items, view)` when the caller has it)."""
+    known = _known(items, view) if known is None else known
     if known.all():
         return d[items]
     out = np.empty(len(items))
@@ -310,7 +313,7 @@ def _top(scores: np.ndarray, n: int) -> np.ndarray:
         top = np.argpartition(neg, n - 1)[:n]
         best = neg[top]
         if np.isfinite(best).all():
-            return top[np.argsort(best, kind="stable")]
+            return top[best.argsort(kind="stable")]
     n = min(n, int(np.count_nonzero(np.isfinite(scores))))
     if n == 0:
         return np.zeros(0, dtype=np.int64)

@@ -8,7 +8,7 @@ import numpy as np
 def top_intents(intent_logits: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
     """The m most likely intent tokens (ids >= 1) with softmax weights that sum to 1."""
     logits = intent_logits[1:]  # token 0 is padding
-    idx = np.argsort(-logits)[:m]
+    idx = (-logits).argsort()[:m]
     top = logits[idx]
     w = np.exp(top - top.max())
     w /= w.sum()

@@ -48,7 +48,7 @@ def old_known(items, view):
     return known
 
 
-def old_device_scores(items, logp, intents, d, intent_logp, view, rule):
+def old_device_scores(items, logp, intents, d, intent_logp, view, rule, known=None):
     """The rule item by item (the old code said it with masks)."""
     sizes, out = view.log_intent_size, []
     for i, item in enumerate(items.tolist()):
