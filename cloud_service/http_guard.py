@@ -8,11 +8,13 @@ unauthenticated calls before anything parses their body (the routes reuse the pr
 authenticated), and counts requests in flight so a draining replica finishes them.
 
 It also admits at most `http_max_inflight` device requests (`/v1/` but not `/v1/admin/`) at
-once, lets `http_max_queued` more wait their turn in arrival order, and refuses the rest at
-once: 503 with Retry-After in the error envelope, counted in `tandem_http_refused_total`. An
-unbounded server queued them all and fell over (at concurrency 64 HTTP dropped to 384 req/s,
-p99 788 ms); a refusal costs next to nothing and a client can retry elsewhere or fall back on
-the device. Health, readiness, metrics and admin calls are never refused.
+once, each once its body is all there (a client still sending holds a connection, cut by the
+read deadline, never a slot), lets `http_max_queued` more wait their turn in arrival order, and
+refuses the rest at once: 503 with Retry-After in the error envelope, counted in
+`tandem_http_refused_total`. An unbounded server queued them all and fell over (at concurrency
+64 HTTP dropped to 384 req/s, p99 788 ms); a refusal costs next to nothing and a client can
+retry elsewhere or fall back on the device. Health, readiness, metrics and admin calls are never
+refused.
 """
 
 from __future__ import annotations

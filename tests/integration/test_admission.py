@@ -1,12 +1,13 @@
 """HTTP admission control on a real replica allowed one request in flight and none waiting.
 
 A slot is taken only once a request's body is all there: a client that holds back its body
-keeps a connection open (until the read timeout), never a slot. Refusals under a slot that is
-held are covered against a slow app in tests/unit/test_admission.py.
+keeps a connection open (until the read timeout), never a slot. A slot is held here by
+holding the replica's core in-process; tests/unit/test_admission.py covers the line.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 from collections.abc import Iterator
@@ -76,3 +77,36 @@ def test_concurrent_calls_get_an_answer_or_a_polite_refusal(replica):
     for status, retry_after, body in answers:
         if status != 200:
             assert_refused(status, {"retry-after": retry_after or ""}, body)
+
+
+def test_a_full_replica_refuses_at_once_and_still_answers_health_and_metrics(replica,
+                                                                             monkeypatch):
+    # The replica runs in this process: its core is held in-process, so the one slot stays
+    # taken for as long as the test wants, whatever the machine's speed.
+    entered, release = threading.Event(), threading.Event()
+    recommend = replica.service.recommend
+
+    async def held(*args: object, **kwargs: object) -> object:
+        entered.set()
+        await asyncio.to_thread(release.wait, 60)
+        return await recommend(*args, **kwargs)
+
+    monkeypatch.setattr(replica.service, "recommend", held)
+    http = f"http://127.0.0.1:{replica.http_port}"
+    with connect(replica.http_port) as holder, connect(replica.http_port) as other:
+        holder.sendall(REQUEST)
+        assert entered.wait(60)
+        monkeypatch.undo()  # the requests after this one are not held
+        other.sendall(REQUEST)
+        status, headers, body = read_response(other)
+        assert_refused(status, headers, body)
+        assert "connection" not in headers  # the body was read: the connection stays usable
+        assert httpx.get(f"{http}/healthz").status_code == 200
+        assert httpx.get(f"{http}/readyz").status_code == 200
+        metrics = httpx.get(f"http://127.0.0.1:{replica.metrics_port}/metrics").text
+        refused = [ln for ln in metrics.splitlines() if ln.startswith("tandem_http_refused_total")]
+        assert refused and float(refused[0].split()[-1]) >= 1
+        release.set()
+        assert read_response(holder)[0] == 200
+        other.sendall(REQUEST)  # the same connection that was refused on
+        assert read_response(other)[0] == 200
