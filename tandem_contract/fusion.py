@@ -173,13 +173,13 @@ def fusion_parts(device_logp: np.ndarray, intent_logp: np.ndarray, view: DeviceV
     own = _top(d, cfg.device_top)  # never consumed: consumed items score -inf
     own = own[~_in(own, c_items)] if marks is None else own[marks[own] == 0]
     floor = _teacher_missing(cloud, cfg.cloud_missing)
+    known = _known(c_items, view)
     if cfg.device_missing == "mixture":
-        d = d + _known_share(c_items, c_logp, view)
+        d += _known_share(c_logp, known)  # d is this call's own copy
     c, union = len(c_items), len(c_items) + len(own)
     items, teacher, device = np.empty(union, np.int64), np.empty(union), np.empty(union)
     items[:c], items[c:] = c_items, own  # filled in place: cheaper than concatenating
     teacher[:c], teacher[c:] = c_logp, floor
-    known = view.known[c_items] if marks is not None and len(d) == len(view.known) else None
     device[:c] = _device_scores(c_items, c_logp, c_intents, d, intent_logp, view,
                                 cfg.device_missing, known)
     device[c:] = d[own]
@@ -208,9 +208,9 @@ def _known(items: np.ndarray, view: DeviceView) -> np.ndarray:
     return known
 
 
-def _known_share(items: np.ndarray, logp: np.ndarray, view: DeviceView) -> float:
+def _known_share(logp: np.ndarray, known: np.ndarray) -> float:
     """log(1 - M), M the teacher's probability of the candidates the device does not know."""
-    mass = float(np.exp(logp[~_known(items, view)]).sum())
+    mass = float(np.exp(logp[~known]).sum())
     return float(np.log1p(-min(mass, 1.0 - 1e-6)))
 
 
@@ -278,10 +278,9 @@ def target_positions(parts: FusionParts, weights: np.ndarray, target: int) -> np
 
 def _device_scores(items: np.ndarray, logp: np.ndarray, intents: np.ndarray, d: np.ndarray,
                    intent_logp: np.ndarray, view: DeviceView, rule: DeviceMissing,
-                   known: np.ndarray | None = None) -> np.ndarray:
-    """The device's log-probability of each cloud item, estimated where it does not know it
-    (`known`: `_known(items, view)` when the caller has it)."""
-    known = _known(items, view) if known is None else known
+                   known: np.ndarray) -> np.ndarray:
+    """The device's log-probability of each cloud item (`known`: `_known(items, view)`),
+    estimated where it does not know it."""
     if known.all():
         return d[items]
     out = np.empty(len(items))
