@@ -25,8 +25,9 @@ def leave_one_out(ds: SequenceDataset, val_users: int = 0, seed: int = 0,
     they are held out the same way but never used for early stopping, so a choice made on them
     afterwards (the fusion setting) sees models that were not selected on their targets.
     """
-    validated = _validation_users(ds, val_users, seed)
-    tuned = _tuning_users(ds, validated, tune_share, seed)
+    evaluable = [u for u, seq in enumerate(ds.sequences) if len(seq) >= MIN_EVAL_LENGTH]
+    validated = _validation_users(evaluable, val_users, seed)
+    tuned = _tuning_users(evaluable if validated is None else sorted(validated), tune_share, seed)
     train: list[np.ndarray] = []
     eval_users: list[int] = []
     valid_input: list[np.ndarray] = []
@@ -62,24 +63,20 @@ def leave_one_out(ds: SequenceDataset, val_users: int = 0, seed: int = 0,
     )
 
 
-def _validation_users(ds: SequenceDataset, val_users: int, seed: int) -> set[int] | None:
-    """The users whose second-to-last item is held out, or None for all of them."""
+def _validation_users(candidates: list[int], val_users: int, seed: int) -> set[int] | None:
+    """The users whose second-to-last item is held out, or None for all `candidates`."""
     if val_users < 0:
         raise ValueError(f"val_users must be >= 0 (0 = validate every user), got {val_users}")
-    candidates = [u for u, seq in enumerate(ds.sequences) if len(seq) >= MIN_EVAL_LENGTH]
     if val_users == 0 or val_users >= len(candidates):
         return None
     rng = np.random.default_rng(seed)
     return set(rng.choice(candidates, size=val_users, replace=False).tolist())
 
 
-def _tuning_users(ds: SequenceDataset, validated: set[int] | None, share: float,
-                  seed: int) -> set[int]:
-    """The validated users kept apart for fusion tuning (a seeded `share` of them)."""
+def _tuning_users(pool: list[int], share: float, seed: int) -> set[int]:
+    """The validated users (`pool`) kept apart for fusion tuning, a seeded `share` of them."""
     if not 0 <= share < 1:
         raise ValueError(f"tune_share must be in [0, 1), got {share}")
-    pool = sorted(validated) if validated is not None else [
-        u for u, seq in enumerate(ds.sequences) if len(seq) >= MIN_EVAL_LENGTH]
     n = int(round(share * len(pool)))
     if n == 0:
         return set()
