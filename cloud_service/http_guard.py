@@ -200,8 +200,8 @@ class RequestGuard:
             self.service.metrics.http_refused.inc()
             await _reply(send, self._overloaded, close=False)  # the body is read: keep-alive
             return
-        try:
-            await self._forward(scope, receive, send)
+        try:  # the body is read and within max_body: no byte count on the way (_forward)
+            await self.app(scope, receive, send)
         finally:
             self.admission.leave()
 
