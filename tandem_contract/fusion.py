@@ -23,6 +23,11 @@ gets that side's principled estimate:
   M the teacher's probability of the unknown candidates), since the student's distribution is
   conditional on the next item being one it knows.
 
+`device_temperature` T puts the device on the teacher's scale first (temperature scaling,
+Guo et al., 2017): log-softmax(log p_device / T). The two models are trained apart, so a
+student sharper than the coarse teacher would rank its own items above every item only the
+teacher knows; T > 1 flattens it. It changes no order among the device's own items.
+
 With weight 0 and device_top >= k the top k is exactly the device alone, so the tuned setting
 (weight 0 is among the choices) never ranks worse than the device on validation users.
 """
@@ -47,12 +52,17 @@ class FusionConfig:
     device_top: int = 100  # the device's own top items added to the cloud's candidates
     cloud_missing: CloudMissing = "floor"
     device_missing: DeviceMissing = "intent"
+    device_temperature: float = 1.0  # > 1 flattens the device's distribution (see above)
+
+    def __post_init__(self) -> None:
+        if not self.device_temperature > 0:  # also NaN
+            raise ValueError(f"device_temperature must be > 0, got {self.device_temperature}")
 
     @classmethod
     def from_serving(cls, serving: dict, **overrides: object) -> FusionConfig:
         """From a bundle's serving settings (manifest extra); `overrides` that are None skip."""
-        values = {k: serving[k] for k in ("device_top", "cloud_missing", "device_missing")
-                  if k in serving}
+        values = {k: serving[k] for k in ("device_top", "cloud_missing", "device_missing",
+                                          "device_temperature") if k in serving}
         if "fusion_weight" in serving:
             values["weight"] = serving["fusion_weight"]
         values.update({k: v for k, v in overrides.items() if v is not None})
@@ -61,7 +71,8 @@ class FusionConfig:
     def serving(self) -> dict:
         """The bundle's serving keys for this config (inverse of `from_serving`)."""
         return {"fusion_weight": self.weight, "device_top": self.device_top,
-                "cloud_missing": self.cloud_missing, "device_missing": self.device_missing}
+                "cloud_missing": self.cloud_missing, "device_missing": self.device_missing,
+                "device_temperature": self.device_temperature}
 
 
 @dataclass(frozen=True)
@@ -162,7 +173,8 @@ def fusion_parts(device_logp: np.ndarray, intent_logp: np.ndarray, view: DeviceV
                  cloud: CloudCandidates, cfg: FusionConfig,
                  exclude: np.ndarray | None = None) -> FusionParts:
     """Both sides' scores over the union; `cfg.weight` is not used (see `mix`)."""
-    d = device_logp.copy()
+    t = cfg.device_temperature
+    d = device_logp.copy() if t == 1 else _log_softmax_(device_logp / t)
     d[0] = -np.inf
     gone = in_catalog(exclude, len(d)) if exclude is not None and len(exclude) else None
     if gone is not None:

@@ -126,16 +126,20 @@ def fusion_grid(cfg: EvalConfig, new_items: bool) -> list[FusionConfig]:
     cloud = (cfg.cloud_missing,) if cfg.cloud_missing else ("floor", "mass")
     device = ((cfg.device_missing,) if cfg.device_missing else
               ("intent", "teacher", "mixture") if new_items else ("intent",))
+    temps = ((cfg.device_temperature,) if cfg.device_temperature is not None else
+             DEVICE_TEMPERATURES if new_items else (1.0,))
     out = []
-    for w, n, c, d in itertools.product(weights, tops, cloud, device):
+    for w, n, c, d, t in itertools.product(weights, tops, cloud, device, temps):
         if w == 0 and c != cloud[0]:
             continue  # with no teacher share its missing-score rule changes nothing
-        out.append(FusionConfig(w, n, c, d))  # type: ignore[arg-type]
+        out.append(FusionConfig(w, n, c, d, t))  # type: ignore[arg-type]
     return out
 
 
 FUSION_WEIGHTS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0)
 DEVICE_TOPS = (0, 20, 100)  # 0 = rank the cloud's candidates only (no device items added)
+# Tried where the device does not know every item: how far to flatten it onto the teacher's scale.
+DEVICE_TEMPERATURES = (1.0, 1.5, 2.0, 3.0)
 
 
 class Evaluator:
@@ -263,7 +267,8 @@ class Evaluator:
         """
         groups: dict[tuple, list[int]] = {}
         for j, c in enumerate(configs):
-            groups.setdefault((c.device_top, c.cloud_missing, c.device_missing), []).append(j)
+            key = (c.device_top, c.cloud_missing, c.device_missing, c.device_temperature)
+            groups.setdefault(key, []).append(j)
         ranks = np.full((len(configs), len(self.inputs)), MISS_RANK, dtype=np.int64)
         self.bytes_up = 0.0
         with stage_progress() as progress:
@@ -316,14 +321,20 @@ def tune_fusion(evaluator: Evaluator, grid: Sequence[FusionConfig],
     ranks = evaluator.collaborative_ranks(grid)
     scores = [metrics_from_ranks(r, (10,))["ndcg@10"] for r in ranks]
     best = int(np.argmax(scores))
-    table = {f"w={c.weight} top={c.device_top} cloud={c.cloud_missing} "
-             f"device={c.device_missing}": s for c, s in zip(grid, scores, strict=True)}
+    table = {_label(c): s for c, s in zip(grid, scores, strict=True)}
     alone = [j for j, c in enumerate(grid) if c.weight == 0 and c.device_top >= 10]
     if grid[best].weight > 0 and alone:
         base = max(alone, key=lambda j: scores[j])
         if not significant_gain(ranks[best], ranks[base], confidence, seed):
             return grid[base], table
     return grid[best], table
+
+
+def _label(c: FusionConfig) -> str:
+    """The tuning table's key of a setting (the temperature only where it is not 1)."""
+    t = f" T={c.device_temperature:g}" if c.device_temperature != 1 else ""
+    return (f"w={c.weight} top={c.device_top} cloud={c.cloud_missing} "
+            f"device={c.device_missing}{t}")
 
 
 def significant_gain(ranks: np.ndarray, base: np.ndarray, confidence: float,

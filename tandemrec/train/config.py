@@ -134,6 +134,7 @@ class EvalConfig(Section):
     device_top: Annotated[int, Field(ge=0)] | None = None  # device's own top items ranked too
     cloud_missing: Literal["floor", "mass"] | None = None  # teacher score of items not sent
     device_missing: Literal["intent", "teacher", "mixture"] | None = None  # unknown items' score
+    device_temperature: Annotated[float, Field(gt=0)] | None = None  # flattens the device (> 1)
     # A teacher share is chosen only if its validation gain over the device alone is positive
     # at this bootstrap confidence (paired over users); 0 takes the best validation mean.
     fusion_confidence: float = Field(0.95, ge=0, lt=1)

@@ -100,6 +100,25 @@ def test_mixture_gives_new_items_the_teachers_mass_and_known_items_the_rest():
         assert items[0] == first
 
 
+def test_device_temperature_flattens_the_device_onto_the_teachers_scale():
+    d, il = device_log_probs(SCORES, VIEW), intent_log_probs(LOGITS)
+    c = cloud([8, 3], [np.log(0.3), np.log(0.1)])  # the teacher puts 30% on new item 8
+    cfg = FusionConfig(weight=0.0, device_top=2, device_missing="mixture")
+    assert fuse(d, il, VIEW, c, cfg)[0][0] == 1  # 0.7 * 0.63: the device's best comes first
+    hot = FusionConfig(weight=0.0, device_top=2, device_missing="mixture", device_temperature=2.0)
+    parts = fusion_parts(d, il, VIEW, c, hot)
+    # known items 1..7 score 5, 4, ..., -1: at T=2 item 1 has e^2.5 / sum_k e^(s_k / 2)
+    z = np.exp(np.array([5.0, 4.0, 3.0, 2.0, 1.0, 0.0, -1.0]) / 2)
+    assert parts.device[2] == pytest.approx(np.log(z[0] / z.sum()) + np.log(0.7))
+    items, _ = fuse(d, il, VIEW, c, hot)
+    assert items[0] == 8  # 0.7 * 0.41 < 0.3: the new item now leads
+    assert [i for i in items.tolist() if i != 8] == [1, 2, 3]  # the device's order is kept
+    assert hot.serving()["device_temperature"] == 2.0
+    assert FusionConfig.from_serving(hot.serving()) == hot
+    with pytest.raises(ValueError, match="device_temperature"):
+        FusionConfig(device_temperature=0.0)
+
+
 def test_mixed_scores_are_the_weighted_sum_of_log_probabilities():
     d, il = device_log_probs(SCORES, VIEW), intent_log_probs(LOGITS)
     c = cloud([4, 3], log_softmax(np.array([2.0, 0.0])))
