@@ -36,12 +36,13 @@ class OnnxStudent:
         self.n_items = int(meta["n_items"]) if "n_items" in meta else None
 
     def run(self, history: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """One request: the item ids of the user's history in time order (most recent last)."""
+        """One request: the item ids of the user's history in time order (most recent last);
+        for a semantic-id student, their rows of its code table, (T, L')."""
         h = np.asarray(history, dtype=np.int64)
         if self.max_len is not None:
             h = h[-self.max_len:]
-        if h.size == 0:
-            h = np.zeros(1, dtype=np.int64)  # an empty history reads as one padding step
+        if h.size == 0:  # an empty history reads as one padding step
+            h = np.zeros((1, *h.shape[1:]), dtype=np.int64)
         intents, scores = self.session.run(self.output_names, {self.input_name: h[None]},
                                            self.run_options)
         return intents[0], scores[0]

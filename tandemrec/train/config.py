@@ -105,6 +105,10 @@ class StudentTrainConfig(DecoderShape):
     loss_positions: Share = 1.0  # share of positions scored per step
     precision: Precision = "fp32"
     keep: Literal["best", "last"] = "best"  # weights to end with (train/loop.fit)
+    # "sid": also distil the semantic-id student (models/sid_student.py), whose size does not
+    # grow with the catalog, and evaluate it beside the full-table one (sid-* modes).
+    kind: Literal["table", "sid"] = "table"
+    hash_buckets: int = Field(0, ge=0)  # the semantic-id student's hashed-id rows; 0 = none
 
 
 class CompressConfig(Section):

@@ -14,7 +14,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from tandemrec.models.blocks import CausalSelfAttention
-from tandemrec.models.student import Student
+from tandemrec.models.sid_student import SidStudent
+from tandemrec.models.student import Student, StudentConfig
+
+AnyStudent = Student | SidStudent
 
 INPUT = "history"
 OUTPUTS = ("intent_logits", "item_scores")
@@ -34,8 +37,11 @@ class ParityReport:
         return self.max_abs_diff_scores <= self.atol and self.max_abs_diff_intents <= self.atol
 
 
-def export_onnx(student: Student, path: Path, batched: bool = False) -> Path:
+def export_onnx(student: AnyStudent, path: Path, batched: bool = False) -> Path:
     """Write the student as ONNX: history (1, T) int64 -> intent logits, item scores.
+
+    The semantic-id student reads (1, T, L') rows of its code table and scores its V rows
+    (models/sid_student.py); the device sums an item's row scores.
 
     By default the device graph (`DeviceGraph`): one history at a time, as the device and the
     evaluation run it, with ONNX Runtime's causal attention kernel and no attention mask; its
@@ -49,7 +55,7 @@ def export_onnx(student: Student, path: Path, batched: bool = False) -> Path:
     for mod in student.modules():
         if isinstance(mod, CausalSelfAttention):
             mod.fused = False  # the exported graph gets plain matmuls
-    example = torch.randint(1, student.cfg.n_items + 1, (1, student.cfg.max_len))
+    example = _example(student)
     path.parent.mkdir(parents=True, exist_ok=True)
     module: nn.Module = student if batched else DeviceGraph(student)
     axes = ({INPUT: {0: "batch", 1: "history"}, OUTPUTS[0]: {0: "batch"},
@@ -60,9 +66,20 @@ def export_onnx(student: Student, path: Path, batched: bool = False) -> Path:
                           output_names=list(OUTPUTS), opset_version=OPSET, dynamo=False,
                           custom_opsets={CONTRIB: 1}, dynamic_axes=axes)
     cfg = student.cfg
-    _set_metadata(path, {"max_len": cfg.max_len, "n_items": cfg.n_items,
-                         "n_intents": cfg.n_intents, "producer": "tandemrec"})
+    sizes = ({"n_items": cfg.n_items} if isinstance(cfg, StudentConfig) else
+             {"kind": "sid", "level_sizes": ",".join(map(str, cfg.level_sizes)),
+              "hash_buckets": cfg.hash_buckets})
+    _set_metadata(path, {"max_len": cfg.max_len, **sizes, "n_intents": cfg.n_intents,
+                         "producer": "tandemrec"})
     return path
+
+
+def _example(student: AnyStudent) -> torch.Tensor:
+    """An input of the student's shape: item ids (1, T), or rows of the code table (1, T, L')."""
+    cfg = student.cfg
+    if isinstance(cfg, StudentConfig):
+        return torch.randint(1, cfg.n_items + 1, (1, cfg.max_len))
+    return torch.randint(1, cfg.n_rows, (1, cfg.max_len, cfg.row_width))
 
 
 class _CausalAttention(torch.autograd.Function):
@@ -110,7 +127,7 @@ class DeviceGraph(nn.Module):
     zero input (an empty history is one padding step, which can only attend to itself).
     """
 
-    def __init__(self, student: Student) -> None:
+    def __init__(self, student: AnyStudent) -> None:
         super().__init__()
         # The student's own parts under their own names, so the file's tensors are named alike
         self.cfg, self.items, self.in_norm = student.cfg, student.items, student.in_norm
@@ -120,13 +137,17 @@ class DeviceGraph(nn.Module):
     def forward(self, seq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         dec, items = self.decoder, self.items
         table = items.weight_t if items.rank is None else items.u_t
-        rows = table.index_select(1, seq[0]).T  # (T, D or r), as ItemTable.lookup
+        ids = seq[0].reshape(-1) if seq.dim() == 3 else seq[0]  # (T or T*L',)
+        rows = table.index_select(1, ids).T  # (T or T*L', D or r), as ItemTable.lookup
         if items.rank is not None:
             rows = rows @ items.v
+        if seq.dim() == 3:  # semantic ids: an item is the sum of its code vectors
+            rows = rows.reshape(seq.shape[1], seq.shape[2], -1).sum(1)  # (T, D)
+        valid = seq[..., 0] != 0 if seq.dim() == 3 else seq != 0  # (1, T)
         x = self.in_norm(rows[None])
         t = x.shape[1]
         positions = (t - 1) - torch.arange(t)  # as Decoder: 0 is the most recent item
-        x = (x + dec.pos(positions)[None]) * (seq != 0)[..., None]
+        x = (x + dec.pos(positions)[None]) * valid[..., None]
         blocks: list[Any] = list(dec.blocks)
         for i, block in enumerate(blocks):
             last = i == len(blocks) - 1
@@ -329,9 +350,10 @@ def _forget_shapes(graph: Any, names: set[str]) -> None:
         graph.value_info.remove(info)
 
 
-def check_parity(student: Student, onnx_path: Path, histories: list[np.ndarray],
+def check_parity(student: AnyStudent, onnx_path: Path, histories: list[np.ndarray],
                  atol: float) -> ParityReport:
-    """Compare torch and ONNX Runtime outputs on real histories, one request at a time."""
+    """Compare torch and ONNX Runtime outputs on real histories, one request at a time
+    (the semantic-id student's histories as rows of its code table, (T, L') each)."""
     from tandem_contract.runtime import OnnxStudent
 
     runner = OnnxStudent(onnx_path, threads=1)

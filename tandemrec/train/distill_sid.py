@@ -1,0 +1,132 @@
+"""Distil the teacher into the semantic-id student: the full-table student's losses, with the
+item head composed from the code table (models/sid_student.py).
+
+The teacher's top-K soft targets, the batches and the positions scored are distill.py's. The
+student reads each history item as its rows of the code table, and its catalog-wide scores
+come from `SidStudent.catalog_head`, the sum of each item's code vectors: the catalog exists
+only during training (and offline evaluation), never in the device's model.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from tandem_contract.semantic_ids import sid_rows
+from tandemrec.data.types import LeaveOneOutSplit
+from tandemrec.models.intent_vocab import IntentVocab
+from tandemrec.models.sid_student import SidStudent, SidStudentConfig
+from tandemrec.models.teacher_ensemble import AnyTeacher
+from tandemrec.train.batches import n_batches
+from tandemrec.train.config import StudentTrainConfig
+from tandemrec.train.distill import distill_batches, kd_positions, teacher_targets
+from tandemrec.train.loop import FitResult, fit, validation_ndcg
+from tandemrec.train.losses import SoftTargets, chunked_head_loss
+from tandemrec.train.precision import autocast, matmul_dtype
+
+
+def level_sizes(vocab: IntentVocab) -> list[int]:
+    """Codes per level of the vocabulary's semantic ids."""
+    return [int(c.shape[0]) for c in vocab.centroids]
+
+
+def sid_catalog(vocab: IntentVocab, hash_buckets: int) -> np.ndarray:
+    """(N+1, L') every item's rows of the code table (row 0 of it: padding, all zeros)."""
+    ids = np.arange(vocab.n_items + 1, dtype=np.int64)
+    return sid_rows(vocab.codes, level_sizes(vocab), hash_buckets, ids)
+
+
+def sid_student_config(vocab: IntentVocab, cfg: StudentTrainConfig) -> SidStudentConfig:
+    return SidStudentConfig(level_sizes=level_sizes(vocab), hash_buckets=cfg.hash_buckets,
+                            **cfg.shape())
+
+
+def init_codes_from_teacher(student: SidStudent, teacher: AnyTeacher, catalog: np.ndarray,
+                            known: np.ndarray) -> None:
+    """Start each code's vector at the mean of its items' residual teacher directions.
+
+    As `distill.init_from_teacher`: the known items' teacher vectors, projected on their top
+    principal directions; level 1 takes the mean of its items, each further level the mean of
+    what the levels before it left (residual k-means over the same space). Hash rows start at 0.
+    """
+    with torch.no_grad():
+        vecs = teacher.eval().item_vectors()[torch.from_numpy(known)]  # (N_known, Dt)
+        u, s, _ = torch.linalg.svd(vecs - vecs.mean(0, keepdim=True), full_matrices=False)
+        d = student.cfg.d_model
+        resid = u[:, :d] * s[:d]
+        resid = resid / resid.pow(2).mean().sqrt() * 0.5
+        if resid.shape[1] < d:
+            resid = torch.cat([resid, torch.zeros(resid.shape[0], d - resid.shape[1])], 1)
+        table = torch.zeros(student.cfg.n_rows, d)
+        rows = torch.from_numpy(catalog[known])  # (N_known, L')
+        for level in range(len(student.cfg.level_sizes)):
+            r = rows[:, level]
+            sums = torch.zeros_like(table).index_add_(0, r, resid)
+            count = torch.zeros(len(table)).index_add_(0, r, torch.ones(len(r)))
+            means = sums / count.clamp(min=1)[:, None]
+            table[count > 0] = means[count > 0]
+            resid = resid - means[r]
+        table[0] = 0.0
+        student.items.weight_t.copy_(table.T)
+
+
+def distill_sid_student(teacher: AnyTeacher, split: LeaveOneOutSplit, vocab: IntentVocab,
+                        cfg: StudentTrainConfig, seed: int,
+                        exclude: np.ndarray | None = None) -> tuple[SidStudent, FitResult]:
+    """Train the semantic-id student against the teacher's soft targets, as `distill_student`.
+
+    `exclude` (bool, (N+1,)): items new to the device. They stay out of the soft targets and
+    out of the softmax the student trains with (the device does not know they exist), but they
+    keep their semantic ids, so the trained student can score them.
+    """
+    torch.manual_seed(seed)
+    student = SidStudent(sid_student_config(vocab, cfg))
+    n = vocab.n_items
+    known = np.ones(n + 1, dtype=bool) if exclude is None else ~np.asarray(exclude, dtype=bool)
+    known[0] = False
+    catalog = sid_catalog(vocab, cfg.hash_buckets)
+    init_codes_from_teacher(student, teacher, catalog, known)
+    # The softmax runs over the known items alone, renumbered 1..N_known (0 = padding).
+    kept = np.concatenate([[0], np.flatnonzero(known)])
+    renum = np.zeros(n + 1, dtype=np.int64)
+    renum[kept] = np.arange(len(kept))
+    rows_t, kept_rows, renum_t = (torch.from_numpy(catalog), torch.from_numpy(catalog[kept]),
+                                  torch.from_numpy(renum))
+    max_len = min(cfg.max_len, teacher.cfg.max_len)
+    targets = teacher_targets(teacher, split.train, max_len, cfg.kd_top_k, cfg.temperature,
+                              exclude=exclude)
+    intent_of = torch.from_numpy(vocab.codes[:, 0].astype(np.int64))
+    rng = np.random.default_rng(seed + 2)
+    gen = torch.Generator().manual_seed(seed + 2)
+    mm_dtype = matmul_dtype(cfg.precision)
+
+    def loss_fn(x: torch.Tensor, y: torch.Tensor, t_idx: torch.Tensor,
+                t_logp: torch.Tensor) -> torch.Tensor:
+        keep = kd_positions(x, y, cfg.loss_positions, gen)
+        with autocast(mm_dtype):
+            h = student.hidden(rows_t[x])[keep]  # (M, D)
+        y_k = y[keep]
+        soft = SoftTargets(p=t_logp[keep].exp(), idx=renum_t[t_idx[keep]],
+                           temperature=cfg.temperature, weight=cfg.w_kd)
+        vecs, bias, scale = student.catalog_head(kept_rows)  # (N_known+1, D), (N_known+1,)
+        loss = chunked_head_loss(h, vecs, bias, renum_t[y_k], scale, cfg.w_item, soft,
+                                 mm_dtype=mm_dtype)
+        return loss + cfg.w_intent * F.cross_entropy(student.intent_head(h), intent_of[y_k])
+
+    unknown = torch.from_numpy(~known)
+
+    def scores(x: torch.Tensor) -> torch.Tensor:
+        s = student.catalog_scores(rows_t[x], rows_t)
+        s[:, unknown] = -torch.inf
+        return s
+
+    def validate() -> dict[str, float]:
+        return validation_ndcg(scores, split.valid_input, split.valid_target, cfg.max_len)
+
+    result = fit(student, student.parameters(), name="distill-sid",
+                 batches=lambda _: distill_batches(split, targets, max_len, cfg.batch_size, rng),
+                 n_batches=n_batches(split.train, cfg.batch_size), loss_fn=loss_fn,
+                 validate=validate, lr=cfg.lr, max_epochs=cfg.max_epochs, patience=cfg.patience,
+                 warmup_steps=cfg.warmup_steps, max_minutes=cfg.max_minutes, keep=cfg.keep)
+    return student, result
