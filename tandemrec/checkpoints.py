@@ -7,14 +7,16 @@ from typing import Any
 
 import torch
 
+from tandemrec.models.sid_student import SidStudent, SidStudentConfig
 from tandemrec.models.student import Student, StudentConfig
 from tandemrec.models.teacher import Teacher, TeacherConfig
 from tandemrec.models.teacher_ensemble import AnyTeacher, TeacherEnsemble
 
-KINDS = {Teacher: "teacher", TeacherEnsemble: "teacher-ensemble", Student: "student"}
+KINDS = {Teacher: "teacher", TeacherEnsemble: "teacher-ensemble", Student: "student",
+         SidStudent: "sid-student"}
 
 
-def save_model(model: AnyTeacher | Student, path: Path,
+def save_model(model: AnyTeacher | Student | SidStudent, path: Path,
                extra: dict[str, Any] | None = None) -> Path:
     """Write {kind, config, state_dict, extra} atomically (tmp file, then rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -57,5 +59,12 @@ def load_teacher(path: Path) -> tuple[AnyTeacher, dict[str, Any]]:
 def load_student(path: Path) -> tuple[Student, dict[str, Any]]:
     ckpt = _load(path, ("student",))
     model = Student(StudentConfig(**ckpt["config"]))
+    model.load_state_dict(ckpt["state_dict"])
+    return model.eval(), ckpt["extra"]
+
+
+def load_sid_student(path: Path) -> tuple[SidStudent, dict[str, Any]]:
+    ckpt = _load(path, ("sid-student",))
+    model = SidStudent(SidStudentConfig(**ckpt["config"]))
     model.load_state_dict(ckpt["state_dict"])
     return model.eval(), ckpt["extra"]

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from tandemrec import pipeline_sid
 from tandemrec.checkpoints import load_student, load_teacher, save_model
 from tandemrec.data import item_popularity, leave_one_out, load_dataset
 from tandemrec.data.new_items import device_view, drop_new_targets, select_new_items
@@ -305,6 +306,8 @@ def stage_distill(ctx: RunContext) -> None:
                            "kept_epoch": fit.kept_epoch, "kept_val_ndcg@10": kept,
                            "val_ndcg@10": fit.best_score, "stopped": fit.stopped,
                            "planned_epochs": fit.planned_epochs, "history": fit.history})
+    if pipeline_sid.enabled(ctx):
+        pipeline_sid.stage_distill_sid(ctx)
 
 
 def stage_compress(ctx: RunContext) -> None:
@@ -339,9 +342,11 @@ def stage_export(ctx: RunContext) -> None:
             f"{'OK' if rep.ok else 'FAILED'}")
         if not rep.ok:
             raise RuntimeError(f"ONNX export of {name} differs from torch beyond {atol}")
+    parities = {n: dataclasses.asdict(r) for n, r in parity.items()}
+    if pipeline_sid.enabled(ctx):
+        parities.update(pipeline_sid.stage_export_sid(ctx))
     sizes = {p.name: p.stat().st_size for p in ctx.run_dir.glob("*.onnx")}
-    ctx.record("export", {"seconds": time.time() - t0, "sizes": sizes,
-                          "parity": {n: dataclasses.asdict(r) for n, r in parity.items()}})
+    ctx.record("export", {"seconds": time.time() - t0, "sizes": sizes, "parity": parities})
 
 
 def stage_evaluate(ctx: RunContext, results_dir: Path) -> list[dict]:

@@ -244,11 +244,13 @@ class Evaluator:
         items, logp, intents = answer(teacher_row, pool, self.cfg.n_candidates, self.item_intent)
         return CloudCandidates(items, logp, intents, self.m.n_items)
 
-    def cloud_chunk(self, sl: slice, intent_logits: np.ndarray) -> list[CloudCandidates]:
-        """The cloud's answers for a chunk of users; the coarse teacher reads only the tokens."""
+    def cloud_chunk(self, sl: slice, intent_logits: np.ndarray,
+                    histories: list[np.ndarray] | None = None) -> list[CloudCandidates]:
+        """The cloud's answers for a chunk of users (from `histories`, by default the device's
+        inputs); the coarse teacher reads only the tokens."""
         t = self.m.teacher
-        reqs = [self.request(lg, h) for lg, h in zip(intent_logits, self.device_inputs[sl],
-                                                      strict=True)]
+        seen = self.device_inputs[sl] if histories is None else histories
+        reqs = [self.request(lg, h) for lg, h in zip(intent_logits, seen, strict=True)]
         coarse = [np.array(r.coarse_history, dtype=np.int64) for r in reqs]
         rows = torch_scores(lambda x: t(x, coarse=True), coarse, self.max_len)(slice(None))
         self.bytes_up += sum(len(r.to_json_bytes()) for r in reqs)
@@ -258,6 +260,14 @@ class Evaluator:
         """The history ranking excludes; the target never is (as in `target_ranks`)."""
         h = self.inputs[u]
         return h[h != self.targets[u]]
+
+    device_key = "student_int8"  # the device's model file in collaborative serving
+
+    def device_side(self, scores: np.ndarray, answer: CloudCandidates,
+                    u: int) -> tuple[np.ndarray, DeviceView]:
+        """The device's log-probabilities for user `u` (from `device_chunk`'s scores) and what
+        its bundle knows; the semantic-id device's known items change with the answer."""
+        return device_log_probs(scores, self.view), self.view
 
     def collaborative_ranks(self, configs: Sequence[FusionConfig]) -> np.ndarray:
         """(len(configs), users) ranks of the target under each fusion setting.
@@ -274,13 +284,13 @@ class Evaluator:
         with stage_progress() as progress:
             task = progress.add_task("collaborative", total=len(self.inputs), status="")
             for sl in self.chunks():
-                logits, scores = self.device_chunk("student_int8", sl)
+                logits, scores = self.device_chunk(self.device_key, sl)
                 answers = self.cloud_chunk(sl, logits)
                 for b, u in enumerate(range(*sl.indices(len(self.inputs)))):
-                    d, il = device_log_probs(scores[b], self.view), intent_log_probs(logits[b])
-                    excl = self._exclude(u)
+                    d, view = self.device_side(scores[b], answers[b], u)
+                    il, excl = intent_log_probs(logits[b]), self._exclude(u)
                     for js in groups.values():
-                        parts = fusion_parts(d, il, self.view, answers[b], configs[js[0]], excl)
+                        parts = fusion_parts(d, il, view, answers[b], configs[js[0]], excl)
                         w = np.array([configs[j].weight for j in js])
                         pos = target_positions(parts, w, int(self.targets[u]))
                         ranks[js, u] = np.where(pos >= 0, pos, MISS_RANK)

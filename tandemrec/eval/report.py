@@ -22,6 +22,8 @@ from tandemrec.eval.modes import (
     n_params,
     tune_fusion,
 )
+from tandemrec.pipeline_sid import enabled as sid_enabled
+from tandemrec.pipeline_sid import sid_bundle
 from tandemrec.progress import console, log, metrics_table
 
 if TYPE_CHECKING:
@@ -137,6 +139,12 @@ def evaluate_run(ctx: RunContext, results_dir: Path) -> list[dict]:
                                      "protobuf message (gRPC)")
     # Edge-only is the int8 student ranking the device's item table: the same computation.
     results += [collab, dataclasses.replace(results[-1], mode="edge-only")]
+    sid: dict[str, Any] = {}
+    if sid_enabled(ctx):  # the semantic-id student beside the table one (student.kind: sid)
+        from tandemrec.eval.sid_modes import evaluate_sid
+
+        sid_results, sid = evaluate_sid(ctx, models)
+        results += sid_results
     rows = [r.row(cfg.ks) for r in results]
     add_lift(rows)
     serving = {**fusion.serving(), "top_intents": cfg.top_intents,
@@ -149,6 +157,8 @@ def evaluate_run(ctx: RunContext, results_dir: Path) -> list[dict]:
               "machine": machine(), "config": ctx.cfg.to_dict(),
               "run": json.loads(ctx.path("run.json").read_text()) if ctx.path("run.json").exists()
               else {}, "seconds": time.time() - t0}
+    if sid:
+        report["sid"] = {**sid, "device_bundle_bytes": sid_bundle(ctx, rows)}
     if ctx.new_items.any():
         report["new_items"] = new_items_section(
             {r.mode: r.ranks for r in results}, ctx.new_items[sp.test_target],
@@ -211,6 +221,10 @@ def write_markdown(report: dict, results_dir: Path, name: str) -> Path:
     if "device_bundle_bytes" in report:
         lines += ["", f"A device downloads {report['device_bundle_bytes']:,} bytes; the cloud "
                   f"bundle (never sent to devices) is {report['cloud_bundle_bytes']:,} bytes."]
+    if "sid" in report:
+        lines += ["", f"With the semantic-id student (sid-* modes, docs/semantic-ids.md) a "
+                  f"device downloads {report['sid']['device_bundle_bytes']:,} bytes, whatever "
+                  f"the catalog's size."]
     m = report["machine"]
     lines += ["", f"Machine: {m['cpu']}, {m['cores']} cores; torch {m['torch']}, "
               f"onnxruntime {m['onnxruntime']}. Protocol: see the JSON beside this file.", ""]

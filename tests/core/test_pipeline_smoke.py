@@ -11,6 +11,7 @@ from tandem_contract.bundle import bundle_sizes, verify_pair
 from tandemrec.cli import app
 from tandemrec.data import write_synthetic_csv
 from tandemrec.eval.modes import MODES
+from tandemrec.eval.sid_modes import SID_MODES
 from tandemrec.models.teacher_ensemble import TeacherEnsemble
 from tandemrec.paths import CONFIGS_DIR
 from tandemrec.pipeline import kmeans_weights
@@ -29,6 +30,8 @@ def test_every_stage_end_to_end(tmp_path, monkeypatch, members):
               "--run-dir", str(run_dir)]
     if members:
         common += ["--set", f"teacher.members={members}"]
+    else:  # the semantic-id student beside the table one (issue 22), on the same teacher
+        common += ["--set", "student.kind=sid"]
     runner = CliRunner()
     for stage in ("train", "distill", "compress", "export"):
         res = runner.invoke(app, [stage, *common])
@@ -43,7 +46,7 @@ def test_every_stage_end_to_end(tmp_path, monkeypatch, members):
     (report_path,) = results.glob("quality-*.json")
     report = json.loads(report_path.read_text())
     rows = {r["mode"]: r for r in report["rows"]}
-    assert set(rows) == set(MODES)
+    assert set(rows) == set(MODES) | (set() if members else set(SID_MODES))
     for row in rows.values():
         assert {"hr@10", "ndcg@10", "mrr@10", "params", "size_bytes", "p50_ms"} <= set(row)
     pop = rows["popularity"]["ndcg@10"]
@@ -52,6 +55,11 @@ def test_every_stage_end_to_end(tmp_path, monkeypatch, members):
     assert rows["student-int8"]["ndcg@10"] > pop
     assert rows["student-svd"]["params"] <= 0.52 * rows["student-fp32"]["params"]
     assert report_path.with_suffix(".md").exists()
+    if not members:  # scored from semantic ids alone, it still learns (the pool: a subset)
+        assert rows["sid-student-int8"]["ndcg@10"] > pop
+        assert rows["sid-collaborative"]["ndcg@10"] >= rows["sid-edge-only"]["ndcg@10"] > pop
+        assert 0 < report["sid"]["device_bundle_bytes"] < 100_000
+        assert (run_dir / "bundle-sid" / "sid_student_int8.onnx").exists()
 
     run = json.loads((run_dir / "run.json").read_text())
     for rep in run["export"]["parity"].values():

@@ -1,0 +1,101 @@
+"""The semantic-id student's stages (student.kind: sid), run beside the full-table student's.
+
+distill: `sid_student.pt`, on the device's view as the table student; export:
+`sid_student_fp32.onnx` and `sid_student_int8.onnx` with the same parity check (no SVD stage:
+the model holds no catalog-sized matrix to factorise); evaluate: the sid-* modes
+(eval/sid_modes.py) and `bundle-sid/`, the device bundle a catalog of any size ships with.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from tandem_contract.bundle import bundle_bytes, write_manifest
+from tandemrec.checkpoints import load_sid_student, load_teacher, save_model
+from tandemrec.progress import log
+
+if TYPE_CHECKING:
+    from tandemrec.pipeline import RunContext
+
+SID_CKPT = "sid_student.pt"
+SID_FP32, SID_INT8 = "sid_student_fp32.onnx", "sid_student_int8.onnx"
+SID_BUNDLE = "bundle-sid"
+
+
+def enabled(ctx: RunContext) -> bool:
+    return ctx.cfg.student.kind == "sid"
+
+
+def stage_distill_sid(ctx: RunContext) -> None:
+    """Distil the semantic-id student on the same device view and teacher as the table one."""
+    from tandemrec.pipeline import load_vocab
+    from tandemrec.train.distill_sid import distill_sid_student
+
+    t0 = time.time()
+    teacher, _ = load_teacher(ctx.path("teacher.pt"))
+    exclude = ctx.new_items if ctx.new_items.any() else None
+    student, fit = distill_sid_student(teacher, ctx.device_training_split(), load_vocab(ctx),
+                                       ctx.cfg.student, ctx.cfg.seed, exclude=exclude)
+    save_model(student, ctx.path(SID_CKPT), {"fit": fit.history})
+    log(f"semantic-id student: best val NDCG@10 {fit.best_score:.4f} at epoch "
+        f"{fit.best_epoch} ({fit.seconds / 60:.1f} min)")
+    ctx.record("distill_sid", {"seconds": time.time() - t0, "best_epoch": fit.best_epoch,
+                               "val_ndcg@10": fit.best_score, "stopped": fit.stopped,
+                               "history": fit.history})
+
+
+def device_rows(ctx: RunContext, histories: list[np.ndarray]) -> list[np.ndarray]:
+    """Each history as the semantic-id student reads it: (T, L') rows of its code table."""
+    from tandemrec.pipeline import load_vocab
+    from tandemrec.train.distill_sid import sid_catalog
+
+    catalog = sid_catalog(load_vocab(ctx), ctx.cfg.student.hash_buckets)
+    return [catalog[np.asarray(h, dtype=np.int64)] for h in histories]
+
+
+def stage_export_sid(ctx: RunContext) -> dict[str, Any]:
+    """fp32 and int8 ONNX of the semantic-id student, fp32 checked against torch."""
+    from tandemrec.train.export import check_parity, export_onnx, quantize_int8
+
+    student, _ = load_sid_student(ctx.path(SID_CKPT))
+    export_onnx(student, ctx.path(SID_FP32))
+    quantize_int8(ctx.path(SID_FP32), ctx.path(SID_INT8))
+    # Its device keeps every item in its history: the cloud sends new items' semantic ids.
+    sample = device_rows(ctx, ctx.split.test_input[:200])
+    atol = ctx.cfg.compress.atol
+    rep = check_parity(student, ctx.path(SID_FP32), sample, atol)
+    log(f"ONNX parity sid_student_fp32: max |diff| {rep.max_abs_diff_scores:.2e} (tolerance "
+        f"{atol}) {'OK' if rep.ok else 'FAILED'}")
+    if not rep.ok:
+        raise RuntimeError(f"ONNX export of the semantic-id student differs beyond {atol}")
+    return {"sid_student_fp32": dataclasses.asdict(rep)}
+
+
+def sid_bundle(ctx: RunContext, rows: list[dict]) -> int:
+    """`bundle-sid/`: what a device with the semantic-id student downloads; returns its bytes.
+
+    The int8 model and a manifest, nothing per item: the semantic ids of the items a device
+    meets come with the cloud's answers (the row layout is in the model's metadata).
+    """
+    return write_sid_bundle(ctx.path(SID_BUNDLE), ctx.path(SID_INT8), ctx.data.name,
+                            ctx.cfg.to_dict(), {r["mode"]: {"ndcg@10": r["ndcg@10"]}
+                                                for r in rows if r["mode"].startswith("sid-")})
+
+
+def write_sid_bundle(root: Path, model: Path, dataset: str, config: dict[str, Any],
+                     metrics: dict[str, Any]) -> int:
+    """Write the semantic-id device bundle at `root` (replaced); return its bytes."""
+    import shutil
+
+    if root.exists():
+        shutil.rmtree(root)
+    root.mkdir(parents=True)
+    shutil.copy2(model, root / SID_INT8)
+    write_manifest(root, version=time.strftime("%Y%m%d-%H%M%S"), dataset=dataset, config=config,
+                   metrics=metrics, extra={"student": "sid"})
+    return bundle_bytes(root)
