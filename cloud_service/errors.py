@@ -72,6 +72,17 @@ class BodyTooLarge(ServiceError):
     grpc_code = "RESOURCE_EXHAUSTED"
 
 
+class Overloaded(ServiceError):
+    """The replica is at its limit of device requests in flight and waiting (admission).
+
+    503 on HTTP, where Unavailable's code says the replica is going away; RESOURCE_EXHAUSTED on
+    gRPC, the code gRPC gives for a server out of capacity. Both carry a retry hint.
+    """
+
+    http_status = 503
+    grpc_code = "RESOURCE_EXHAUSTED"
+
+
 class Unavailable(ServiceError):
     """The service cannot answer now (no model loaded yet, shutting down); retry later."""
 

@@ -4,12 +4,16 @@ Handlers receive raw bytes and parse them here, so a malformed protobuf is answe
 INVALID_ARGUMENT and a message (gRPC's own deserializer would report INTERNAL). Errors map to
 status codes through the one vocabulary in `cloud_service.errors`. Credentials are
 authenticated once, before the message is parsed, and the operation takes that principal;
-every call is counted in flight for the drain. The standard health service and server
-reflection are on.
+every call is counted in flight for the drain. Device calls (all but the admin methods) then
+pass admission control (`cloud_service.admission`, sized by `grpc_max_inflight` and
+`grpc_max_queued`): past it, RESOURCE_EXHAUSTED with `retry-after` in the trailing metadata,
+counted in `tandem_grpc_refused_total`. The standard health service and server reflection are
+on, and never refused.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -19,6 +23,7 @@ from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from cloud_service.admission import Admission
 from cloud_service.domain import Principal
 from cloud_service.errors import InvalidInput, ServiceError
 from cloud_service.grpc_convert import (
@@ -76,8 +81,15 @@ def _unary(call: Handler) -> grpc.RpcMethodHandler:
 def build_handlers(service: RecommendationService) -> grpc.GenericRpcHandler:
     """TandemService's methods: convert in (`grpc_convert`), call the core, convert out."""
 
+    s = service.settings
+    admission = Admission(s.grpc_max_inflight, s.grpc_max_queued, service.metrics.grpc_refused)
+
     def authenticate(ctx: grpc.aio.ServicerContext, admin: bool) -> Principal:
         return service.authenticate(credentials_from_grpc(ctx.invocation_metadata()), admin)
+
+    def admitted(admin: bool) -> contextlib.AbstractAsyncContextManager[None]:
+        """A device call's slot, given back however the call ends; operators are never refused."""
+        return contextlib.nullcontext() if admin else admission.slot()
 
     def unary(request: Any, convert_in: Callable[[Any], Any] | None,
               call: Callable[..., Awaitable[Any]], convert_out: Callable[[Any], Any],
@@ -85,19 +97,21 @@ def build_handlers(service: RecommendationService) -> grpc.GenericRpcHandler:
         """One method; `convert_in` None: the request message is empty (Promote, status)."""
         async def run(raw: bytes, ctx: grpc.aio.ServicerContext) -> Any:
             with service.in_flight():  # refused once draining closed the doors
-                who = authenticate(ctx, admin)  # before parsing
-                message = _parse(request, raw)
-                args = () if convert_in is None else (convert_in(message),)
-                return convert_out(await call(*args, who))
+                who = authenticate(ctx, admin)  # before parsing or taking a slot
+                async with admitted(admin):
+                    message = _parse(request, raw)
+                    args = () if convert_in is None else (convert_in(message),)
+                    return convert_out(await call(*args, who))
         return _unary(run)
 
     async def download_artifact(raw: bytes, ctx: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         try:
             with service.in_flight():
                 who = authenticate(ctx, admin=False)
-                req = artifact_request_from_grpc(_parse(pb.DownloadArtifactRequest, raw))
-                async for chunk in await service.download_artifact(req, who):
-                    yield artifact_chunk_to_grpc(chunk)
+                async with admitted(admin=False):  # held until the last chunk, as over HTTP
+                    req = artifact_request_from_grpc(_parse(pb.DownloadArtifactRequest, raw))
+                    async for chunk in await service.download_artifact(req, who):
+                        yield artifact_chunk_to_grpc(chunk)
         except Exception as exc:  # noqa: BLE001
             await _abort(ctx, exc)
 

@@ -7,28 +7,25 @@ ambiguous framing, counts the body bytes actually received whatever the framing,
 unauthenticated calls before anything parses their body (the routes reuse the principal it
 authenticated), and counts requests in flight so a draining replica finishes them.
 
-It also admits at most `http_max_inflight` device requests (`/v1/` but not `/v1/admin/`) at
-once, each once its body is all there (a client still sending holds a connection, cut by the
-read deadline, never a slot), lets `http_max_queued` more wait their turn in arrival order, and
-refuses the rest at once: 503 with Retry-After in the error envelope, counted in
-`tandem_http_refused_total`. An unbounded server queued them all and fell over (at concurrency
-64 HTTP dropped to 384 req/s, p99 788 ms); a refusal costs next to nothing and a client can
-retry elsewhere or fall back on the device. Health, readiness, metrics and admin calls are never
-refused.
+It also puts device requests (`/v1/` but not `/v1/admin/`) through admission control
+(`cloud_service.admission`, sized by `http_max_inflight` and `http_max_queued`), each once its
+body is all there: a client still sending holds a connection, cut by the read deadline, never a
+slot. Refusals are 503 with Retry-After in the error envelope, counted in
+`tandem_http_refused_total`. Health, readiness, metrics and admin calls are never refused.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections import deque
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from cloud_service.errors import BodyTooLarge, InvalidInput, ServiceError, Unavailable
+from cloud_service.admission import Admission
+from cloud_service.errors import BodyTooLarge, InvalidInput, Overloaded, ServiceError
 from cloud_service.http_convert import credentials_from_http
 from cloud_service.service import RecommendationService
 
@@ -109,43 +106,6 @@ def error_body(exc: ServiceError) -> tuple[bytes, list[tuple[bytes, bytes]]]:
     return body, headers
 
 
-class Admission:
-    """At most `limit` holders at once (0: no limit), `queued` more waiting in arrival order."""
-
-    def __init__(self, limit: int, queued: int) -> None:
-        self.limit, self.queued = limit, queued
-        self.active = 0
-        self._waiters: deque[asyncio.Future[None]] = deque()
-
-    async def enter(self) -> bool:
-        """Take a slot, waiting in line if there is room in it; False: refused, no slot taken."""
-        if not self.limit or (self.active < self.limit and not self._waiters):
-            self.active += 1
-            return True
-        if len(self._waiters) >= self.queued:
-            return False
-        turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.append(turn)
-        try:
-            await turn  # `leave` hands its slot over: `active` already counts this one
-        except asyncio.CancelledError:
-            if turn.done() and not turn.cancelled():
-                self.leave()  # handed over just as the caller went away: pass it on
-            else:
-                self._waiters.remove(turn)
-            raise
-        return True
-
-    def leave(self) -> None:
-        """Give the slot back, or straight to the first in line."""
-        while self._waiters:
-            turn = self._waiters.popleft()
-            if not turn.done():
-                turn.set_result(None)
-                return
-        self.active -= 1
-
-
 class RequestGuard:
     """Pure ASGI middleware in front of the FastAPI app (see the module docstring)."""
 
@@ -154,11 +114,8 @@ class RequestGuard:
         self.service = service
         self.max_body = max_body
         s = service.settings
-        self.admission = Admission(s.http_max_inflight, s.http_max_queued)
-        self._overloaded = Unavailable(
-            f"this replica is at its limit of {s.http_max_inflight} requests in flight and "
-            f"{s.http_max_queued} waiting: retry shortly, or on another replica",
-            retry_after_s=1.0)
+        self.admission = Admission(s.http_max_inflight, s.http_max_queued,
+                                   service.metrics.http_refused)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -196,14 +153,12 @@ class RequestGuard:
             await _reply(send, exc)
 
     async def _admitted(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if not await self.admission.enter():
-            self.service.metrics.http_refused.inc()
-            await _reply(send, self._overloaded, close=False)  # the body is read: keep-alive
-            return
-        try:  # the body is read and within max_body: no byte count on the way (_forward)
-            await self.app(scope, receive, send)
-        finally:
-            self.admission.leave()
+        try:
+            async with self.admission.slot():
+                # The body is read and within max_body: no byte count on the way (_forward).
+                await self.app(scope, receive, send)  # the app answers its own errors
+        except Overloaded as exc:
+            await _reply(send, exc, close=False)  # the body is read: keep-alive
 
     async def _read_body(self, receive: Receive) -> bytes | None:
         """The whole request body, at most `max_body` bytes; None if the client went away."""

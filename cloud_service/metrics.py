@@ -43,6 +43,9 @@ class Metrics:
         self.http_refused = Counter("tandem_http_refused_total",
                                     "HTTP requests refused at once: the replica was at its "
                                     "limit of requests in flight and waiting", registry=r)
+        self.grpc_refused = Counter("tandem_grpc_refused_total",
+                                    "gRPC device calls refused at once (RESOURCE_EXHAUSTED): "
+                                    "the replica was at its limit", registry=r)
         self.store_up.set(1)
 
     @contextmanager

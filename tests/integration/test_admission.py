@@ -41,7 +41,7 @@ def replica(bundle: Path) -> Iterator[Running]:
 
 def assert_refused(status: int, headers: dict[str, str], body: bytes) -> None:
     assert status == 503 and headers.get("retry-after") == "1", (status, headers, body)
-    assert error_of(body)["code"] == "UNAVAILABLE"
+    assert error_of(body)["code"] == "RESOURCE_EXHAUSTED"  # overload, not the drain
 
 
 def test_a_client_holding_back_its_body_takes_no_slot(replica):

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from cloud_service.admission import Admission
 from cloud_service.http_guard import RequestGuard
 from cloud_service.metrics import Metrics
 from cloud_service.settings import CloudSettings
@@ -90,7 +91,7 @@ def test_past_the_limit_and_the_line_requests_are_refused_at_once_with_retry_aft
         assert refused["headers"]["retry-after"] == "1"
         assert "connection" not in refused["headers"]  # a known-length body: kept alive
         error = json.loads(refused["body"])["error"]
-        assert error["code"] == "UNAVAILABLE" and "limit of 2" in error["message"]
+        assert error["code"] == "RESOURCE_EXHAUSTED" and "limit of 2" in error["message"]
         app.release.set()
         assert [r["status"] for r in await asyncio.gather(*held)] == [200, 200, 200]
         assert app.entered[2] == "/v1/slow/2"  # its turn came when a slot freed
@@ -153,5 +154,20 @@ def test_zero_means_no_limit():
         assert len(app.entered) == 100
         app.release.set()
         assert {r["status"] for r in await asyncio.gather(*held)} == {200}
+
+    run(main)
+
+
+def test_a_waiter_cancelled_and_dropped_from_the_line_before_it_wakes_leaves_quietly():
+    async def main() -> None:
+        admission = Admission(limit=1, queued=1)
+        assert await admission.enter()
+        waiter = asyncio.create_task(admission.enter())
+        await settle()  # in line
+        waiter.cancel()  # its turn is cancelled at once; the task wakes later
+        admission.leave()  # drops the cancelled turn before the waiter runs its own cleanup
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+        assert admission.active == 0 and await admission.enter()
 
     run(main)
