@@ -1,7 +1,10 @@
 """Calling the cloud without hanging the device: deadlines, bounded retries, a circuit breaker.
 
 When the cloud is slow or down the device must fall back to its own model quickly, so every
-cloud call here has one overall deadline and fails fast while the breaker is open.
+cloud call here has one overall deadline and fails fast while the breaker is open. A failure
+that carries the cloud's retry hint (`retry_after_s`: a replica at its limit, a rate limit)
+is not retried, and holds the breaker open until the hint has passed: the device ranks on its
+own meanwhile rather than adding to the load of a cloud that asked it to wait.
 """
 
 from __future__ import annotations
@@ -70,8 +73,9 @@ class CloudUnavailable(Exception):
 class CircuitBreaker:
     """Stops calling a failing cloud for ``reset_timeout_s``, then lets one trial call probe it.
 
-    closed -> open after ``failure_threshold`` consecutive failures; open -> half_open once the
-    timeout has passed; the single half-open trial closes the breaker on success or reopens it.
+    closed -> open after ``failure_threshold`` consecutive failures, or for as long as the cloud
+    asked (`hold`); open -> half_open once that time has passed; the single half-open trial
+    closes the breaker on success or reopens it.
     """
 
     def __init__(self, failure_threshold: int = 3, reset_timeout_s: float = 5.0,
@@ -86,19 +90,19 @@ class CircuitBreaker:
         self._lock = threading.Lock()
         self._state: BreakerState = "closed"
         self._failures = 0
-        self._opened_at = 0.0
+        self._open_until = 0.0
         self._trial_in_flight = False
         self.opened_count = 0
 
     def _refresh(self) -> None:
         """Move open -> half_open once the timeout has passed (caller holds the lock)."""
-        if self._state == "open" and self._clock() - self._opened_at >= self.reset_timeout_s:
+        if self._state == "open" and self._clock() >= self._open_until:
             self._state = "half_open"
             self._trial_in_flight = False
 
-    def _open(self) -> None:
+    def _open(self, for_s: float | None = None) -> None:
         self._state = "open"
-        self._opened_at = self._clock()
+        self._open_until = self._clock() + (self.reset_timeout_s if for_s is None else for_s)
         self._trial_in_flight = False
         self.opened_count += 1
 
@@ -137,6 +141,14 @@ class CircuitBreaker:
                 if self._failures >= self.failure_threshold:
                     self._failures = 0
                     self._open()
+
+    def hold(self, seconds: float) -> None:
+        """The cloud asked for no calls for `seconds` (a retry hint): open at least that long."""
+        with self._lock:
+            if self._state == "open":
+                self._open_until = max(self._open_until, self._clock() + seconds)
+            else:
+                self._open(seconds)
 
     def release(self) -> None:
         """End a call that says nothing about the cloud (e.g. cancelled): frees the trial slot."""
@@ -186,7 +198,9 @@ async def call_with_retries(
 
     Retryable failures (per ``is_retryable``) and running out of time count against the
     breaker and end in ``CloudUnavailable``; any other error means the cloud answered (the
-    request was at fault), so it counts as a breaker success and is re-raised unchanged.
+    request was at fault), so it counts as a breaker success and is re-raised unchanged. A
+    retryable failure with a `retry_after_s` hint is not retried: the call ends at once and
+    the breaker stays open for the hint, so no call goes out before the cloud asked.
     """
     rng = rng or random.Random()
     deadline = time.monotonic() + deadline_s
@@ -216,6 +230,11 @@ async def call_with_retries(
                 raise
             if breaker is not None:
                 breaker.record_failure()
+            if (hint := retry_hint(exc)) is not None:
+                if breaker is not None:
+                    breaker.hold(hint)
+                raise CloudUnavailable(f"the cloud asked for no call in the next {hint:.3f}s "
+                                       f"(attempt {attempts}): {exc!r}") from exc
             error = exc
         except BaseException:
             # Cancelled: says nothing about the cloud, but must not hold the half-open trial.
@@ -239,3 +258,9 @@ async def call_with_retries(
                 f"deadline of {deadline_s:.3f}s leaves no time to retry after {attempts} "
                 f"attempts: {error!r}") from error
         await asyncio.sleep(delay)
+
+
+def retry_hint(exc: BaseException) -> float | None:
+    """The seconds a failure's `retry_after_s` asks to wait before calling again, if any."""
+    hint = getattr(exc, "retry_after_s", None)
+    return float(hint) if isinstance(hint, int | float) and hint > 0 else None

@@ -2,7 +2,9 @@
 
 Both transports send the same `CollaborativeRequest` and return the same `CloudAnswer`; they
 raise `CloudError` with a `retryable` flag so the retry policy and the circuit breaker treat
-outages (retry, then fall back) differently from a bad request (the cloud is up: do not retry).
+outages (retry, then fall back) differently from a bad request (the cloud is up: do not retry),
+and with the cloud's retry hint when it sent one (a replica at its limit or a rate limit: gRPC
+`retry-after` trailing metadata, HTTP `Retry-After`), which the breaker honours.
 Whatever goes wrong on the way (a socket, the event loop, an answer that does not parse) comes
 out as `CloudError`, never as another exception type.
 
@@ -33,11 +35,24 @@ R = TypeVar("R")
 
 
 class CloudError(Exception):
-    """A failed cloud call; `retryable` is False when retrying cannot help (bad input, auth)."""
+    """A failed cloud call; `retryable` is False when retrying cannot help (bad input, auth).
 
-    def __init__(self, message: str, *, code: str, retryable: bool) -> None:
+    `retry_after_s`: how long the cloud asked the device to wait before calling again.
+    """
+
+    def __init__(self, message: str, *, code: str, retryable: bool,
+                 retry_after_s: float | None = None) -> None:
         super().__init__(message)
-        self.code, self.retryable = code, retryable
+        self.code, self.retryable, self.retry_after_s = code, retryable, retry_after_s
+
+
+def retry_after(value: object) -> float | None:
+    """A retry hint in seconds from a header or metadata value; None when absent or garbled."""
+    try:
+        seconds = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):  # an HTTP date, or nonsense: no hint
+        return None
+    return min(seconds, 3600.0) if seconds > 0 else None  # a hostile hint cannot mute the cloud
 
 
 def transport_failure(exc: BaseException) -> CloudError:
@@ -172,7 +187,11 @@ class GrpcTransport:
     def _error(self, exc: Exception) -> CloudError:
         code = exc.code().name if hasattr(exc, "code") else "UNAVAILABLE"
         details = exc.details() if hasattr(exc, "details") else str(exc)
-        return CloudError(f"{code}: {details}", code=code, retryable=code in RETRYABLE_GRPC)
+        # Pairs, not dict(): grpc.aio's Metadata is a mapping whose iteration yields pairs.
+        trailers = exc.trailing_metadata() if hasattr(exc, "trailing_metadata") else None
+        hint = next((v for k, v in trailers or () if k == "retry-after"), None)
+        return CloudError(f"{code}: {details}", code=code, retryable=code in RETRYABLE_GRPC,
+                          retry_after_s=retry_after(hint))
 
     def _translated(self) -> contextlib.AbstractContextManager[None]:
         return translated(self._grpc.RpcError, self._error)
@@ -250,9 +269,11 @@ class HttpTransport:
         """The running loop's client."""
         return self._client.get()
 
-    def _error(self, status: int, text: str) -> CloudError:
-        retryable = status >= 500 or status == 429
-        return CloudError(f"HTTP {status}: {text[:300]}", code=str(status), retryable=retryable)
+    def _error(self, resp: httpx.Response, text: str) -> CloudError:
+        status = resp.status_code
+        return CloudError(f"HTTP {status}: {text[:300]}", code=str(status),
+                          retryable=status >= 500 or status == 429,
+                          retry_after_s=retry_after(resp.headers.get("retry-after")))
 
     def _translated(self) -> contextlib.AbstractContextManager[None]:
         return translated(self._httpx.HTTPError, lambda exc: CloudError(
@@ -263,7 +284,7 @@ class HttpTransport:
         with self._translated():
             resp = await self.client.request(method, path, timeout=timeout_s, **kw)
             if resp.status_code != 200:
-                raise self._error(resp.status_code, resp.text)
+                raise self._error(resp, resp.text)
             return resp.json()
 
     async def recommend(self, req: CollaborativeRequest, device_id: str,
@@ -298,7 +319,7 @@ class HttpTransport:
             async with self.client.stream("GET", f"/v1/artifacts/{name}", params=params,
                                           timeout=60) as resp:
                 if resp.status_code != 200:
-                    raise self._error(resp.status_code, (await resp.aread()).decode()[:300])
+                    raise self._error(resp, (await resp.aread()).decode()[:300])
                 async for chunk in resp.aiter_bytes():
                     yield chunk
 
