@@ -99,9 +99,11 @@ async def _grpc_loop(port: int, reqs: list[dict], slots: int, tally: Tally) -> N
                     await stub.Recommend(msgs[i % len(msgs)], timeout=10)
                     tally.lat.append(time.perf_counter() - t)
                 except grpc.aio.AioRpcError as exc:
-                    trailers = dict(exc.trailing_metadata() or ())
-                    if exc.code() in refusals and "retry-after" in trailers:  # the server's own
-                        await tally.refusal(str(trailers["retry-after"]))
+                    # Pairs: dict() of grpc.aio's Metadata raises (it iterates as pairs).
+                    trailers = exc.trailing_metadata() or ()
+                    hint = next((v for k, v in trailers if k == "retry-after"), None)
+                    if exc.code() in refusals and hint is not None:  # the server's own
+                        await tally.refusal(str(hint))
                     else:
                         tally.errors += 1
                 i += slots
