@@ -324,20 +324,38 @@ class Evaluator:
 
 
 def tune_fusion(evaluator: Evaluator, grid: Sequence[FusionConfig],
-                confidence: float = 0.95, seed: int = 0) -> tuple[FusionConfig, dict]:
+                confidence: float = 0.95, seed: int = 0,
+                tolerance: float = 0.0) -> tuple[FusionConfig, dict]:
     """Pick the fusion setting on validation users: the best NDCG@10, but a teacher share only
     when its gain over the device alone holds up (see `significant_gain`); ties go to the
-    first in the grid, where the device alone comes first."""
+    first in the grid, where the device alone comes first. Where some targets are items the
+    device does not know, the settings within `tolerance` (relative) of the best are equal
+    for all users, and among them the one that ranks those new targets best is taken."""
     ranks = evaluator.collaborative_ranks(grid)
     scores = [metrics_from_ranks(r, (10,))["ndcg@10"] for r in ranks]
-    best = int(np.argmax(scores))
+    new = ~evaluator.view.known[evaluator.targets]
+    best = _freshest(ranks, np.array(scores), new, tolerance)
     table = {_label(c): s for c, s in zip(grid, scores, strict=True)}
-    alone = [j for j, c in enumerate(grid) if c.weight == 0 and c.device_top >= 10]
-    if grid[best].weight > 0 and alone:
-        base = max(alone, key=lambda j: scores[j])
+    alone = np.array([j for j, c in enumerate(grid) if c.weight == 0 and c.device_top >= 10])
+    if grid[best].weight > 0 and len(alone):
+        base = int(alone[_freshest(ranks[alone], np.array(scores)[alone], new, tolerance)])
         if not significant_gain(ranks[best], ranks[base], confidence, seed):
             return grid[base], table
     return grid[best], table
+
+
+def _freshest(ranks: np.ndarray, scores: np.ndarray, new: np.ndarray, tolerance: float) -> int:
+    """The best setting for all users, or, among those within `tolerance` of it, the one with
+    the best NDCG@10 on the users whose target is `new` (ties: the better for all, then the
+    first). Settings that differ by less than the noise of a few thousand users (a flat
+    optimum over the device's temperature) rank old and new items very differently."""
+    best = int(np.argmax(scores))
+    if tolerance <= 0 or not new.any():
+        return best
+    near = np.flatnonzero(scores >= (1.0 - tolerance) * scores[best])
+    fresh = np.array([_ndcg10(ranks[j][new]).mean() for j in near])
+    top = near[fresh == fresh.max()]
+    return int(top[np.argmax(scores[top])])
 
 
 def _label(c: FusionConfig) -> str:

@@ -109,7 +109,8 @@ def choose_fusion(ctx: RunContext, models: Models) -> tuple[FusionConfig, dict]:
     inputs, targets = ctx.split.fusion_users()
     val = Evaluator(models, inputs, targets, cfg, ctx.cfg.seed,
                     device_inputs=ctx.device_split.fusion_users()[0])
-    fusion, tuning = tune_fusion(val, grid, cfg.fusion_confidence, ctx.cfg.seed)
+    fusion, tuning = tune_fusion(val, grid, cfg.fusion_confidence, ctx.cfg.seed,
+                                 cfg.fusion_tolerance)
     zero = max((v for k, v in tuning.items() if k.startswith("w=0.0 ")), default=0.0)
     log(f"fusion on {len(targets)} held-out validation users: {fusion} (NDCG@10 "
         f"{max(tuning.values()):.4f}; the device alone {zero:.4f}; {len(grid)} settings tried)")

@@ -142,6 +142,9 @@ class EvalConfig(Section):
     # A teacher share is chosen only if its validation gain over the device alone is positive
     # at this bootstrap confidence (paired over users); 0 takes the best validation mean.
     fusion_confidence: float = Field(0.95, ge=0, lt=1)
+    # Where some targets are new to the device: settings within this share of the best NDCG@10
+    # are taken as equal for all users, and the one that ranks new targets best is chosen.
+    fusion_tolerance: float = Field(0.01, ge=0, lt=1)
     latency_requests: int = Field(300, gt=0)
     sampled_negatives: int = Field(100, gt=0)
 

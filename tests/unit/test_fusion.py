@@ -175,3 +175,21 @@ def test_a_teacher_share_needs_a_gain_that_holds_up():
     assert not significant_gain(lucky, flat, 0.95)
     assert significant_gain(lucky, flat, 0.0)
     assert not significant_gain(base, base, 0.0)
+
+
+def test_within_tolerance_the_setting_that_ranks_new_targets_best_is_chosen():
+    pytest.importorskip("torch", reason="tandemrec.eval needs torch (the train extra)")
+    from tandemrec.eval.modes import _freshest
+
+    # 4 users, the last two with new targets; ranks per setting (0 = first place).
+    ranks = np.array([[0, 0, 50, 50],   # best for all: 2 hits of 4 (NDCG 0.5), new ones missed
+                      [0, 50, 0, 50],   # as good for all (0.5), one new target first
+                      [50, 50, 0, 0]])  # as good for all too, both new targets first
+    scores = np.array([0.5, 0.5, 0.5])
+    new = np.array([False, False, True, True])
+    assert _freshest(ranks, scores, new, 0.0) == 0  # no tolerance: the first best
+    assert _freshest(ranks, scores, new, 0.01) == 2
+    assert _freshest(ranks, scores, np.zeros(4, dtype=bool), 0.01) == 0  # no new targets
+    # past the tolerance for all users, the new targets do not buy the setting
+    assert _freshest(ranks, np.array([0.5, 0.5, 0.49]), new, 0.01) == 1
+    assert _freshest(ranks, np.array([0.5, 0.5, 0.496]), new, 0.01) == 2
