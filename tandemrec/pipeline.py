@@ -6,11 +6,12 @@ stages can be run one by one from the CLI or all together with `tandem pipeline`
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,9 +27,11 @@ from tandemrec.data.types import LeaveOneOutSplit, SequenceDataset
 from tandemrec.models.intent_vocab import IntentVocab, build_intent_vocab
 from tandemrec.models.teacher import Teacher
 from tandemrec.models.teacher_ensemble import AnyTeacher, TeacherEnsemble
-from tandemrec.progress import log
+from tandemrec.progress import log, quiet
+from tandemrec.train import ddp
 from tandemrec.train.alloc import reuse_large_allocations
 from tandemrec.train.config import IntentConfig, PipelineConfig
+from tandemrec.train.device import current, use
 from tandemrec.train.loop import FitResult
 
 
@@ -69,6 +72,8 @@ class RunContext:
 
     def record(self, stage: str, info: dict[str, Any]) -> None:
         """Append a stage's report to run.json (configs, timings, validation curves)."""
+        if not current().is_main:  # under DDP, rank 0 writes the run's files
+            return
         report_path = self.path("run.json")
         report = json.loads(report_path.read_text()) if report_path.exists() else {}
         report[stage] = info
@@ -92,10 +97,17 @@ def open_run(cfg: PipelineConfig, run_dir: Path, data_dir: Path | None = None,
 
     Writes config.json and new_items.npy (bool (N+1,), all False under the standard protocol)
     into `run_dir`; the draw depends only on the training split, cfg.new_items_share and
-    cfg.seed, so every stage of a run sees the same new items.
+    cfg.seed, so every stage of a run sees the same new items. Sets this process's device
+    (cfg.device) and, under torchrun, joins the DDP group (train/ddp.py); then only rank 0
+    writes files and logs.
     """
     torch.set_num_threads(cfg.threads)
     reuse_large_allocations()
+    rt = use(ddp.from_env(cfg.device))
+    quiet(not rt.is_main)
+    if rt.distributed or not rt.on_cpu:
+        log(f"training on {rt.device}" + (f", {rt.world} DDP processes" if rt.distributed
+                                          else ""))
     run_dir.mkdir(parents=True, exist_ok=True)
     data = load_dataset(cfg.dataset, data_dir)
     split = leave_one_out(data, cfg.val_users, cfg.seed, cfg.tune_share)
@@ -104,8 +116,9 @@ def open_run(cfg: PipelineConfig, run_dir: Path, data_dir: Path | None = None,
         device_split = device_view(split, new)
     else:
         new, device_split = np.zeros(data.n_items + 1, dtype=bool), split
-    (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
-    np.save(run_dir / NEW_ITEMS_FILE, new)
+    if rt.is_main:
+        (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+        np.save(run_dir / NEW_ITEMS_FILE, new)
     log(f"{data.name}: {data.n_users} users, {data.n_items} items, "
         f"{data.n_interactions} interactions; {len(split.eval_users)} held-out users, "
         f"{len(split.valid_target)} of them for early stopping, {len(split.tune_target)} "
@@ -162,7 +175,8 @@ def train_members(ctx: RunContext) -> tuple[list[Teacher], list[FitResult]]:
     from tandemrec.train.teacher import train_teacher
 
     cfg = ctx.cfg
-    text = text_vectors(ctx)
+    with _main_first():  # rank 0 fills the text-vector cache the others then read
+        text = text_vectors(ctx)
     configs = cfg.teacher.member_configs()
     t0 = time.time()
     members, fits = [], []
@@ -177,6 +191,17 @@ def train_members(ctx: RunContext) -> tuple[list[Teacher], list[FitResult]]:
         members.append(teacher)
         fits.append(fit)
     return members, fits
+
+
+@contextlib.contextmanager
+def _main_first() -> Iterator[None]:
+    """Under DDP, rank 0 runs the block before the other processes do."""
+    rt = current()
+    if not rt.is_main:
+        ddp.barrier(rt)
+    yield
+    if rt.is_main:
+        ddp.barrier(rt)
 
 
 # What a reused teacher must share with this run: everything its training read.
@@ -242,7 +267,9 @@ def stage_train(ctx: RunContext) -> None:
     from tandemrec.train.teacher import coarse_inputs, coarse_validation, train_coarse
 
     if ctx.teacher_from is not None:
-        reuse_teacher(ctx, ctx.teacher_from)
+        with _main_first():
+            if current().is_main:
+                reuse_teacher(ctx, ctx.teacher_from)
         return
     cfg = ctx.cfg
     t0 = time.time()
@@ -252,7 +279,8 @@ def stage_train(ctx: RunContext) -> None:
         vecs = model.eval().item_vectors().numpy()  # an ensemble's members side by side
     pop = item_popularity(ctx.split.train, ctx.n_items)
     vocab = intent_vocab(vecs, ctx.data.item_texts, pop, cfg.intents, cfg.seed)
-    ctx.path("codebook.json").write_text(json.dumps(vocab.to_json()))
+    if current().is_main:
+        ctx.path("codebook.json").write_text(json.dumps(vocab.to_json()))
     log(f"intent vocabulary: {vocab.n_intents} tokens, e.g. " +
         "; ".join(vocab.labels[1:6]))
     coarse = [train_coarse(m, ctx.split, vocab, mcfg, cfg.eval.coarse_history, cfg.seed)
@@ -260,11 +288,10 @@ def stage_train(ctx: RunContext) -> None:
     model.eval()
     reports = [_fit_report(f, c) for f, c in zip(fits, coarse, strict=True)]
     if len(members) == 1:
-        save_model(model, ctx.path("teacher.pt"), {"fit": fits[0].history,
-                                                   "coarse": coarse[0].history})
+        extra: dict[str, Any] = {"fit": fits[0].history, "coarse": coarse[0].history}
         info: dict[str, Any] = reports[0]
     else:
-        save_model(model, ctx.path("teacher.pt"), {"members": reports})
+        extra = {"members": reports}
         with torch.no_grad():
             val = validation_ndcg(model, ctx.split.valid_input, ctx.split.valid_target,
                                   model.cfg.max_len)["ndcg@10"]
@@ -273,7 +300,10 @@ def stage_train(ctx: RunContext) -> None:
         log(f"teacher ensemble of {len(members)}: val NDCG@10 {val:.4f} "
             f"(members {', '.join(f'{f.best_score:.4f}' for f in fits)}), coarse {coarse_val:.4f}")
         info = {"val_ndcg@10": val, "coarse_val_ndcg@10": coarse_val, "members": reports}
-    np.save(ctx.path("popularity.npy"), pop)
+    with _main_first():  # the other DDP processes wait for the files (a pipeline reads them)
+        if current().is_main:
+            save_model(model, ctx.path("teacher.pt"), extra)
+            np.save(ctx.path("popularity.npy"), pop)
     ctx.record("train", {"seconds": time.time() - t0, **info})
 
 
@@ -298,6 +328,8 @@ def stage_distill(ctx: RunContext) -> None:
     student, fit = distill_student(teacher, ctx.device_training_split(), ctx.n_items,
                                    load_vocab(ctx), ctx.cfg.student, ctx.cfg.seed,
                                    exclude=exclude)
+    if not current().is_main:  # under DDP the other processes are done: rank 0 goes on alone
+        return
     save_model(student, ctx.path("student.pt"), {"fit": fit.history})
     kept = fit.history[fit.kept_epoch - 1]["val_ndcg@10"] if fit.history else fit.best_score
     log(f"student: best val NDCG@10 {fit.best_score:.4f} at epoch {fit.best_epoch}; kept epoch "
@@ -314,6 +346,8 @@ def stage_compress(ctx: RunContext) -> None:
     """SVD of the student, aligned to the dense student on the same device view it trained on."""
     from tandemrec.train.compress import compress_student
 
+    if not current().is_main:  # not data-parallel: rank 0 compresses, on its device
+        return
     t0 = time.time()
     student, _ = load_student(ctx.path("student.pt"))
     small, report = compress_student(student, ctx.device_training_split(), load_vocab(ctx),
@@ -326,6 +360,8 @@ def stage_export(ctx: RunContext) -> None:
     """ONNX for the dense and compressed students, int8 weights, and torch/ONNX parity."""
     from tandemrec.train.export import check_parity, export_onnx, quantize_int8
 
+    if not current().is_main:
+        return
     t0 = time.time()
     student, _ = load_student(ctx.path("student.pt"))
     small, _ = load_student(ctx.path("student_svd.pt"))
@@ -352,6 +388,8 @@ def stage_export(ctx: RunContext) -> None:
 def stage_evaluate(ctx: RunContext, results_dir: Path) -> list[dict]:
     from tandemrec.eval.report import evaluate_run
 
+    if not current().is_main:
+        return []
     return evaluate_run(ctx, results_dir)
 
 
@@ -364,6 +402,8 @@ def run_pipeline(ctx: RunContext, results_dir: Path) -> list[dict]:
     ctx.record("pipeline", {"seconds": None})  # not an earlier run's total in this run's report
     stage_train(ctx)
     stage_distill(ctx)
+    if not current().is_main:  # DDP: the teacher and distillation stages only
+        return []
     stage_compress(ctx)
     stage_export(ctx)
     rows = stage_evaluate(ctx, results_dir)

@@ -16,6 +16,12 @@ from rich.table import Table
 console = Console(stderr=True)
 if not console.is_terminal:  # log files: long lines, no wrapping
     console = Console(stderr=True, width=160)
+_quiet = False  # set in every DDP process but rank 0 (train/ddp.py): one log, one bar
+
+
+def quiet(on: bool = True) -> None:
+    global _quiet
+    _quiet = on
 
 
 def stage_progress() -> Progress:
@@ -24,12 +30,13 @@ def stage_progress() -> Progress:
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
         TextColumn("{task.fields[status]}"), TimeElapsedColumn(), TextColumn("eta"),
         TimeRemainingColumn(), console=console, transient=False,
-        disable=not console.is_terminal,
+        disable=_quiet or not console.is_terminal,
     )
 
 
 def log(message: str) -> None:
-    console.log(message)
+    if not _quiet:
+        console.log(message)
 
 
 def metrics_table(title: str, rows: list[dict], columns: list[str]) -> Table:

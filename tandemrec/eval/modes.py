@@ -58,6 +58,9 @@ class Models:
     files: dict[str, Path]  # teacher, student_fp32, student_svd, student_int8
     n_items: int
     known: np.ndarray | None = None  # (N+1,) items the device's bundle knows; None = all
+    # The teacher on the training device (config `device`) for batched ranking; None: the
+    # teacher itself. Latencies are always measured on the CPU teacher, as the cloud serves.
+    scorer: AnyTeacher | None = None
 
 
 @dataclass
@@ -105,13 +108,14 @@ def p50_ms(fn: Callable[[int], object], n: int) -> float:
 
 
 def torch_scores(score_fn: Callable[[torch.Tensor], torch.Tensor], inputs: list[np.ndarray],
-                 max_len: int) -> Callable[[slice], np.ndarray]:
-    """Batched scoring for ranking (latency is measured separately, one request at a time)."""
+                 max_len: int, device: torch.device | None = None) -> Callable[[slice], np.ndarray]:
+    """Batched scoring for ranking (latency is measured separately, one request at a time);
+    `device`: where score_fn's model is."""
     def by_batch(sl: slice) -> np.ndarray:
         x = eval_batches(inputs[sl], max_len, batch_size=len(inputs[sl]) or 1)
         _, xb = next(x)
         with torch.inference_mode():
-            return score_fn(xb).float().numpy()
+            return score_fn(xb if device is None else xb.to(device)).float().cpu().numpy()
     return by_batch
 
 
@@ -162,6 +166,8 @@ class Evaluator:
         self.view = DeviceView.build(known, self.item_intent, models.vocab.n_intents)
         self.has_unknown = bool((~self.view.known[1:]).any())
         self.max_len = models.teacher.cfg.max_len
+        self.scorer = models.scorer if models.scorer is not None else models.teacher
+        self.device = next(self.scorer.parameters()).device
         self.n_lat = min(cfg.latency_requests, len(inputs))
         self.bytes_up = 0.0
         self._runners: dict[str, OnnxStudent] = {}
@@ -200,7 +206,8 @@ class Evaluator:
         t = self.m.teacher
         inputs = (coarse_inputs(self.inputs, self.m.vocab, self.cfg.coarse_history)
                   if coarse else self.inputs)
-        fn = torch_scores(lambda x: t(x, coarse=coarse), inputs, self.max_len)
+        fn = torch_scores(lambda x: self.scorer(x, coarse=coarse), inputs, self.max_len,
+                          self.device)
 
         def one(i: int) -> None:
             with torch.inference_mode():
@@ -248,11 +255,12 @@ class Evaluator:
                     histories: list[np.ndarray] | None = None) -> list[CloudCandidates]:
         """The cloud's answers for a chunk of users (from `histories`, by default the device's
         inputs); the coarse teacher reads only the tokens."""
-        t = self.m.teacher
+        t = self.scorer
         seen = self.device_inputs[sl] if histories is None else histories
         reqs = [self.request(lg, h) for lg, h in zip(intent_logits, seen, strict=True)]
         coarse = [np.array(r.coarse_history, dtype=np.int64) for r in reqs]
-        rows = torch_scores(lambda x: t(x, coarse=True), coarse, self.max_len)(slice(None))
+        rows = torch_scores(lambda x: t(x, coarse=True), coarse, self.max_len,
+                            self.device)(slice(None))
         self.bytes_up += sum(len(r.to_json_bytes()) for r in reqs)
         return [self.cloud_answer(r, row) for r, row in zip(reqs, rows, strict=True)]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import platform
@@ -22,6 +23,7 @@ from tandemrec.eval.modes import (
     n_params,
     tune_fusion,
 )
+from tandemrec.models.teacher_ensemble import AnyTeacher
 from tandemrec.pipeline_sid import enabled as sid_enabled
 from tandemrec.pipeline_sid import sid_bundle
 from tandemrec.progress import console, log, metrics_table
@@ -97,7 +99,15 @@ def load_models(ctx: RunContext) -> Models:
     known = ~ctx.new_items
     known[0] = False
     return Models(teacher, load_vocab(ctx), student, small, np.load(ctx.path("popularity.npy")),
-                  files, ctx.n_items, known)
+                  files, ctx.n_items, known, scorer=on_training_device(teacher))
+
+
+def on_training_device(teacher: AnyTeacher) -> AnyTeacher | None:
+    """A copy of the teacher on the configured GPU for batched ranking; None on a CPU."""
+    from tandemrec.train.device import current
+
+    rt = current()
+    return None if rt.on_cpu else rt.place(copy.deepcopy(teacher)).eval()
 
 
 def choose_fusion(ctx: RunContext, models: Models) -> tuple[FusionConfig, dict]:

@@ -29,6 +29,7 @@ from tandemrec.models.student import Student, StudentConfig
 from tandemrec.progress import log, stage_progress
 from tandemrec.train.batches import loss_positions, n_batches, training_batches
 from tandemrec.train.config import CompressConfig
+from tandemrec.train.device import Runtime, current
 from tandemrec.train.loop import FitResult, fit, validation_ndcg
 from tandemrec.train.losses import SoftTargets, chunked_head_loss
 from tandemrec.train.teacher import next_item_loss
@@ -152,8 +153,9 @@ def _stage_params(small: Student, stage: int) -> list[nn.Parameter]:
 
 
 def progressive_align(small: Student, student: Student, split: LeaveOneOutSplit,
-                      cfg: CompressConfig, seed: int) -> list[dict]:
+                      cfg: CompressConfig, seed: int, rt: Runtime | None = None) -> list[dict]:
     """Stage by stage, match the compressed model's states to the uncompressed student's."""
+    rt = rt or Runtime()
     rng = np.random.default_rng(seed + 3)
     n_layers = len(student.decoder.blocks)
     history = []
@@ -171,7 +173,8 @@ def progressive_align(small: Student, student: Student, split: LeaveOneOutSplit,
             losses: list[float] = []
             step = 0
             while step < cfg.align_steps:
-                for x, _ in training_batches(split.train, small.cfg.max_len, cfg.batch_size, rng):
+                for x, _ in rt.batches(training_batches(split.train, small.cfg.max_len,
+                                                        cfg.batch_size, rng)):
                     with torch.no_grad():
                         if stage == 0:
                             ref = student.in_norm(student.items.lookup(x))
@@ -199,10 +202,13 @@ def progressive_align(small: Student, student: Student, split: LeaveOneOutSplit,
 
 
 def finetune_compressed(small: Student, student: Student, split: LeaveOneOutSplit,
-                        vocab: IntentVocab, cfg: CompressConfig, seed: int) -> FitResult:
+                        vocab: IntentVocab, cfg: CompressConfig, seed: int,
+                        rt: Runtime | None = None) -> FitResult:
     """Final stage: align output distributions to the uncompressed student (KL at T=1)."""
+    rt = rt or Runtime()
     rng = np.random.default_rng(seed + 4)
-    intent_of = torch.from_numpy(vocab.codes[:, 0].astype(np.int64))
+    intent_of = torch.from_numpy(vocab.codes[:, 0].astype(np.int64)).to(rt.device)
+    mm_dtype = rt.matmul_dtype("fp32")  # float32 on a CPU, as always; bf16 on a GPU
 
     gen = torch.Generator().manual_seed(seed + 4)
 
@@ -212,44 +218,55 @@ def finetune_compressed(small: Student, student: Student, split: LeaveOneOutSpli
         with torch.no_grad():
             _, ref_scores = student.heads(student.hidden(x)[keep])  # (M, N+1)
             ref_scores[:, 0] = -torch.inf  # padding is never a next item
-        h = small.hidden(x)[keep]  # (M, D)
+        with rt.autocast(mm_dtype):
+            h = small.hidden(x)[keep]  # (M, D)
         vecs, bias, scale = small.item_head()
         loss = chunked_head_loss(h, vecs, bias, y_k, scale, 1.0,
-                                 SoftTargets(p=ref_scores.softmax(-1)))
+                                 SoftTargets(p=ref_scores.softmax(-1)), mm_dtype=mm_dtype)
         return loss + 0.5 * next_item_loss(small.intent_head(h), intent_of[y_k])
 
     def validate() -> dict[str, float]:
         return validation_ndcg(lambda x: small(x)[1], split.valid_input, split.valid_target,
-                               small.cfg.max_len)
+                               small.cfg.max_len, rt=rt)
 
     return fit(small, small.parameters(), name="compress-finetune",
                batches=lambda _: training_batches(split.train, small.cfg.max_len,
                                                   cfg.batch_size, rng),
                n_batches=n_batches(split.train, cfg.batch_size), loss_fn=loss_fn,
                validate=validate, lr=cfg.lr, max_epochs=cfg.finetune_epochs,
-               patience=cfg.finetune_epochs, warmup_steps=10, max_minutes=cfg.max_minutes)
+               patience=cfg.finetune_epochs, warmup_steps=10, max_minutes=cfg.max_minutes, rt=rt)
 
 
 def compress_student(student: Student, split: LeaveOneOutSplit, vocab: IntentVocab,
-                     cfg: CompressConfig, seed: int) -> tuple[Student, dict]:
-    """SVD to `param_ratio` of the parameters, then progressive alignment and fine-tuning."""
+                     cfg: CompressConfig, seed: int,
+                     rt: Runtime | None = None) -> tuple[Student, dict]:
+    """SVD to `param_ratio` of the parameters, then progressive alignment and fine-tuning.
+
+    The SVD is on the CPU; alignment and fine-tuning on `rt`'s device (default: this process's,
+    in one process: compression is not data-parallel). Both students end on the CPU.
+    """
+    rt = rt or Runtime(current().device)
     torch.manual_seed(seed)
     small = svd_compress(student, cfg.param_ratio)
     small.eval()
+    rt.place(small)
+    rt.place(student)
     plain = validation_ndcg(lambda x: small(x)[1], split.valid_input, split.valid_target,
-                            small.cfg.max_len)
+                            small.cfg.max_len, rt=rt)
     log(f"plain SVD ({n_params(small)}/{n_params(student)} params): "
         f"val NDCG@10 {plain['ndcg@10']:.4f}")
     plain_state = {k: v.clone() for k, v in small.state_dict().items()}
-    align = progressive_align(small, student, split, cfg, seed)
+    align = progressive_align(small, student, split, cfg, seed, rt)
     aligned = validation_ndcg(lambda x: small(x)[1], split.valid_input, split.valid_target,
-                              small.cfg.max_len)
+                              small.cfg.max_len, rt=rt)
     kept = aligned["ndcg@10"] >= plain["ndcg@10"]
     log(f"after layer-wise alignment: val NDCG@10 {aligned['ndcg@10']:.4f}"
         + ("" if kept else "; lower than plain SVD, so fine-tuning starts from plain SVD"))
     if not kept:
         small.load_state_dict(plain_state)
-    result = finetune_compressed(small, student, split, vocab, cfg, seed)
+    result = finetune_compressed(small, student, split, vocab, cfg, seed, rt)
+    small.cpu().eval()
+    student.cpu().eval()
     report = {
         "params_dense": n_params(student), "params_compressed": n_params(small),
         "ranks": small.cfg.ranks, "val_ndcg@10_plain_svd": plain["ndcg@10"],

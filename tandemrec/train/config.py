@@ -17,6 +17,8 @@ from tandemrec.paths import config_path
 
 Protocol = Literal["standard", "new-items"]
 Precision = Literal["fp32", "bf16"]  # "bf16": bfloat16 matmuls where the CPU has them natively
+# Where training runs (train/device.py): "auto" = a CUDA GPU when torch sees one, else the CPU.
+DeviceName = Literal["auto", "cpu", "cuda"]
 Minutes = Annotated[float, Field(ge=0)]  # a wall-clock budget; 0 = none
 Share = Annotated[float, Field(gt=0, le=1)]
 STRICT = ConfigDict(strict=True)
@@ -154,7 +156,10 @@ class PipelineConfig(Section):
 
     dataset: str = "ml-100k"
     seed: int = Field(42, ge=0)
-    threads: int = Field(2, gt=0)
+    threads: int = Field(2, gt=0)  # CPU threads per process (under torchrun: cores / processes)
+    # Training, distillation, compression and the evaluation's batched teacher scoring run
+    # there; on a GPU under bf16 autocast (docs/training.md). Serving latencies stay on the CPU.
+    device: DeviceName = "auto"
     # Users validated (early stopping, fusion tuning); the others also train on their
     # second-to-last item (data/split.leave_one_out). 0 = validate every user.
     val_users: int = Field(0, ge=0)

@@ -136,7 +136,7 @@ class _ChunkedHeadLoss(torch.autograd.Function):
 
 def chunked_head_loss(h: torch.Tensor, vecs: torch.Tensor, bias: torch.Tensor, y: torch.Tensor,
                       scale: float, w_item: float = 1.0, soft: SoftTargets | None = None,
-                      chunk: int = 1024, mm_dtype: torch.dtype | None = None) -> torch.Tensor:
+                      chunk: int = 0, mm_dtype: torch.dtype | None = None) -> torch.Tensor:
     """An item head and `catalog_loss` fused, without the (M, N+1) score matrix.
 
     h (M, D) hidden states, vecs (N+1, D) item vectors, bias (N+1,), y (M,) true next items;
@@ -145,9 +145,13 @@ def chunked_head_loss(h: torch.Tensor, vecs: torch.Tensor, bias: torch.Tensor, y
     exponentiated, normalised and turned into gradients while they are still in cache, instead
     of in passes over a matrix of hundreds of megabytes (bench/loss_speed.py). `mm_dtype`
     (e.g. torch.bfloat16) runs the three matrix products in that dtype (train/precision.py).
+    `chunk`: rows per block; by default 1024 on a CPU (a block stays in cache) and on a GPU
+    enough for about 2^26 scores (fewer, larger kernels).
     """
     if h.dim() != 2 or vecs.shape[1] != h.shape[1] or y.shape != h.shape[:1]:
         raise ValueError(f"h must be (M, D), vecs (N+1, D) and y (M,), got {tuple(h.shape)}, "
                          f"{tuple(vecs.shape)} and {tuple(y.shape)}")
-    with torch.autocast("cpu", enabled=False):  # the dtypes here are chosen by mm_dtype
+    if not chunk:
+        chunk = 1024 if h.device.type == "cpu" else max(1024, 2**26 // vecs.shape[0])
+    with torch.autocast(h.device.type, enabled=False):  # the dtypes here are chosen by mm_dtype
         return _ChunkedHeadLoss.apply(h, vecs, bias, y, scale, w_item, soft, chunk, mm_dtype)

@@ -40,8 +40,9 @@ def matmul_dtype(precision: str) -> torch.dtype | None:
     return torch.bfloat16
 
 
-def autocast(dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+def autocast(dtype: torch.dtype | None,
+             device_type: str = "cpu") -> contextlib.AbstractContextManager:
     """bf16 autocast for the forward pass when `dtype` is set, else nothing."""
     if dtype is None:
         return contextlib.nullcontext()
-    return torch.autocast("cpu", dtype=dtype)
+    return torch.autocast(device_type, dtype=dtype)
