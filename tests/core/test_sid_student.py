@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tandem_contract.runtime import OnnxStudent
-from tandem_contract.semantic_ids import hash_bucket, score_items, sid_rows, table_rows
+from tandem_contract.semantic_ids import score_items, sid_rows, table_rows
 from tandemrec.models.sid_student import SidStudent, SidStudentConfig
 from tandemrec.train.export import check_parity, export_onnx, quantize_int8
 
@@ -26,20 +26,6 @@ def _student(hash_buckets: int = 0, **shape) -> SidStudent:
     cfg = SidStudentConfig(level_sizes=LEVELS, hash_buckets=hash_buckets, d_model=16, n_heads=2,
                            mlp_hidden=32, max_len=12, dropout=0.0, **shape)
     return SidStudent(cfg).eval()
-
-
-def test_rows_offsets_padding_and_hash():
-    codes = np.array([[0, 0, 0], [1, 1, 1], [6, 4, 3]])
-    np.testing.assert_array_equal(sid_rows(codes, LEVELS), [[0, 0, 0], [1, 7, 11], [6, 10, 13]])
-    rows = sid_rows(codes, LEVELS, 5, np.array([0, 1, 2]))
-    assert rows.shape == (3, 4) and rows[0, 3] == 0
-    assert set(rows[1:, 3].tolist()) <= set(range(14, 19))
-    assert table_rows(LEVELS, 5) == 19
-    buckets = hash_bucket(np.arange(1, 10_001), 64)
-    assert buckets.min() == 1 and buckets.max() == 64
-    assert np.bincount(buckets)[1:].min() > 100  # about 156 ids a bucket: spread evenly
-    with pytest.raises(ValueError, match="out of range"):
-        sid_rows(np.array([[7, 1, 1]]), LEVELS)
 
 
 @pytest.mark.parametrize("hash_buckets", [0, 8])

@@ -1,0 +1,38 @@
+"""Semantic ids as rows of the semantic-id student's code table (tandem_contract, numpy only)."""
+
+import numpy as np
+import pytest
+
+from tandem_contract.semantic_ids import hash_bucket, score_items, sid_rows, table_rows
+
+pytestmark = pytest.mark.unit
+LEVELS = [6, 4, 3]
+
+
+def test_rows_are_offset_per_level_with_padding_at_zero():
+    codes = np.array([[0, 0, 0], [1, 1, 1], [6, 4, 3]])
+    np.testing.assert_array_equal(sid_rows(codes, LEVELS), [[0, 0, 0], [1, 7, 11], [6, 10, 13]])
+    assert table_rows(LEVELS, 0) == 14 and table_rows(LEVELS, 5) == 19
+    with pytest.raises(ValueError, match="out of range"):
+        sid_rows(np.array([[7, 1, 1]]), LEVELS)
+    with pytest.raises(ValueError, match="levels"):
+        sid_rows(np.array([[1, 1]]), LEVELS)
+
+
+def test_hashed_rows_follow_the_levels_and_spread_evenly():
+    rows = sid_rows(np.array([[0, 0, 0], [1, 1, 1], [2, 2, 2]]), LEVELS, 5, np.array([0, 1, 2]))
+    assert rows.shape == (3, 4) and rows[0, 3] == 0
+    assert set(rows[1:, 3].tolist()) <= set(range(14, 19))
+    buckets = hash_bucket(np.arange(1, 10_001), 64)
+    assert buckets.min() == 1 and buckets.max() == 64
+    assert np.bincount(buckets)[1:].min() > 100  # about 156 ids a bucket
+    again = hash_bucket(np.arange(1, 10_001), 64)  # stable: the same id, the same bucket
+    np.testing.assert_array_equal(buckets, again)
+    with pytest.raises(ValueError, match="item id"):
+        sid_rows(np.array([[1, 1, 1]]), LEVELS, 5)
+
+
+def test_item_scores_sum_their_rows_and_padding_counts_nothing():
+    row_scores = np.arange(14, dtype=np.float32)  # row r scores r
+    rows = sid_rows(np.array([[1, 1, 1], [6, 4, 3], [2, 0, 0]]), LEVELS)
+    np.testing.assert_array_equal(score_items(row_scores, rows), [1 + 7 + 11, 6 + 10 + 13, 2])
