@@ -47,9 +47,10 @@ class IntentIndex:
         if len(np.unique(tokens)) < len(tokens):  # intents are disjoint: only repeats overlap
             pool = pool[np.sort(np.unique(pool, return_index=True)[1])]
         if len(pool) < n:
-            fresh = np.ones(len(self.popular) + 1, dtype=bool)  # a mask, not np.isin's sort
-            fresh[pool] = False
-            extra = self.popular[fresh[self.popular]][: n - len(pool)]
+            # The n most popular items hold at most len(pool) of the pool's, so they hold the
+            # n - len(pool) fresh ones: no pass over the whole catalog (10 ms at 10^6 items).
+            head = self.popular[:n]
+            extra = head[~np.isin(head, pool)][: n - len(pool)]
             pool = np.concatenate([pool, extra])
         return pool[:n].astype(np.int64)
 
