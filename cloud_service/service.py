@@ -197,13 +197,12 @@ class RecommendationService:
         s = self.settings
         rate, burst, per = ((s.key_rate_per_s, s.key_rate_burst, "API key") if who.kind == "app"
                             else (s.rate_per_s, s.rate_burst, "device"))
-        key = f"rl:{who.scope}"
         try:
-            allowed, retry = await self.store.rate_take(key, rate, burst)
+            allowed, retry = await self.store.rate_take(who.scope, rate, burst)
             self.metrics.store_up.set(1)
         except StoreUnavailable as exc:  # degrade to this replica's bucket, never fail open
             self._store_down("rate_limit", exc)
-            allowed, retry = await self._local_buckets.rate_take(key, rate, burst)
+            allowed, retry = await self._local_buckets.rate_take(who.scope, rate, burst)
         if not allowed:
             raise RateLimited(f"rate limit of {rate:g} requests/s per {per} exceeded: "
                               f"retry in {retry:.2f} s", retry_after_s=retry)
@@ -215,10 +214,10 @@ class RecommendationService:
                            f"{', '.join(self.pool.versions())}): fetch the current manifest")
         return model
 
-    async def _cached(self, key: str) -> Recommendation | None:
+    async def _cached(self, who: Principal, key: str) -> Recommendation | None:
         if not self.settings.cache_ttl_s:
             return None
-        raw = await self._safe("cache", self.store.cache_get(key), None)
+        raw = await self._safe("cache", self.store.cache_get(who.scope, key), None)
         self.metrics.cache.labels("hit" if raw else "miss").inc()
         if not raw:
             return None
@@ -226,11 +225,11 @@ class RecommendationService:
         return Recommendation(tuple(d["i"]), tuple(d["s"]), d["v"], cached=True,
                               item_intents=tuple(d.get("t", ())), catalog_size=d.get("n", 0))
 
-    async def _cache(self, key: str, rec: Recommendation) -> None:
+    async def _cache(self, who: Principal, key: str, rec: Recommendation) -> None:
         if self.settings.cache_ttl_s:
             raw = json.dumps({"i": rec.item_ids, "s": rec.scores, "v": rec.model_version,
                               "t": rec.item_intents, "n": rec.catalog_size})
-            await self._safe("cache", self.store.cache_set(key, raw.encode(),
+            await self._safe("cache", self.store.cache_set(who.scope, key, raw.encode(),
                                                            self.settings.cache_ttl_s), None)
 
     # ---- operations ------------------------------------------------------------------------
@@ -254,7 +253,7 @@ class RecommendationService:
         # The principal is part of the key: a hit never tells one device what another asked.
         key = _cache_key("c", model.version, who.scope, req.intent_tokens, req.intent_weights,
                          history, req.k) if s.cache_ttl_s else ""
-        hit = await self._cached(key)
+        hit = await self._cached(who, key)
         if hit:
             return _with_id(hit, req.request_id)
         tokens = np.asarray(req.intent_tokens, dtype=np.int64)
@@ -267,7 +266,7 @@ class RecommendationService:
         rec = Recommendation(tuple(top.tolist()), tuple(logp.tolist()), model.version,
                              req.request_id, item_intents=tuple(intents.tolist()),
                              catalog_size=model.n_items)
-        await self._cache(key, rec)
+        await self._cache(who, key, rec)
         return rec
 
     async def _history(self, who: Principal, sent: tuple[int, ...], limit: int) -> list[int]:
@@ -275,18 +274,17 @@ class RecommendationService:
 
         An app API key proves no device, so it neither reads nor writes a stored history.
         """
-        session = f"hist:{who.device_id}"
         if sent:
             history = list(sent[-limit:])
             if who.stateful:
                 s = self.settings
                 await self._safe("history", self.store.history_set(
-                    session, history, s.history_cap, s.history_ttl_s), None)
+                    who.scope, history, s.history_cap, s.history_ttl_s), None)
             return history
         if not who.stateful:
             return []
         # The device may rely on the history it sent earlier, to any replica.
-        return await self._safe("history", self.store.history_get(session, limit), [])
+        return await self._safe("history", self.store.history_get(who.scope, limit), [])
 
     async def recommend_full(self, req: RecommendFullRequest, who: Principal) -> Recommendation:
         """Cloud-full baseline: the raw history in, the teacher's ranking of the catalog out."""

@@ -37,8 +37,9 @@ def serve(
     http_port: Annotated[int | None, typer.Option(help="HTTP port; 0 picks a free one.")] = None,
     grpc_port: Annotated[int | None, typer.Option(help="gRPC port; 0 picks a free one.")] = None,
     redis_url: Annotated[str | None, typer.Option(
-        help="Shared Redis for several replicas ($TANDEM_CLOUD_REDIS_URL); none = in-process "
-             "store, one replica.")] = None,
+        help="Shared Redis for several replicas ($TANDEM_CLOUD_REDIS_URL): redis://HOST:PORT/0, "
+             "or redis+cluster://HOST:PORT[,HOST:PORT...] for a Redis Cluster; none = "
+             "in-process store, one replica.")] = None,
     no_auth: Annotated[bool, typer.Option(
         "--no-auth", help="Accept requests without credentials (local demos only).")] = False,
 ) -> None:

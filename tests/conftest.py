@@ -1,4 +1,5 @@
-"""Session fixtures shared by the core and integration tiers: a real redis-server, a bundle."""
+"""Session fixtures shared by the core and integration tiers: a real redis-server, a real
+3-master Redis Cluster, a bundle."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.bundles import build_bundle, clone_bundle
-from tests.redis_server import RedisServer
+from tests.redis_server import RedisClusterServer, RedisServer
 
 
 @pytest.fixture(scope="session")
@@ -16,6 +17,13 @@ def redis_server() -> Iterator[RedisServer]:
     """A private redis-server for the whole session; fails loudly if redis-server is missing."""
     with RedisServer() as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[RedisClusterServer]:
+    """A private 3-master Redis Cluster for the whole session (about 2 s to form)."""
+    with RedisClusterServer() as cluster:
+        yield cluster
 
 
 @pytest.fixture(scope="session")

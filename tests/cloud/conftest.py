@@ -1,4 +1,5 @@
-"""Fixtures for the cloud core: one real redis-server per session, and every Store backend.
+"""Fixtures for the cloud core: one real redis-server and one real 3-master Redis Cluster per
+session, and every Store backend.
 
 pytest-asyncio is not a dependency, so tests run their coroutine through `arun`, which also
 closes the store on the same event loop (redis.asyncio connections belong to one loop).
@@ -14,18 +15,20 @@ from typing import Any, TypeVar
 import pytest
 
 from cloud_service.store import MemoryStore, RedisStore, Store
-from tests.redis_server import RedisServer
+from tests.redis_server import RedisClusterServer, RedisServer
 
 T = TypeVar("T")
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "cluster"])
 def store(request: pytest.FixtureRequest) -> Iterator[Store]:
-    """Each backend in turn; Redis keys get a per-test prefix so tests never see each other."""
+    """Each backend in turn: in process, one redis-server, a 3-master Redis Cluster. Redis keys
+    get a per-test prefix so tests never see each other."""
     if request.param == "memory":
         yield MemoryStore()
         return
-    server: RedisServer = request.getfixturevalue("redis_server")
+    fixture = "redis_server" if request.param == "redis" else "redis_cluster"
+    server: RedisServer | RedisClusterServer = request.getfixturevalue(fixture)
     server.start()  # no-op when running; revives it if an earlier test failed while it was down
     yield RedisStore(server.url, prefix=f"test-{uuid.uuid4().hex[:12]}:")
 

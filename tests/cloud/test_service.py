@@ -93,7 +93,7 @@ def test_collaborative_returns_the_teachers_top_k_of_the_intent_candidates(store
 def test_session_history_is_kept_and_used_when_the_device_sends_none(store, bundle):
     async def body(svc: RecommendationService):  # noqa: ANN202
         with_history = await svc.recommend(request(coarse_history=(3, 3, 1)), DEV1)
-        assert await svc.store.history_get("hist:dev-1", 50) == [3, 3, 1]
+        assert await svc.store.history_get("dev:dev-1", 50) == [3, 3, 1]
         reused = await svc.recommend(request(coarse_history=()), DEV1)
         assert reused.item_ids == with_history.item_ids
     run(store, body, bundle, cache_ttl_s=0)
@@ -216,6 +216,6 @@ def test_the_service_answers_without_redis_and_counts_the_outage(redis_server, b
             redis_server.start()
         await asyncio.sleep(0.1)
         await svc.recommend(request(coarse_history=(3,)), DEV1)
-        assert await svc.store.history_get("hist:dev-1", 10) == [3]
+        assert await svc.store.history_get("dev:dev-1", 10) == [3]
         assert "tandem_store_up 1.0" in svc.metrics.exposition().decode()
     run(RedisStore(redis_server.url, prefix="outage:"), body, bundle)

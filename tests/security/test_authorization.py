@@ -11,6 +11,7 @@ import redis
 
 from cloud_service.server import Running
 from cloud_service.server import replica_in_thread as live_replica
+from cloud_service.store import owner_key
 from tests.redis_server import RedisServer
 from tests.security.calls import Caller, app_key, token
 from tests.security.conftest import security_settings
@@ -37,7 +38,7 @@ def ask(device_id: str, history: list[int] | None = None) -> dict:
 
 def stored_history(db: RedisServer, device_id: str) -> list[int]:
     with redis.Redis.from_url(db.url) as r:
-        return [int(x) for x in r.lrange(f"{PREFIX}hist:hist:{device_id}", 0, -1)]
+        return [int(x) for x in r.lrange(owner_key(PREFIX, f"dev:{device_id}", "hist"), 0, -1)]
 
 
 def test_a_device_token_acts_only_for_its_own_device(caller: Caller):

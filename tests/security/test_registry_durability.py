@@ -14,6 +14,7 @@ import yaml
 
 from cloud_service.server import Running
 from cloud_service.server import replica_in_thread as live_replica
+from cloud_service.store import registry_key
 from tandemrec.paths import REPO_ROOT
 from tests.redis_server import RedisServer
 from tests.security.calls import Caller, token
@@ -40,7 +41,7 @@ def replicas(bundle: Path, bundle_v2: Path, redis_db: RedisServer) -> Iterator[l
 
 def registry(db: RedisServer) -> dict[str, str]:
     with redis.Redis.from_url(db.url, decode_responses=True) as r:
-        return r.hgetall(f"{PREFIX}registry")
+        return r.hgetall(registry_key(PREFIX))
 
 
 def wait_for_registry(db: RedisServer, live: dict[str, str], within_s: float) -> float:
