@@ -9,17 +9,23 @@ with no training interactions have no id embedding and are scored through their 
 
 The teacher also reads sequences of intent tokens (coarse mode): the cloud sees only the level-1
 semantic ids of a user's recent items in collaborative serving, never the items themselves.
+
+The sequence model is the native decoder (models/blocks.py) or, with `backbone: hf`, a Hugging
+Face transformers causal LM reading the item vectors as `inputs_embeds` (models/hf_teacher.py);
+the item tower, the intent tokens and the head are the same for both.
 """
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import model_validator
 from torch import nn
 
 from tandemrec.models.blocks import Decoder, RMSNorm
+from tandemrec.models.hf_teacher import HFDecoder
 from tandemrec.models.shape import DecoderShape
 
 
@@ -29,6 +35,23 @@ class TeacherConfig(DecoderShape):
     n_items: int
     text_dim: int = 384  # 0 when the dataset has no item text
     n_intents: int = 0  # set once the intent vocabulary exists
+    # "hf": a transformers causal LM whose whole config (models/hf_teacher.items_config) is
+    # `hf_config`, so a checkpoint rebuilds it without the directory it was loaded from.
+    backbone: Literal["native", "hf"] = "native"
+    hf_config: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _backbone_config(self) -> TeacherConfig:
+        if (self.backbone == "hf") != (self.hf_config is not None):
+            raise ValueError("a teacher has an hf_config exactly when its backbone is hf")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        """A native teacher's config is what it was before backbones existed (same file)."""
+        values = super().to_dict()
+        if self.backbone == "native":
+            del values["backbone"], values["hf_config"]
+        return values
 
 
 class ItemTower(nn.Module):
@@ -59,12 +82,27 @@ class ItemTower(nn.Module):
 class Teacher(nn.Module):
     """Decoder-only sequential recommender scoring every item with one product."""
 
-    def __init__(self, cfg: TeacherConfig) -> None:
+    def __init__(self, cfg: TeacherConfig, backbone: nn.Module | None = None) -> None:
+        """`backbone`: a loaded transformers model for an hf teacher (train/hf_backbone.py);
+        None builds one from cfg.hf_config (random weights, e.g. before a checkpoint's)."""
         super().__init__()
         self.cfg = cfg
         self.items = ItemTower(cfg)
-        self.decoder = Decoder(cfg.d_model, cfg.n_layers, cfg.n_heads, cfg.max_len, cfg.dropout,
-                               cfg.mlp_hidden, pos_std=cfg.pos_std)
+        self.decoder: Decoder | HFDecoder
+        if cfg.backbone == "native":
+            self.decoder = Decoder(cfg.d_model, cfg.n_layers, cfg.n_heads, cfg.max_len,
+                                   cfg.dropout, cfg.mlp_hidden, pos_std=cfg.pos_std)
+        else:
+            assert cfg.hf_config is not None  # TeacherConfig._backbone_config
+            self.decoder = HFDecoder(cfg.hf_config, cfg.dropout, backbone)
+            width = self.decoder.backbone.config.hidden_size
+            if width != cfg.d_model:
+                raise ValueError(f"the backbone's hidden_size ({width}) is not the teacher's "
+                                 f"d_model ({cfg.d_model})")
+            limit = self.decoder.max_positions
+            if limit is not None and cfg.max_len > limit:
+                raise ValueError(f"teacher.max_len ({cfg.max_len}) is longer than the backbone's "
+                                 f"max_position_embeddings ({limit})")
         self.intent_emb = nn.Embedding(cfg.n_intents + 1, cfg.d_model, padding_idx=0)
         self.out_bias = nn.Parameter(torch.zeros(cfg.n_items + 1))
         self._vec_cache: torch.Tensor | None = None

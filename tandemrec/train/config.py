@@ -6,11 +6,21 @@ Every section forbids unknown keys and checks types strictly (`teacher.lr=abc` o
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
-from pydantic import BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    model_serializer,
+    model_validator,
+)
 
 from tandemrec.models.shape import DecoderShape, Section
 from tandemrec.paths import config_path
@@ -26,6 +36,30 @@ STRICT = ConfigDict(strict=True)
 
 def _as_tuple(value: Any) -> Any:
     return tuple(value) if isinstance(value, list) else value
+
+
+# The teacher's sequence model: "native" (models/blocks.Decoder), "hf" (a transformers causal
+# LM built from teacher.hf_config, random weights) or "hf:<path>" (a local directory with a
+# config.json, and weights if it has them, or a config .json file); docs/training.md.
+def _backbone(value: str) -> str:
+    if value not in ("native", "hf") and not (value.startswith("hf:") and len(value) > 3):
+        raise ValueError("expected native, hf or hf:<local directory or config .json>")
+    return value
+
+
+Backbone = Annotated[str, AfterValidator(_backbone)]
+BACKBONE_KEYS = ("backbone", "hf_config", "lora")
+
+
+class LoraSettings(Section):
+    """Low-rank adapters on the hf backbone (models/hf_teacher.HFDecoder.add_lora), via peft."""
+
+    model_config = STRICT
+
+    r: int = Field(8, gt=0)
+    alpha: float = Field(16.0, gt=0)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: list[str] | None = None  # None: peft's default for the model type
 
 
 class TeacherTrainConfig(DecoderShape):
@@ -50,11 +84,41 @@ class TeacherTrainConfig(DecoderShape):
     # above), trained in turn with seeds seed, seed + 1, ... and sharing max_minutes. Empty: one
     # teacher. The cloud serves the members' mean log-probability (models/teacher_ensemble.py).
     members: list[Any] = Field(default_factory=list)
+    backbone: Backbone = "native"
+    # Config values of the hf backbone: all of it for "hf" (model_type, hidden_size, ...), or
+    # overrides of the directory's config.json for "hf:<path>". The teacher's d_model becomes
+    # the backbone's hidden_size; n_layers, n_heads and mlp_hidden then say nothing.
+    hf_config: dict[str, Any] = Field(default_factory=dict)
+    lora: LoraSettings | None = None  # None: full fine-tuning; LoRA needs peft installed
 
     @model_validator(mode="after")
     def _members_load(self) -> TeacherTrainConfig:
         self.member_configs()  # a typo in a member's overrides fails at load, not an hour in
         return self
+
+    @model_validator(mode="after")
+    def _backbone_settings(self) -> TeacherTrainConfig:
+        if self.backbone == "native":
+            if self.hf_config or self.lora is not None:
+                raise ValueError("hf_config and lora apply to a Hugging Face backbone only: "
+                                 "set backbone: hf (with hf_config) or hf:<local directory>")
+        elif self.backbone == "hf" and "model_type" not in self.hf_config:
+            raise ValueError("backbone hf builds the model from hf_config, which needs a "
+                             "model_type, e.g. {model_type: llama, hidden_size: 64, "
+                             "num_hidden_layers: 2}; or name a local directory: hf:<path>")
+        if self.lora is not None and importlib.util.find_spec("peft") is None:
+            raise ValueError("lora needs the peft package, which is not installed: pip install "
+                             "peft, or remove teacher.lora to fine-tune the backbone in full")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _native_as_before(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """A native teacher's section reads as before backbones existed (same config.json)."""
+        values = handler(self)
+        if self.backbone == "native":
+            for key in BACKBONE_KEYS:
+                values.pop(key, None)
+        return values
 
     def member_configs(self) -> list[TeacherTrainConfig]:
         """The configs the members train with (just this one when there are no members)."""

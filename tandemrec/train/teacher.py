@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from tandemrec.data.types import LeaveOneOutSplit
+from tandemrec.models.hf_teacher import HFDecoder
 from tandemrec.models.teacher import Teacher, TeacherConfig
 from tandemrec.train.batches import Rows, loss_positions, n_batches, training_batches
 from tandemrec.train.config import TeacherTrainConfig
@@ -46,11 +47,27 @@ def kept_position_loss(model: Teacher, h: torch.Tensor, y: torch.Tensor, keep: t
 
 def build_teacher(n_items: int, text_vecs: np.ndarray | None, cfg: TeacherTrainConfig,
                   train: list[np.ndarray]) -> Teacher:
-    """A fresh teacher whose item tower holds the text vectors and knows which items are cold."""
+    """A fresh teacher whose item tower holds the text vectors and knows which items are cold.
+
+    With an hf backbone (cfg.backbone "hf" or "hf:<path>", train/hf_backbone.py) the decoder is
+    that transformers model, pretrained when the directory has weights, and the teacher's
+    width is its hidden size; with cfg.lora set its weights are frozen under LoRA adapters.
+    """
     text = text_vecs if cfg.use_text else None
+    shape, backbone = cfg.shape(), None
+    hf: dict[str, Any] = {}
+    if cfg.backbone != "native":
+        from tandemrec.train.hf_backbone import load_backbone
+
+        hf_config, backbone = load_backbone(cfg.backbone, cfg.hf_config)
+        hf = {"backbone": "hf", "hf_config": hf_config}
+        shape.update(_hf_shape(hf_config, cfg))
     mcfg = TeacherConfig(n_items=n_items, text_dim=0 if text is None else text.shape[1],
-                         **cfg.shape())
-    model = Teacher(mcfg)
+                         **shape, **hf)
+    model = Teacher(mcfg, backbone)
+    if cfg.lora is not None:
+        assert isinstance(model.decoder, HFDecoder)  # config: lora needs an hf backbone
+        model.decoder.add_lora(**cfg.lora.model_dump())
     seen = np.zeros(n_items + 1, dtype=np.float32)
     for s in train:
         seen[s] = 1.0
@@ -60,6 +77,21 @@ def build_teacher(n_items: int, text_vecs: np.ndarray | None, cfg: TeacherTrainC
         if text is not None:
             model.items.text.copy_(torch.from_numpy(text.astype(np.float32)))
     return model
+
+
+def _hf_shape(hf_config: dict[str, Any], cfg: TeacherTrainConfig) -> dict[str, Any]:
+    """The teacher's shape fields for an hf backbone: its width (what the item tower and the
+    head must match) and, for the record, its depth, heads and MLP width."""
+    width = int(hf_config.get("hidden_size") or hf_config.get("n_embd") or 0)
+    if width <= 0:
+        raise ValueError(f"the hf backbone's config ({hf_config.get('model_type')}) states no "
+                         f"hidden_size")
+    heads = hf_config.get("num_attention_heads") or hf_config.get("n_head")
+    layers = hf_config.get("num_hidden_layers") or hf_config.get("n_layer")
+    mlp = hf_config.get("intermediate_size") or hf_config.get("n_inner")
+    return {"d_model": width,
+            "n_heads": heads if heads and width % heads == 0 else 1,
+            "n_layers": layers or cfg.n_layers, "mlp_hidden": mlp or 4 * width}
 
 
 @dataclass
@@ -89,6 +121,8 @@ def train_teacher(split: LeaveOneOutSplit, n_items: int, text_vecs: np.ndarray |
                  lr=cfg.lr, max_epochs=cfg.max_epochs, patience=cfg.patience,
                  warmup_steps=cfg.warmup_steps, weight_decay=cfg.weight_decay,
                  max_minutes=cfg.max_minutes, rt=rt)
+    if isinstance(model.decoder, HFDecoder):
+        model.decoder.merge_lora()  # adapters folded in: the checkpoint is a plain backbone
     return model.cpu().eval(), result
 
 
