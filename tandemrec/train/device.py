@@ -88,14 +88,14 @@ class Runtime:
         if self.on_cpu:
             yield from batches
             return
-        for batch in _ahead(batches, PREFETCH):
+        for batch in built_ahead(batches, PREFETCH, pin=self.device.type == "cuda"):
             yield tuple(t.to(self.device, non_blocking=True) if isinstance(t, torch.Tensor)
                         else t for t in batch)
 
 
-def _ahead(batches: Iterable[tuple], depth: int) -> Iterator[tuple]:
-    """Build batches in a thread, pinned, `depth` ahead; the order is the generator's own, so
-    its random draws are the same as without the thread."""
+def built_ahead(batches: Iterable[tuple], depth: int, pin: bool = False) -> Iterator[tuple]:
+    """Build batches in a thread, `depth` ahead (in pinned memory with `pin`); the order is the
+    generator's own, so its random draws are the same as without the thread."""
     q: queue.Queue[Any] = queue.Queue(depth)
     done = object()
     stop = threading.Event()
@@ -105,7 +105,7 @@ def _ahead(batches: Iterable[tuple], depth: int) -> Iterator[tuple]:
             for batch in batches:
                 if stop.is_set():
                     return
-                q.put(tuple(t.pin_memory() if isinstance(t, torch.Tensor) else t
+                q.put(tuple(t.pin_memory() if pin and isinstance(t, torch.Tensor) else t
                             for t in batch))
             q.put(done)
         except BaseException as exc:  # surfaces in the training loop, not in the thread

@@ -14,7 +14,7 @@ from tandemrec.paths import CONFIGS_DIR
 from tandemrec.pipeline import intent_vocab
 from tandemrec.train.compress import compress_student
 from tandemrec.train.config import load_config
-from tandemrec.train.device import Runtime, resolve
+from tandemrec.train.device import Runtime, built_ahead, resolve
 from tandemrec.train.distill import distill_student
 from tandemrec.train.teacher import train_teacher
 
@@ -69,6 +69,20 @@ def test_rows_split_a_global_batch_between_processes():
     assert [(s.start, s.stop, s.total) for s in shares] == [(0, 3, 10), (3, 6, 10), (6, 10, 10)]
     assert Runtime().rows(10) == Runtime().rows(10)
     assert (Runtime().rows(10).start, Runtime().rows(10).stop) == (0, 10)
+
+
+def test_batches_built_ahead_keep_their_order_and_errors():
+    def batches(n: int, fail_at: int = -1):
+        for i in range(n):
+            if i == fail_at:
+                raise RuntimeError("bad batch")
+            yield torch.full((2,), i), i
+    assert [int(b[0][0]) for b in built_ahead(batches(20), 3)] == list(range(20))
+    with pytest.raises(RuntimeError, match="bad batch"):
+        list(built_ahead(batches(10, fail_at=5), 3))
+    ahead = built_ahead(batches(1000), 2)
+    assert next(ahead)[1] == 0
+    ahead.close()  # a loop left early: the thread stops instead of building the rest
 
 
 def test_cpu_curves_are_those_before_device_placement(tmp_path):
