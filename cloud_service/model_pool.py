@@ -82,8 +82,10 @@ class ModelPool:
         async with self._lock:
             if state is None:
                 state = await self._safe("registry", self.registry.state(), None)
-            if state is not None and not state.current and self.state.current:
-                await self._reassert()
+            if state is not None and self.state.current and state.revision < self.state.revision:
+                # Emptied (Redis restarted or was flushed), or written back by a replica that
+                # had not yet caught up with the last change: revisions never go backwards.
+                await self._reassert(state if state.current else None)
                 return
             if state is None or not state.current:
                 return  # store down or empty registry: keep serving what is loaded
@@ -101,11 +103,12 @@ class ModelPool:
             self._evict()
             self.metrics.versions.set(len(self._models))
 
-    async def _reassert(self) -> None:
+    async def _reassert(self, over: RegistryState | None) -> None:
         """The registry lost its state (Redis restarted or was flushed): write ours back."""
-        written = await self._safe("registry", self.registry.reassert(self.state), False)
+        written = await self._safe("registry", self.registry.reassert(self.state, over), False)
         if written:
-            log.warning("the model registry was empty: re-asserted current %s (revision %d)",
+            log.warning("the model registry was %s: re-asserted current %s (revision %d)",
+                        "empty" if over is None else f"behind (revision {over.revision})",
                         self.state.current, self.state.revision)
 
     def _evict(self) -> None:

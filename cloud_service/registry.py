@@ -111,15 +111,22 @@ class ModelRegistry:
 
         return await self._change(change)
 
-    async def reassert(self, state: RegistryState) -> bool:
+    async def reassert(self, state: RegistryState, over: RegistryState | None = None) -> bool:
         """Write a replica's last-known state into an empty registry (after a Redis restart
-        or FLUSHALL); a no-op, False, when the registry holds a revision already."""
+        or FLUSHALL), or `over` an older one that a lagging replica wrote back there; a no-op,
+        False, when the registry has moved on from what the caller read."""
         fields = {_VERSION_PREFIX + v: d for v, d in state.versions.items()}
         fields.update(current=state.current, revision=str(max(1, state.revision)))
         if state.canary:
             fields.update(canary=state.canary, canary_share=repr(float(state.canary_share)))
-        async with self._lock:  # compare-and-set on "empty": of racing replicas, one writes
-            return await self._store.registry_update(fields, (), expect_revision=0)
+        stale: tuple[str, ...] = ()
+        if over is not None:  # the older state's fields that ours does not have
+            old = [_VERSION_PREFIX + v for v in over.versions]
+            old += list(_CANARY_FIELDS) if over.canary else []
+            stale = tuple(k for k in old if k not in fields)
+        async with self._lock:  # compare-and-set on what was read: of racing replicas, one writes
+            return await self._store.registry_update(
+                fields, stale, expect_revision=0 if over is None else over.revision)
 
     async def _change(self, change: Callable[[RegistryState], _Change]) -> RegistryState:
         """Read, check and write with compare-and-set, re-reading when another writer won."""

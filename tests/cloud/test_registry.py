@@ -118,3 +118,25 @@ def test_route_without_canary_is_current_and_buckets_are_in_range() -> None:
     no_share = RegistryState(current="v1", canary="v2", canary_share=0.0)
     assert {route(no_share, d) for d in DEVICES} == {"v1"}
     assert all(0.0 <= device_bucket(d) < 1.0 for d in DEVICES)
+
+
+@pytest.mark.core
+def test_a_newer_replica_reasserts_over_a_lagging_ones_write_back(store: Store, arun) -> None:
+    """After a flush, a replica that had not caught up writes back an older state; one that had
+    writes its own over it (revisions never go backwards), and a stale read changes nothing."""
+    async def body() -> None:
+        reg = ModelRegistry(store)
+        await reg.publish("v1", "/bundles/v1")
+        old = await reg.state()  # what the lagging replica still serves
+        await reg.publish("v0", "/bundles/v0")
+        new = await reg.publish("v2", "/bundles/v2", canary_share=0.25)
+        assert new.canary == "v2" and new.revision == 3
+        await store.registry_update({}, ("current", "revision", "canary", "canary_share",
+                                         "version:v0", "version:v1", "version:v2"))  # a flush
+        assert await reg.reassert(old) and await reg.state() == old
+        assert not await reg.reassert(new, over=RegistryState())  # not what the registry holds
+        assert await reg.reassert(new, over=old)
+        assert await reg.state() == new
+        assert not await reg.reassert(old, over=old)  # a stale read: the registry moved on
+
+    arun(body)
