@@ -271,6 +271,10 @@ class Evaluator:
 
     device_key = "student_int8"  # the device's model file in collaborative serving
 
+    def device_input(self, history: np.ndarray) -> np.ndarray:
+        """What the device's model reads for a history (item ids for the table student)."""
+        return history
+
     def device_side(self, scores: np.ndarray, answer: CloudCandidates,
                     u: int) -> tuple[np.ndarray, DeviceView]:
         """The device's log-probabilities for user `u` (from `device_chunk`'s scores) and what
@@ -316,18 +320,19 @@ class Evaluator:
 
     def collaborative_latency(self, fusion: FusionConfig) -> float:
         """Device student + cloud retrieval and coarse teacher + device fusion, one request."""
-        runner = self._runner("student_int8")
+        runner = self._runner(self.device_key)
         t = self.m.teacher
 
         def one(i: int) -> None:
             h = self.device_inputs[i]
-            logits, scores = runner.run(h)
+            logits, scores = runner.run(self.device_input(h))
             req = self.request(logits, h)
             coarse = torch.tensor([req.coarse_history], dtype=torch.int64)
             with torch.inference_mode():
                 row = t(coarse, coarse=True)[0].numpy()
-            fuse(device_log_probs(scores, self.view), intent_log_probs(logits), self.view,
-                 self.cloud_answer(req, row), fusion, exclude=self.inputs[i])
+            answer = self.cloud_answer(req, row)
+            d, view = self.device_side(scores, answer, i)
+            fuse(d, intent_log_probs(logits), view, answer, fusion, exclude=self.inputs[i])
         return p50_ms(one, self.n_lat)
 
 
@@ -340,13 +345,13 @@ def tune_fusion(evaluator: Evaluator, grid: Sequence[FusionConfig],
     device does not know, the settings within `tolerance` (relative) of the best are equal
     for all users, and among them the one that ranks those new targets best is taken."""
     ranks = evaluator.collaborative_ranks(grid)
-    scores = [metrics_from_ranks(r, (10,))["ndcg@10"] for r in ranks]
+    scores = np.array([metrics_from_ranks(r, (10,))["ndcg@10"] for r in ranks])
     new = ~evaluator.view.known[evaluator.targets]
-    best = _freshest(ranks, np.array(scores), new, tolerance)
-    table = {_label(c): s for c, s in zip(grid, scores, strict=True)}
+    best = _freshest(ranks, scores, new, tolerance)
+    table = {_label(c): float(s) for c, s in zip(grid, scores, strict=True)}
     alone = np.array([j for j, c in enumerate(grid) if c.weight == 0 and c.device_top >= 10])
     if grid[best].weight > 0 and len(alone):
-        base = int(alone[_freshest(ranks[alone], np.array(scores)[alone], new, tolerance)])
+        base = int(alone[_freshest(ranks[alone], scores[alone], new, tolerance)])
         if not significant_gain(ranks[best], ranks[base], confidence, seed):
             return grid[base], table
     return grid[best], table

@@ -22,15 +22,11 @@ import dataclasses
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from tandem_contract.fusion import (
     CloudCandidates,
     DeviceView,
-    FusionConfig,
     device_log_probs,
-    fuse,
-    intent_log_probs,
 )
 from tandem_contract.semantic_ids import score_items
 from tandemrec.eval.modes import Evaluator, Models, ModeResult, fusion_grid, p50_ms, tune_fusion
@@ -54,13 +50,13 @@ class SidEvaluator(Evaluator):
         self.catalog, self.sid_max_len = catalog, max_len  # catalog: (N+1, L') rows per item
         self.pools: dict[int, np.ndarray] = {}  # user -> items of the cloud's earlier answer
 
-    def rows(self, history: np.ndarray) -> np.ndarray:
+    def device_input(self, history: np.ndarray) -> np.ndarray:
         """(T, L'): the history's window as rows of the code table, what the device feeds."""
         return self.catalog[np.asarray(history, dtype=np.int64)[-self.sid_max_len:]]
 
     def _run(self, key: str, histories: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         runner = self._runner(key)
-        out = [runner.run(self.rows(h)) for h in histories]
+        out = [runner.run(self.device_input(h)) for h in histories]
         return np.stack([i for i, _ in out]), np.stack([s for _, s in out]).astype(np.float32)
 
     def device_chunk(self, key: str, sl: slice) -> tuple[np.ndarray, np.ndarray]:
@@ -105,7 +101,7 @@ class SidEvaluator(Evaluator):
             return s
 
         runner = self._runner(key)
-        lat = p50_ms(lambda i: runner.run(self.rows(self.inputs[i])), self.n_lat)
+        lat = p50_ms(lambda i: runner.run(self.device_input(self.inputs[i])), self.n_lat)
         return self._full(mode, scores_of, params, self.m.files[key].stat().st_size, lat)
 
     def edge_only(self, params: int) -> ModeResult:
@@ -123,27 +119,12 @@ class SidEvaluator(Evaluator):
         runner = self._runner(self.device_key)
 
         def one(i: int) -> None:
-            _, rows = runner.run(self.rows(self.inputs[i]))
+            _, rows = runner.run(self.device_input(self.inputs[i]))
             pool = self.pools[i]
             s = score_items(rows, self.catalog[pool])
             pool[np.argpartition(-s, min(10, len(s) - 1))[:10]]
         result.p50_ms = p50_ms(one, self.n_lat)
         return result
-
-    def collaborative_latency(self, fusion: FusionConfig) -> float:
-        """Device student + cloud retrieval and coarse teacher + scoring the answer + fusion."""
-        runner, t = self._runner(self.device_key), self.m.teacher
-
-        def one(i: int) -> None:
-            h = self.inputs[i]
-            logits, rows = runner.run(self.rows(h))
-            req = self.request(logits, h)
-            with torch.inference_mode():
-                row = t(torch.tensor([req.coarse_history], dtype=torch.int64), coarse=True)
-            answer = self.cloud_answer(req, row[0].numpy())
-            d, view = self.device_side(rows, answer, i)
-            fuse(d, intent_log_probs(logits), view, answer, fusion, exclude=h)
-        return p50_ms(one, self.n_lat)
 
 
 def evaluate_sid(ctx: RunContext, models: Models) -> tuple[list[ModeResult], dict[str, Any]]:
