@@ -34,7 +34,7 @@ import torch
 
 from tandem_contract.bundle import DEVICE_ITEMS, bundle_bytes, write_manifest
 from tandem_contract.runtime import OnnxStudent
-from tandem_contract.semantic_ids import score_items, sid_rows
+from tandem_contract.semantic_ids import SidSpec, score_items, sid_rows
 from tandemrec.eval.bundles import device_items
 from tandemrec.eval.modes import n_params, p50_ms
 from tandemrec.eval.report import machine
@@ -96,7 +96,8 @@ def sid_row(n: int, codes: np.ndarray, levels: list[int], cfg: PipelineConfig, w
     model = SidStudent(SidStudentConfig(level_sizes=levels, hash_buckets=hb,
                                         **cfg.student.shape())).eval()
     path = int8_model(model, work, "sid")
-    size = write_sid_bundle(work / "sid-bundle", path, f"generated-{n}", {}, {})
+    size = write_sid_bundle(work / "sid-bundle", path, f"generated-{n}", {}, {},
+                            SidSpec(tuple(levels), hb, cfg.student.max_len))
     runner = OnnxStudent(work / "sid-bundle" / SID_INT8, threads=1)
     rows = sid_rows(codes, levels, hb, np.arange(n + 1))
     rng = np.random.default_rng(1)

@@ -133,6 +133,11 @@ class Recommendation:
     cached: bool = False
     item_intents: tuple[int, ...] = ()  # collaborative: intent token of each item
     catalog_size: int = 0  # collaborative: the catalog the scores' log-probabilities cover
+    # Collaborative: each item's semantic id, flattened (code_levels codes per item, level 1
+    # first), and which items the paired device model never trained on (empty: none).
+    item_codes: tuple[int, ...] = ()
+    code_levels: int = 0
+    item_new: tuple[bool, ...] = ()
 
 
 @dataclass(frozen=True)

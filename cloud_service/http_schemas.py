@@ -47,6 +47,13 @@ class RecommendOut(BaseModel):
         default_factory=list, description="collaborative: the intent token of each item")
     catalog_size: int = Field(
         0, description="collaborative: the catalog the scores' log-probabilities cover")
+    item_codes: list[int] = Field(
+        default_factory=list, description="collaborative: each item's semantic id, flattened "
+        "(code_levels codes per item, level 1 first)")
+    code_levels: int = Field(0, description="collaborative: levels of each semantic id")
+    item_new: list[bool] = Field(
+        default_factory=list, description="collaborative: per item, whether the paired device "
+        "model never trained on it; empty = no item is new")
 
 
 class ArtifactOut(BaseModel):

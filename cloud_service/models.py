@@ -13,6 +13,7 @@ import json
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -36,6 +37,8 @@ class LoadedModel:
     teacher: AnyTeacher
     index: IntentIndex
     item_intent: np.ndarray  # (N+1,) level-1 token of each item
+    item_codes: np.ndarray  # (N+1, L) semantic id of each item (codebook.json), level 1 first
+    item_new: np.ndarray  # (N+1,) bool: the paired device model never trained on the item
     n_items: int
     n_intents: int
     lock: threading.Lock  # one teacher call at a time: batching, not threads, gives throughput
@@ -46,6 +49,13 @@ class LoadedModel:
         x = left_pad(seqs, self.teacher.cfg.max_len)
         with self.lock, torch.inference_mode():
             return self.teacher(x, coarse=coarse).float().numpy()
+
+    def semantic_fields(self, items: np.ndarray) -> dict[str, Any]:
+        """An answer's semantic ids (flattened) and new-item flags (empty when none is new)."""
+        new = self.item_new[items]
+        return {"item_codes": tuple(self.item_codes[items].ravel().tolist()),
+                "code_levels": int(self.item_codes.shape[1]),
+                "item_new": tuple(new.tolist()) if new.any() else ()}
 
     def artifact_path(self, name: str) -> Path | None:
         """Path of a device-bundle file (or the device manifest); None for anything else.
@@ -79,12 +89,37 @@ def load_model(bundle_dir: str | Path) -> LoadedModel:
     n_items, n_intents = int(table["n_items"]), int(teacher.cfg.n_intents)
     if n_intents < 1:
         raise BundleError(f"{bundle_dir}: the teacher has no coarse (intent-token) mode")
+    codes = semantic_ids(pair.cloud / "codebook.json", item_intent)
+    item_new = device_new(table, n_items)
     with torch.inference_mode():
         teacher.item_vectors()  # computed once now rather than on the first request
     return LoadedModel(version=str(cloud_manifest["version"]), bundle_dir=bundle_dir,
                        device_dir=pair.device,
                        manifest=manifest_info(pair.device, device_manifest, n_items, n_intents),
                        teacher=teacher, index=IntentIndex(item_intent, popularity),
-                       item_intent=item_intent, n_items=n_items, n_intents=n_intents,
+                       item_intent=item_intent, item_codes=codes, item_new=item_new,
+                       n_items=n_items, n_intents=n_intents,
                        lock=threading.Lock(),
                        serving=dict((cloud_manifest.get("extra") or {}).get("serving") or {}))
+
+
+def semantic_ids(codebook: Path, item_intent: np.ndarray) -> np.ndarray:
+    """(N+1, L) every item's semantic id from the codebook; level 1 must be its intent token."""
+    codes = np.asarray(json.loads(codebook.read_text(encoding="utf-8"))["codes"], dtype=np.int64)
+    if codes.ndim != 2 or len(codes) != len(item_intent) or codes.shape[1] < 1:
+        raise BundleError(f"{codebook}: codes must be one semantic id per item 0..N "
+                          f"({len(item_intent)} rows), got shape {codes.shape}")
+    if not np.array_equal(codes[:, 0], item_intent):
+        raise BundleError(f"{codebook}: level-1 codes differ from the item table's intents")
+    return codes
+
+
+def device_new(table: dict, n_items: int) -> np.ndarray:
+    """(N+1,) bool: the items the paired device model never trained on (`device_new` of the
+    item table; a bundle from before that record: none)."""
+    new = np.zeros(n_items + 1, dtype=bool)
+    ids = np.asarray(table.get("device_new", []), dtype=np.int64)
+    if len(ids) and (ids.min() < 1 or ids.max() > n_items):
+        raise BundleError(f"item_table.json: device_new holds ids outside 1..{n_items}")
+    new[ids] = True
+    return new

@@ -223,12 +223,15 @@ class RecommendationService:
             return None
         d = json.loads(raw)
         return Recommendation(tuple(d["i"]), tuple(d["s"]), d["v"], cached=True,
-                              item_intents=tuple(d.get("t", ())), catalog_size=d.get("n", 0))
+                              item_intents=tuple(d.get("t", ())), catalog_size=d.get("n", 0),
+                              item_codes=tuple(d.get("c", ())), code_levels=d.get("l", 0),
+                              item_new=tuple(d.get("w", ())))
 
     async def _cache(self, who: Principal, key: str, rec: Recommendation) -> None:
         if self.settings.cache_ttl_s:
             raw = json.dumps({"i": rec.item_ids, "s": rec.scores, "v": rec.model_version,
-                              "t": rec.item_intents, "n": rec.catalog_size})
+                              "t": rec.item_intents, "n": rec.catalog_size,
+                              "c": rec.item_codes, "l": rec.code_levels, "w": rec.item_new})
             await self._safe("cache", self.store.cache_set(who.scope, key, raw.encode(),
                                                            self.settings.cache_ttl_s), None)
 
@@ -265,7 +268,7 @@ class RecommendationService:
         top, logp, intents = answer(row, pool, req.k, model.item_intent)
         rec = Recommendation(tuple(top.tolist()), tuple(logp.tolist()), model.version,
                              req.request_id, item_intents=tuple(intents.tolist()),
-                             catalog_size=model.n_items)
+                             catalog_size=model.n_items, **model.semantic_fields(top))
         await self._cache(who, key, rec)
         return rec
 

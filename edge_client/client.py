@@ -5,6 +5,9 @@ and the coarse intent history (never an item id) go to the cloud within a deadli
 teacher-scored candidates are fused with the student's own scores and cached as the offline
 pool. When the cloud is slow, failing or unreachable (breaker open), the student ranks the
 cached pool and the local item table instead, and the result says which path served it.
+
+A bundle with the semantic-id student (no item table) runs the same request path on the
+semantic ids stored with each event and sent with each answer (`edge_client.sid_device`).
 """
 
 from __future__ import annotations
@@ -16,12 +19,13 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 
+from edge_client.device_store import DeviceStore, MemoryDeviceStore
 from edge_client.resilience import CircuitBreaker, CloudUnavailable, RetryPolicy, call_with_retries
 from edge_client.settings import EdgeSettings
+from edge_client.sid_device import answer_codes, fused, pool_ranking, sid_history, stored_pool
 from edge_client.transport import CloudAnswer, CloudError, Transport
 from edge_client.updates import ModelStore, UpdateResult
 from tandem_contract.fusion import (
@@ -33,49 +37,20 @@ from tandem_contract.fusion import (
     in_catalog,
     intent_log_probs,
 )
-from tandem_contract.request import CollaborativeRequest, build_request
+from tandem_contract.request import CollaborativeRequest, build_request, request_from_tokens
 from tandem_contract.runtime import OnnxStudent
+from tandem_contract.semantic_ids import SID_MODEL, SidSpec
 
-
-class DeviceStore(Protocol):
-    """The private interaction log and the offline pool (`InteractionStore` persists both)."""
-
-    def append(self, item_id: int, ts: float | None = None) -> int: ...
-    def extend(self, items: Sequence[int]) -> None: ...
-    def history(self, limit: int | None = None) -> np.ndarray: ...
-    def save_pool(self, version: str, items: Sequence[int], scores: Sequence[float]) -> None: ...
-    def load_pool(self) -> tuple[str, np.ndarray, np.ndarray, float] | None: ...
-
-
-class MemoryDeviceStore:
-    """In-memory `DeviceStore` for simulated devices (nothing survives the process)."""
-
-    def __init__(self, items: Sequence[int] = ()) -> None:
-        self._items = [int(i) for i in items]
-        self._pool: tuple[str, np.ndarray, np.ndarray, float] | None = None
-
-    def append(self, item_id: int, ts: float | None = None) -> int:
-        self._items.append(int(item_id))
-        return len(self._items)
-
-    def extend(self, items: Sequence[int]) -> None:
-        self._items.extend(int(i) for i in items)
-
-    def history(self, limit: int | None = None) -> np.ndarray:
-        h = np.asarray(self._items, dtype=np.int64)
-        return h[-limit:] if limit else h
-
-    def save_pool(self, version: str, items: Sequence[int], scores: Sequence[float]) -> None:
-        self._pool = (version, np.asarray(items, np.int64), np.asarray(scores, np.float32),
-                      time.time())
-
-    def load_pool(self) -> tuple[str, np.ndarray, np.ndarray, float] | None:
-        return self._pool
+__all__ = ["DeviceStore", "EdgeClient", "EdgeModel", "EdgeResult", "MemoryDeviceStore"]
 
 
 @dataclass
 class EdgeModel:
-    """What a device bundle gives the device: the int8 student, item -> intent, popularity."""
+    """What a device bundle gives the device: the int8 student, item -> intent, popularity.
+
+    A semantic-id bundle (`sid`: its student's layout) has no item table: its item arrays
+    hold padding only, and items reach it through their semantic ids.
+    """
 
     version: str
     student: OnnxStudent
@@ -83,6 +58,7 @@ class EdgeModel:
     popularity: np.ndarray  # (N+1,)
     serving: dict  # fusion weight, intents sent, history length, candidates (manifest extra)
     known: np.ndarray  # (N+1,) bool: items this bundle knows (padding, index 0, never)
+    sid: SidSpec | None = None  # the semantic-id student's layout; None: the table student
 
     @classmethod
     def load(cls, bundle_dir: Path | str, threads: int = 1) -> EdgeModel:
@@ -91,6 +67,17 @@ class EdgeModel:
 
         bundle_dir = device_dir(bundle_dir)
         manifest = json.loads((bundle_dir / MANIFEST_NAME).read_text())
+        extra = manifest.get("extra") or {}
+        try:
+            spec = SidSpec.from_extra(extra)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise BundleError(f"{MANIFEST_NAME}: extra.student is malformed ({exc!r})") from exc
+        if spec is not None:
+            return cls(version=str(manifest["version"]),
+                       student=OnnxStudent(bundle_dir / SID_MODEL, threads, spec.max_len),
+                       item_intent=np.zeros(1, np.int64), popularity=np.zeros(1),
+                       serving=dict(extra.get("serving") or {}), known=np.zeros(1, bool),
+                       sid=spec)
         table = json.loads((bundle_dir / DEVICE_ITEMS).read_text())
         n = int(table["n_items"])
         known = np.asarray(table["known"], dtype=bool)
@@ -146,19 +133,43 @@ class EdgeClient:
         serving = (model or self.model).serving
         return float(value if value is not None else serving.get(name, default))
 
-    def record(self, item_id: int) -> int:
-        """Log one interaction on the device; durable once this returns (with InteractionStore)."""
-        return self.store.append(item_id)
+    def record(self, item_id: int, semantic_id: Sequence[int] | None = None) -> int:
+        """Log one interaction on the device; durable once this returns (with InteractionStore).
+
+        `semantic_id`: the item's, from the app's catalog; with a semantic-id bundle, by
+        default the one the cloud sent with the last answer holding the item, and checked
+        against the bundle's levels (ValueError). An event without one is kept (never shown
+        again) but the semantic-id student cannot read it.
+        """
+        spec = self.model.sid
+        if spec is not None and semantic_id is not None:
+            spec.check(np.asarray([semantic_id]), "semantic_id")
+        elif spec is not None:
+            semantic_id = self._answered_sid(int(item_id))
+        if semantic_id is None:
+            return self.store.append(item_id)
+        return self.store.append(item_id, semantic_id=semantic_id)
+
+    def _answered_sid(self, item_id: int) -> tuple[int, ...] | None:
+        """The semantic id the last answer sent with the item; None if it sent none."""
+        pool = self.store.load_sid_pool()
+        if pool is None:
+            return None
+        where = np.flatnonzero(pool.items == item_id)
+        return tuple(pool.codes[where[0]].tolist()) if len(where) else None
 
     def build(self, history: np.ndarray, intent_logits: np.ndarray,
               model: EdgeModel | None = None) -> CollaborativeRequest:
         """The upstream payload: intent tokens and the coarse intent history only."""
         m = model or self.model
-        return build_request(intent_logits, history, m.item_intent,
-                             top_m=int(self.knob("top_intents", 8, m)),
-                             coarse_len=int(self.knob("coarse_history", 50, m)),
-                             k=int(self.knob("n_candidates", 600, m)),
+        return build_request(intent_logits, history, m.item_intent, **self._knobs(m),
                              model_version=m.version)
+
+    def _knobs(self, m: EdgeModel) -> dict[str, int]:
+        """What the request takes of the serving settings: intents sent, history, candidates."""
+        return {"top_m": int(self.knob("top_intents", 8, m)),
+                "coarse_len": int(self.knob("coarse_history", 50, m)),
+                "k": int(self.knob("n_candidates", 600, m))}
 
     async def update_model(self, models: ModelStore) -> UpdateResult:
         """Fetch the cloud's current bundle if it is new, verify it, then swap models.
@@ -193,6 +204,8 @@ class EdgeClient:
         check_k(k)
         t0 = time.perf_counter()
         model = self.model  # one model for the whole request, even if an update swaps it
+        if model.sid is not None:
+            return await self._recommend_sid(model, model.sid, k, t0)
         history = self.store.history()  # all of it: nothing already seen is shown again
         own = known_history(history, model)  # items the bundle does not know are dropped
         intent_logits, scores = model.student.run(own)  # reads its last max_len
@@ -208,19 +221,8 @@ class EdgeClient:
                                0, t0, device_s)
         if self.transport is None:
             return self._fallback(model, scores, history, k, "offline", req, t0, device_s)
-        deadline = self.s.deadline_ms / 1000 - (time.perf_counter() - t0)
-        transport = self.transport
-
-        async def ask(remaining: float) -> tuple[CloudAnswer, CloudCandidates]:
-            answer = await transport.recommend(req, self.device_id, remaining)
-            return answer, cloud_candidates(answer, model)  # garbage fails the attempt
-
         try:
-            answer, cloud = await call_with_retries(
-                ask, deadline_s=max(0.0, deadline), policy=self.policy,
-                # A foreign exception type is a failure on the way, not the cloud refusing.
-                is_retryable=lambda e: not isinstance(e, CloudError) or e.retryable,
-                breaker=self.breaker, rng=self._rng)
+            answer, cloud = await self._ask(req, model, t0)
         except CloudUnavailable as exc:
             return self._fallback(model, scores, history, k, exc.reason, req, t0, device_s)
         except CloudError as exc:  # the cloud refused the request itself: still serve the user
@@ -229,6 +231,69 @@ class EdgeClient:
         self._last_tokens = req.intent_tokens
         return self._fused(model, cloud, scores, intent_logits, history, k, "cloud", req,
                            len(request_bytes(req, self.device_id)), t0, device_s)
+
+    async def _ask(self, req: CollaborativeRequest, model: EdgeModel,
+                   t0: float) -> tuple[CloudAnswer, CloudCandidates]:
+        """The cloud's answer within what is left of the deadline, checked as fusion input."""
+        deadline = self.s.deadline_ms / 1000 - (time.perf_counter() - t0)
+        transport = self.transport
+        assert transport is not None
+
+        async def ask(remaining: float) -> tuple[CloudAnswer, CloudCandidates]:
+            answer = await transport.recommend(req, self.device_id, remaining)
+            cloud = cloud_candidates(answer, model)  # garbage fails the attempt
+            if model.sid is not None:
+                answer_codes(answer, model.sid)
+            return answer, cloud
+
+        return await call_with_retries(
+            ask, deadline_s=max(0.0, deadline), policy=self.policy,
+            # A foreign exception type is a failure on the way, not the cloud refusing.
+            is_retryable=lambda e: not isinstance(e, CloudError) or e.retryable,
+            breaker=self.breaker, rng=self._rng)
+
+    async def _recommend_sid(self, model: EdgeModel, spec: SidSpec, k: int,
+                             t0: float) -> EdgeResult:
+        """`recommend` with the semantic-id student; the shift policy asks the cloud always."""
+        hist = sid_history(self.store.events(), spec)
+        logits, row_scores = model.student.run(spec.rows(hist.codes, hist.read))
+        req = request_from_tokens(logits, hist.codes[:, 0], **self._knobs(model),
+                                  model_version=model.version)
+        device_s = time.perf_counter() - t0
+        pool = stored_pool(self.store.load_sid_pool(), spec)
+        reason = "offline"
+        if self.transport is not None:
+            try:
+                answer, cloud = await self._ask(req, model, t0)
+            except CloudUnavailable as exc:
+                reason = exc.reason
+            except CloudError as exc:
+                reason = str(exc)
+            else:
+                codes, new = answer_codes(answer, spec)
+                # The earlier pool's semantic ids are of the same codebook only in one version.
+                earlier = pool if pool is not None and pool.version == answer.model_version \
+                    else None
+                self.store.save_pool(answer.model_version, answer.items, answer.scores, codes,
+                                     new)
+                self._last_tokens = req.intent_tokens
+                t1 = time.perf_counter()
+                items, scores = fused(row_scores, logits, cloud, codes, new, earlier,
+                                      hist.items, spec, self.fusion(model))
+                return self._result(items[:k], scores[:k], "cloud", "", req,
+                                    len(request_bytes(req, self.device_id)), t0,
+                                    device_s + time.perf_counter() - t1)
+        t1 = time.perf_counter()
+        items, scores = pool_ranking(row_scores, pool, hist.items, k, spec)
+        return self._result(items, scores, "fallback", reason, req, 0, t0,
+                            device_s + time.perf_counter() - t1)
+
+    def _result(self, items: np.ndarray, scores: np.ndarray, served_by: str, reason: str,
+                req: CollaborativeRequest, bytes_up: int, t0: float,
+                device_s: float) -> EdgeResult:
+        return EdgeResult(tuple(int(i) for i in items), tuple(float(x) for x in scores),
+                          served_by, reason, req.intent_tokens, bytes_up,
+                          (time.perf_counter() - t0) * 1000, device_s * 1000)
 
     def _shifted(self, req: CollaborativeRequest, pool: tuple, scores: np.ndarray) -> bool:
         """Intent shift: the top intents changed, or the device now disagrees with the cloud."""

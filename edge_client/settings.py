@@ -31,7 +31,8 @@ class EdgeSettings(BaseSettings):
     breaker_reset_s: float = Field(2.0, gt=0, description="open time before a trial call")
 
     policy: Literal["always", "shift"] = Field(
-        "always", description="ask the cloud every time, or only when the intent shifted")
+        "always", description="ask the cloud every time, or only when the intent shifted "
+        "(a semantic-id bundle asks every time)")
     shift_overlap: float = Field(
         0.3, ge=0, le=1, description="shift policy: ask again when the top intents overlap "
         "(Jaccard) the ones of the last cloud call less than this")

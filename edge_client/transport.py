@@ -71,6 +71,9 @@ class CloudAnswer:
     model_version: str
     intents: tuple[int, ...] = ()  # collaborative: each item's intent token
     catalog_size: int = 0
+    codes: tuple[int, ...] = ()  # collaborative: semantic ids, code_levels per item, flattened
+    code_levels: int = 0
+    new: tuple[bool, ...] = ()  # collaborative: newer than the device model (empty: none is)
 
 
 class Transport(Protocol):
@@ -140,16 +143,26 @@ def _floats(value: object, what: str) -> tuple[float, ...]:
     return tuple(float(v) for v in value)
 
 
+def _bools(value: object, what: str) -> tuple[bool, ...]:
+    if not isinstance(value, list) or not all(type(v) is bool for v in value):
+        raise ValueError(f"{what} must be a list of booleans")
+    return tuple(value)
+
+
 def answer_from_json(out: object) -> CloudAnswer:
     """A recommend answer from its JSON body; ValueError when it has the wrong shape."""
     if not isinstance(out, dict):
         raise ValueError(f"answer is a JSON {type(out).__name__}, not an object")
     version, catalog = out.get("model_version"), out.get("catalog_size", 0)
-    if not isinstance(version, str) or type(catalog) is not int:
-        raise ValueError("model_version must be a string and catalog_size an integer")
+    levels = out.get("code_levels", 0)
+    if not isinstance(version, str) or type(catalog) is not int or type(levels) is not int:
+        raise ValueError("model_version must be a string, catalog_size and code_levels "
+                         "integers")
     return CloudAnswer(_ints(out.get("item_ids"), "item_ids"),
                        _floats(out.get("scores"), "scores"), version,
-                       _ints(out.get("item_intents", []), "item_intents"), catalog)
+                       _ints(out.get("item_intents", []), "item_intents"), catalog,
+                       _ints(out.get("item_codes", []), "item_codes"), levels,
+                       _bools(out.get("item_new", []), "item_new"))
 
 
 class GrpcTransport:
@@ -207,7 +220,8 @@ class GrpcTransport:
                                       model_version=req.model_version)
             rep = await self.stub.Recommend(msg, timeout=timeout_s, metadata=self.metadata)
             return CloudAnswer(tuple(rep.item_ids), tuple(rep.scores), rep.model_version,
-                               tuple(rep.item_intents), rep.catalog_size)
+                               tuple(rep.item_intents), rep.catalog_size,
+                               tuple(rep.item_codes), rep.code_levels, tuple(rep.item_new))
 
     async def recommend_full(self, history: list[int], k: int, device_id: str,
                              timeout_s: float) -> CloudAnswer:

@@ -6,8 +6,11 @@ nothing is signed, so anyone able to rewrite the whole bundle can rewrite the ma
 
 One run writes a *pair* of bundles under one directory (``<run_dir>/bundle/``):
 
-- ``device/``: what a device downloads (the int8 student, ``device_items.json``);
-- ``cloud/``: what never leaves the cloud (teacher, codebook, the full item table), whose
+- ``device/``: what a device downloads (the int8 student, ``device_items.json``; a
+  semantic-id student's pair holds its model alone, and its manifest's ``extra.student``
+  says so, see ``tandem_contract.semantic_ids.SidSpec``);
+- ``cloud/``: what never leaves the cloud (teacher, codebook, the full item table, whose
+  ``device_new`` lists the items the paired device model never trained on), whose
   manifest names the device bundle it was published with (``extra.device_bundle``: version and
   the device manifest's digest).
 
@@ -259,11 +262,15 @@ def write_pair_manifests(
     config: dict[str, Any],
     metrics: dict[str, Any],
     serving: dict[str, Any],
+    device_extra: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Write device/ then cloud/ manifest.json (the cloud one names the device one); return both."""
+    """Write device/ then cloud/ manifest.json (the cloud one names the device one); return both.
+
+    `device_extra` adds to the device manifest's extra (a semantic-id student's `student`).
+    """
     d = pair_dirs(pair_dir)
     device = write_manifest(d.device, version=version, dataset=dataset, config=config,
-                            metrics=metrics, extra={"serving": serving})
+                            metrics=metrics, extra={**(device_extra or {}), "serving": serving})
     cloud = write_manifest(d.cloud, version=version, dataset=dataset, config=config,
                            metrics=metrics,
                            extra={"serving": serving, "device_bundle": device_link(device)})

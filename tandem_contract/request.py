@@ -33,13 +33,22 @@ def build_request(intent_logits: np.ndarray, history: np.ndarray, item_intents: 
     `history` (item ids) is read only through `item_intents` (the bundle's item -> intent token
     table), so what leaves the device is a function of intents alone.
     """
-    tokens, weights = top_intents(intent_logits, top_m)
     recent = history[-coarse_len:] if coarse_len > 0 else history[:0]
     coarse = item_intents[np.asarray(recent, dtype=np.int64)]
     coarse = coarse[coarse > 0]  # an item the bundle does not know (token 0) says nothing
+    return request_from_tokens(intent_logits, coarse, top_m=top_m, coarse_len=coarse_len, k=k,
+                               model_version=model_version)
+
+
+def request_from_tokens(intent_logits: np.ndarray, history_tokens: np.ndarray, *, top_m: int,
+                        coarse_len: int, k: int, model_version: str) -> CollaborativeRequest:
+    """The upstream request from the intent tokens of the history's events, oldest first:
+    what a semantic-id device sends (level 1 of each stored semantic id)."""
+    tokens, weights = top_intents(intent_logits, top_m)
+    coarse = np.asarray(history_tokens, dtype=np.int64)
+    coarse = coarse[-coarse_len:] if coarse_len > 0 else coarse[:0]
     return CollaborativeRequest(tuple(tokens.tolist()), _round6(weights),
-                                tuple(coarse.astype(np.int64, copy=False).tolist()), int(k),
-                                model_version)
+                                tuple(coarse.tolist()), int(k), model_version)
 
 
 def _round6(weights: np.ndarray) -> tuple[float, ...]:

@@ -7,13 +7,21 @@ id, all in one table: level l's code c is row offset_l + c, the hash bucket b is
 offset_L + b, and row 0 is padding. Nothing here grows with the catalog: the device turns the
 semantic id it stores with each history event, or that the cloud sends with each candidate,
 into rows (`sid_rows`) and sums the student's per-row scores (`score_items`). numpy only.
+
+`SidSpec` is what a semantic-id device bundle records of its student (training writes it, the
+SDK reads it), and `sid_device_side` the SDK's view for fusion (`SidEvaluator.device_side`
+builds the same offline; tests/integration/test_sid_wire.py holds their rankings equal).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+
+from tandem_contract.fusion import DeviceView, device_log_probs
 
 _GOLDEN = np.uint64(2654435761)  # Knuth's multiplicative hash constant
 
@@ -63,3 +71,75 @@ def score_items(row_scores: np.ndarray, rows: np.ndarray) -> np.ndarray:
     s = np.asarray(row_scores, dtype=np.float32).copy()
     s[0] = 0.0
     return s[np.asarray(rows, dtype=np.int64)].sum(-1)
+
+
+SID_MODEL = "sid_student_int8.onnx"  # the semantic-id device bundle's model file
+
+
+@dataclass(frozen=True)
+class SidSpec:
+    """What a semantic-id device bundle's manifest records of its student (`extra.student`)."""
+
+    level_sizes: tuple[int, ...]  # codes per level; level 1 = the intent tokens
+    hash_buckets: int  # rows of the hashed item-id residual (0: none)
+    max_len: int  # the model's history window
+
+    @property
+    def levels(self) -> int:
+        return len(self.level_sizes)
+
+    def record(self) -> dict[str, Any]:
+        """The manifest's `extra.student` for this spec."""
+        return {"kind": "sid", "model": SID_MODEL, "level_sizes": list(self.level_sizes),
+                "hash_buckets": self.hash_buckets, "max_len": self.max_len}
+
+    @classmethod
+    def from_extra(cls, extra: dict[str, Any]) -> SidSpec | None:
+        """The spec of a manifest's `extra`; None for a table student's bundle."""
+        rec = extra.get("student")
+        if not isinstance(rec, dict) or rec.get("kind") != "sid":
+            return None
+        sizes = tuple(int(k) for k in rec["level_sizes"])
+        if not sizes or min(sizes) < 1:
+            raise ValueError(f"level_sizes must list positive sizes, got {list(sizes)}")
+        return cls(sizes, int(rec["hash_buckets"]), int(rec["max_len"]))
+
+    def check(self, codes: np.ndarray, what: str) -> np.ndarray:
+        """(C, L) int64 semantic ids, each code within 1..size of its level, or ValueError."""
+        c = np.asarray(codes)
+        if c.dtype.kind not in "iu" or c.ndim != 2 or c.shape[1] != self.levels:
+            raise ValueError(f"{what}: semantic ids must be integers, {self.levels} per item "
+                             f"(got shape {c.shape}, dtype {c.dtype})")
+        c = c.astype(np.int64, copy=False)
+        if len(c) and ((c < 1).any() or (c > np.asarray(self.level_sizes)).any()):
+            raise ValueError(f"{what}: a code is outside 1..size of its level (sizes "
+                             f"{list(self.level_sizes)})")
+        return c
+
+    def rows(self, codes: np.ndarray, item_ids: np.ndarray) -> np.ndarray:
+        """(C, L) checked semantic ids of items -> their rows of the code table (C, L')."""
+        return sid_rows(codes, self.level_sizes, self.hash_buckets,
+                        np.asarray(item_ids, dtype=np.int64))
+
+
+def sid_device_side(row_scores: np.ndarray, items: np.ndarray, codes: np.ndarray,
+                    new: np.ndarray, n_items: int, spec: SidSpec) -> tuple[np.ndarray, DeviceView]:
+    """The semantic-id device's log-probabilities (N+1,) and what it knows, for fusion.
+
+    `items` (C,) with their semantic ids `codes` (C, L) are those the device has semantic ids
+    for (the cloud's answer and its earlier pool; repeats allowed, ids past the catalog
+    dropped). It knows them, except those flagged `new` (C,): its model never trained on
+    them, so fusion treats them as unknown (the bundle's `device_missing` rule applies).
+    """
+    items = np.asarray(items, dtype=np.int64)
+    inside = (items >= 1) & (items <= n_items)
+    items, codes = items[inside], np.asarray(codes, dtype=np.int64)[inside]
+    known = np.zeros(n_items + 1, dtype=bool)
+    known[items] = True
+    known[items[np.asarray(new, dtype=bool)[inside]]] = False
+    s = np.full(n_items + 1, -np.inf, dtype=np.float32)
+    s[items] = score_items(row_scores, spec.rows(codes, items))
+    intent = np.zeros(n_items + 1, dtype=np.int64)
+    intent[items] = codes[:, 0]
+    view = DeviceView.build(known, intent, spec.level_sizes[0])
+    return device_log_probs(s, view), view

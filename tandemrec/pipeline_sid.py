@@ -3,27 +3,31 @@
 distill: `sid_student.pt`, on the device's view as the table student; export:
 `sid_student_fp32.onnx` and `sid_student_int8.onnx` with the same parity check (no SVD stage:
 the model holds no catalog-sized matrix to factorise); evaluate: the sid-* modes
-(eval/sid_modes.py) and `bundle-sid/`, the device bundle a catalog of any size ships with.
+(eval/sid_modes.py) and `bundle-sid/`, its bundle pair (device/: the model a catalog of any
+size ships with; cloud/: the table pair's cloud side).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import shutil
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from tandem_contract.bundle import bundle_bytes, write_manifest
+from tandem_contract.bundle import PairDirs, bundle_bytes, write_manifest
+from tandem_contract.semantic_ids import SID_MODEL, SidSpec
 from tandemrec.checkpoints import load_sid_student, load_teacher, save_model
 from tandemrec.progress import log
 
 if TYPE_CHECKING:
+    from tandemrec.models.sid_student import SidStudent
     from tandemrec.pipeline import RunContext
 
 SID_CKPT = "sid_student.pt"
-SID_FP32, SID_INT8 = "sid_student_fp32.onnx", "sid_student_int8.onnx"
+SID_FP32, SID_INT8 = "sid_student_fp32.onnx", SID_MODEL
 SID_BUNDLE = "bundle-sid"
 
 
@@ -76,26 +80,48 @@ def stage_export_sid(ctx: RunContext) -> dict[str, Any]:
     return {"sid_student_fp32": dataclasses.asdict(rep)}
 
 
-def sid_bundle(ctx: RunContext, rows: list[dict]) -> int:
-    """`bundle-sid/`: what a device with the semantic-id student downloads; returns its bytes.
+def sid_spec(ctx: RunContext) -> SidSpec:
+    """What the semantic-id device bundle's manifest records of its student."""
+    return spec_of(load_sid_student(ctx.path(SID_CKPT))[0])
 
-    The int8 model and a manifest, nothing per item: the semantic ids of the items a device
-    meets come with the cloud's answers (the row layout is in the model's metadata).
+
+def spec_of(student: SidStudent) -> SidSpec:
+    """A semantic-id student's level sizes, hash rows and window, as its device reads them."""
+    c = student.cfg
+    return SidSpec(tuple(c.level_sizes), c.hash_buckets, c.max_len)
+
+
+def sid_bundle(ctx: RunContext, rows: list[dict], serving: dict,
+               known: np.ndarray | None = None) -> Path:
+    """`bundle-sid/`: the semantic-id student's bundle pair, served as the table one is.
+
+    device/ holds the int8 model and a manifest whose `extra.student` records its semantic ids'
+    layout (`SidSpec`) and whose serving keys are the sid-collaborative evaluation's; nothing
+    per item: the semantic ids of the items a device meets come with the cloud's answers.
+    cloud/ is the table pair's cloud side. Its version is the run's with a `-sid` suffix, so
+    both pairs can be published side by side.
     """
-    return write_sid_bundle(ctx.path(SID_BUNDLE), ctx.path(SID_INT8), ctx.data.name,
-                            ctx.cfg.to_dict(), {r["mode"]: {"ndcg@10": r["ndcg@10"]}
-                                                for r in rows if r["mode"].startswith("sid-")})
+    from tandemrec.eval.bundles import write_pair
+
+    spec = sid_spec(ctx)
+    mask = np.ones(ctx.n_items + 1, dtype=bool) if known is None else known
+
+    def device(pair: PairDirs, _: dict[str, Any]) -> None:
+        shutil.copy2(ctx.path(SID_INT8), pair.device / SID_INT8)
+
+    sid_rows = [r for r in rows if r["mode"].startswith("sid-")]
+    return write_pair(ctx, ctx.path(SID_BUNDLE), sid_rows, serving, mask, device,
+                      device_extra={"student": spec.record()}, suffix="-sid")
 
 
 def write_sid_bundle(root: Path, model: Path, dataset: str, config: dict[str, Any],
-                     metrics: dict[str, Any]) -> int:
-    """Write the semantic-id device bundle at `root` (replaced); return its bytes."""
-    import shutil
-
+                     metrics: dict[str, Any], spec: SidSpec) -> int:
+    """A semantic-id device side alone at `root` (replaced), as `sid_bundle` writes its
+    device/ without serving keys; return its bytes (what bench/catalog_scale.py measures)."""
     if root.exists():
         shutil.rmtree(root)
     root.mkdir(parents=True)
     shutil.copy2(model, root / SID_INT8)
     write_manifest(root, version=time.strftime("%Y%m%d-%H%M%S"), dataset=dataset, config=config,
-                   metrics=metrics, extra={"student": "sid"})
+                   metrics=metrics, extra={"student": spec.record()})
     return bundle_bytes(root)

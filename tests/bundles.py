@@ -19,10 +19,11 @@ FAST = ["teacher.max_epochs=4", "teacher.coarse_epochs=1", "student.max_epochs=3
         "eval.n_retrieve=40", "eval.n_candidates=40"]
 
 
-def build_bundle(root: Path) -> Path:
+def build_bundle(root: Path, sid: bool = False) -> Path:
     """Train, distil, compress, export and evaluate on 200 generated users (~15 s on 2 cores).
 
-    Returns the bundle pair directory (``run/bundle``, holding device/ and cloud/).
+    Returns the bundle pair directory (``run/bundle``, holding device/ and cloud/); with `sid`
+    the run also trains the semantic-id student and writes its pair, ``run/bundle-sid``.
     """
     from tandemrec.pipeline import open_run, run_pipeline
     from tandemrec.train.config import load_config
@@ -30,7 +31,8 @@ def build_bundle(root: Path) -> Path:
     logs = root / "shop.csv"
     write_synthetic_csv(logs, n_users=200, n_items=80, min_len=8, max_len=25, seed=5)
     _first_interactions_only(logs)
-    cfg = load_config(CONFIGS_DIR / "smoke.yaml", [f"dataset={logs}", *FAST])
+    cfg = load_config(CONFIGS_DIR / "smoke.yaml",
+                      [f"dataset={logs}", *FAST, *(["student.kind=sid"] if sid else [])])
     ctx = open_run(cfg, root / "run")
     run_pipeline(ctx, root / "results")
     # The results carry this run's own total (not a stale one from an earlier run).
@@ -70,9 +72,24 @@ def clone_bundle(src: Path, dst: Path, version: str) -> Path:
     pair = pair_dirs(dst)
     for side in (pair.device, pair.cloud):
         (side / MANIFEST_NAME).unlink()
+    extra = dict(device.get("extra") or {})
     write_pair_manifests(dst, version=version, dataset=device["dataset"],
                          config=device["config"], metrics=device["metrics"],
-                         serving=(device.get("extra") or {}).get("serving") or {})
+                         serving=extra.pop("serving", {}), device_extra=extra)
+    return dst
+
+
+def with_device_new(src: Path, dst: Path, version: str, new: list[int]) -> Path:
+    """A clone whose cloud side records `new` as the items its device model never trained on
+    (what a pair of the new-item protocol records): the cloud flags them in its answers."""
+    table_path = pair_dirs(src).cloud / "item_table.json"
+    table = json.loads(table_path.read_text())
+    shutil.copytree(src, dst)
+    (pair_dirs(dst).cloud / "item_table.json").write_text(json.dumps({**table, "device_new": new}))
+    tmp = dst.with_name(dst.name + ".tmp")
+    dst.rename(tmp)
+    clone_bundle(tmp, dst, version)
+    shutil.rmtree(tmp)
     return dst
 
 

@@ -33,6 +33,12 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def sid_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The semantic-id student's bundle pair (``run/bundle-sid``) of a run like `bundle`'s."""
+    return build_bundle(tmp_path_factory.mktemp("sid"), sid=True).parent / "bundle-sid"
+
+
+@pytest.fixture(scope="session")
 def bundle_v2(bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The same model under another version, for publish, canary and reload tests."""
     return clone_bundle(bundle, tmp_path_factory.mktemp("v2") / "bundle", "v2-test")

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19tandem/v1/recommend.proto\x12\ttandem.v1\"\xa2\x01\n\x10RecommendRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\tdevice_id\x18\x02 \x01(\t\x12\x15\n\rintent_tokens\x18\x03 \x03(\x05\x12\x16\n\x0eintent_weights\x18\x04 \x03(\x02\x12\x16\n\x0e\x63oarse_history\x18\x05 \x03(\x05\x12\t\n\x01k\x18\x06 \x01(\x05\x12\x15\n\rmodel_version\x18\x07 \x01(\t\"u\n\x14RecommendFullRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\tdevice_id\x18\x02 \x01(\t\x12\x14\n\x0citem_history\x18\x03 \x03(\x05\x12\t\n\x01k\x18\x04 \x01(\x05\x12\x15\n\rmodel_version\x18\x05 \x01(\t\"\x9c\x01\n\x11RecommendResponse\x12\x10\n\x08item_ids\x18\x01 \x03(\x05\x12\x0e\n\x06scores\x18\x02 \x03(\x02\x12\x15\n\rmodel_version\x18\x03 \x01(\t\x12\x12\n\nrequest_id\x18\x04 \x01(\t\x12\x0e\n\x06\x63\x61\x63hed\x18\x05 \x01(\x08\x12\x14\n\x0citem_intents\x18\x06 \x03(\x05\x12\x14\n\x0c\x63\x61talog_size\x18\x07 \x01(\x05\">\n\x12GetManifestRequest\x12\x15\n\rmodel_version\x18\x01 \x01(\t\x12\x11\n\tdevice_id\x18\x02 \x01(\t\"6\n\x08\x41rtifact\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06sha256\x18\x02 \x01(\t\x12\x0c\n\x04size\x18\x03 \x01(\x03\"\x9f\x01\n\x08Manifest\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\x02 \x01(\t\x12\x12\n\ncreated_at\x18\x03 \x01(\t\x12\"\n\x05\x66iles\x18\x04 \x03(\x0b\x32\x13.tandem.v1.Artifact\x12\x15\n\rmanifest_json\x18\x05 \x01(\t\x12\x0f\n\x07n_items\x18\x06 \x01(\x05\x12\x11\n\tn_intents\x18\x07 \x01(\x05\"Q\n\x17\x44ownloadArtifactRequest\x12\x15\n\rmodel_version\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x11\n\tdevice_id\x18\x03 \x01(\t\"A\n\rArtifactChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x0e\n\x06offset\x18\x02 \x01(\x03\x12\x12\n\ntotal_size\x18\x03 \x01(\x03\":\n\x0ePublishRequest\x12\x12\n\nbundle_dir\x18\x01 \x01(\t\x12\x14\n\x0c\x63\x61nary_share\x18\x02 \x01(\x02\"\x10\n\x0ePromoteRequest\" \n\rRetireRequest\x12\x0f\n\x07version\x18\x01 \x01(\t\"\x1a\n\x18GetRegistryStatusRequest\"k\n\x0eRegistryStatus\x12\x0f\n\x07\x63urrent\x18\x01 \x01(\t\x12\x0e\n\x06\x63\x61nary\x18\x02 \x01(\t\x12\x14\n\x0c\x63\x61nary_share\x18\x03 \x01(\x02\x12\x10\n\x08versions\x18\x04 \x03(\t\x12\x10\n\x08revision\x18\x05 \x01(\x03\x32\xd4\x04\n\rTandemService\x12\x46\n\tRecommend\x12\x1b.tandem.v1.RecommendRequest\x1a\x1c.tandem.v1.RecommendResponse\x12N\n\rRecommendFull\x12\x1f.tandem.v1.RecommendFullRequest\x1a\x1c.tandem.v1.RecommendResponse\x12\x41\n\x0bGetManifest\x12\x1d.tandem.v1.GetManifestRequest\x1a\x13.tandem.v1.Manifest\x12R\n\x10\x44ownloadArtifact\x12\".tandem.v1.DownloadArtifactRequest\x1a\x18.tandem.v1.ArtifactChunk0\x01\x12?\n\x07Publish\x12\x19.tandem.v1.PublishRequest\x1a\x19.tandem.v1.RegistryStatus\x12?\n\x07Promote\x12\x19.tandem.v1.PromoteRequest\x1a\x19.tandem.v1.RegistryStatus\x12=\n\x06Retire\x12\x18.tandem.v1.RetireRequest\x1a\x19.tandem.v1.RegistryStatus\x12S\n\x11GetRegistryStatus\x12#.tandem.v1.GetRegistryStatusRequest\x1a\x19.tandem.v1.RegistryStatusb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19tandem/v1/recommend.proto\x12\ttandem.v1\"\xa2\x01\n\x10RecommendRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\tdevice_id\x18\x02 \x01(\t\x12\x15\n\rintent_tokens\x18\x03 \x03(\x05\x12\x16\n\x0eintent_weights\x18\x04 \x03(\x02\x12\x16\n\x0e\x63oarse_history\x18\x05 \x03(\x05\x12\t\n\x01k\x18\x06 \x01(\x05\x12\x15\n\rmodel_version\x18\x07 \x01(\t\"u\n\x14RecommendFullRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\tdevice_id\x18\x02 \x01(\t\x12\x14\n\x0citem_history\x18\x03 \x03(\x05\x12\t\n\x01k\x18\x04 \x01(\x05\x12\x15\n\rmodel_version\x18\x05 \x01(\t\"\xd7\x01\n\x11RecommendResponse\x12\x10\n\x08item_ids\x18\x01 \x03(\x05\x12\x0e\n\x06scores\x18\x02 \x03(\x02\x12\x15\n\rmodel_version\x18\x03 \x01(\t\x12\x12\n\nrequest_id\x18\x04 \x01(\t\x12\x0e\n\x06\x63\x61\x63hed\x18\x05 \x01(\x08\x12\x14\n\x0citem_intents\x18\x06 \x03(\x05\x12\x14\n\x0c\x63\x61talog_size\x18\x07 \x01(\x05\x12\x12\n\nitem_codes\x18\x08 \x03(\x05\x12\x13\n\x0b\x63ode_levels\x18\t \x01(\x05\x12\x10\n\x08item_new\x18\n \x03(\x08\">\n\x12GetManifestRequest\x12\x15\n\rmodel_version\x18\x01 \x01(\t\x12\x11\n\tdevice_id\x18\x02 \x01(\t\"6\n\x08\x41rtifact\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06sha256\x18\x02 \x01(\t\x12\x0c\n\x04size\x18\x03 \x01(\x03\"\x9f\x01\n\x08Manifest\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\x02 \x01(\t\x12\x12\n\ncreated_at\x18\x03 \x01(\t\x12\"\n\x05\x66iles\x18\x04 \x03(\x0b\x32\x13.tandem.v1.Artifact\x12\x15\n\rmanifest_json\x18\x05 \x01(\t\x12\x0f\n\x07n_items\x18\x06 \x01(\x05\x12\x11\n\tn_intents\x18\x07 \x01(\x05\"Q\n\x17\x44ownloadArtifactRequest\x12\x15\n\rmodel_version\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x11\n\tdevice_id\x18\x03 \x01(\t\"A\n\rArtifactChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x0e\n\x06offset\x18\x02 \x01(\x03\x12\x12\n\ntotal_size\x18\x03 \x01(\x03\":\n\x0ePublishRequest\x12\x12\n\nbundle_dir\x18\x01 \x01(\t\x12\x14\n\x0c\x63\x61nary_share\x18\x02 \x01(\x02\"\x10\n\x0ePromoteRequest\" \n\rRetireRequest\x12\x0f\n\x07version\x18\x01 \x01(\t\"\x1a\n\x18GetRegistryStatusRequest\"k\n\x0eRegistryStatus\x12\x0f\n\x07\x63urrent\x18\x01 \x01(\t\x12\x0e\n\x06\x63\x61nary\x18\x02 \x01(\t\x12\x14\n\x0c\x63\x61nary_share\x18\x03 \x01(\x02\x12\x10\n\x08versions\x18\x04 \x03(\t\x12\x10\n\x08revision\x18\x05 \x01(\x03\x32\xd4\x04\n\rTandemService\x12\x46\n\tRecommend\x12\x1b.tandem.v1.RecommendRequest\x1a\x1c.tandem.v1.RecommendResponse\x12N\n\rRecommendFull\x12\x1f.tandem.v1.RecommendFullRequest\x1a\x1c.tandem.v1.RecommendResponse\x12\x41\n\x0bGetManifest\x12\x1d.tandem.v1.GetManifestRequest\x1a\x13.tandem.v1.Manifest\x12R\n\x10\x44ownloadArtifact\x12\".tandem.v1.DownloadArtifactRequest\x1a\x18.tandem.v1.ArtifactChunk0\x01\x12?\n\x07Publish\x12\x19.tandem.v1.PublishRequest\x1a\x19.tandem.v1.RegistryStatus\x12?\n\x07Promote\x12\x19.tandem.v1.PromoteRequest\x1a\x19.tandem.v1.RegistryStatus\x12=\n\x06Retire\x12\x18.tandem.v1.RetireRequest\x1a\x19.tandem.v1.RegistryStatus\x12S\n\x11GetRegistryStatus\x12#.tandem.v1.GetRegistryStatusRequest\x1a\x19.tandem.v1.RegistryStatusb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,27 +37,27 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RECOMMENDFULLREQUEST']._serialized_start=205
   _globals['_RECOMMENDFULLREQUEST']._serialized_end=322
   _globals['_RECOMMENDRESPONSE']._serialized_start=325
-  _globals['_RECOMMENDRESPONSE']._serialized_end=481
-  _globals['_GETMANIFESTREQUEST']._serialized_start=483
-  _globals['_GETMANIFESTREQUEST']._serialized_end=545
-  _globals['_ARTIFACT']._serialized_start=547
-  _globals['_ARTIFACT']._serialized_end=601
-  _globals['_MANIFEST']._serialized_start=604
-  _globals['_MANIFEST']._serialized_end=763
-  _globals['_DOWNLOADARTIFACTREQUEST']._serialized_start=765
-  _globals['_DOWNLOADARTIFACTREQUEST']._serialized_end=846
-  _globals['_ARTIFACTCHUNK']._serialized_start=848
-  _globals['_ARTIFACTCHUNK']._serialized_end=913
-  _globals['_PUBLISHREQUEST']._serialized_start=915
-  _globals['_PUBLISHREQUEST']._serialized_end=973
-  _globals['_PROMOTEREQUEST']._serialized_start=975
-  _globals['_PROMOTEREQUEST']._serialized_end=991
-  _globals['_RETIREREQUEST']._serialized_start=993
-  _globals['_RETIREREQUEST']._serialized_end=1025
-  _globals['_GETREGISTRYSTATUSREQUEST']._serialized_start=1027
-  _globals['_GETREGISTRYSTATUSREQUEST']._serialized_end=1053
-  _globals['_REGISTRYSTATUS']._serialized_start=1055
-  _globals['_REGISTRYSTATUS']._serialized_end=1162
-  _globals['_TANDEMSERVICE']._serialized_start=1165
-  _globals['_TANDEMSERVICE']._serialized_end=1761
+  _globals['_RECOMMENDRESPONSE']._serialized_end=540
+  _globals['_GETMANIFESTREQUEST']._serialized_start=542
+  _globals['_GETMANIFESTREQUEST']._serialized_end=604
+  _globals['_ARTIFACT']._serialized_start=606
+  _globals['_ARTIFACT']._serialized_end=660
+  _globals['_MANIFEST']._serialized_start=663
+  _globals['_MANIFEST']._serialized_end=822
+  _globals['_DOWNLOADARTIFACTREQUEST']._serialized_start=824
+  _globals['_DOWNLOADARTIFACTREQUEST']._serialized_end=905
+  _globals['_ARTIFACTCHUNK']._serialized_start=907
+  _globals['_ARTIFACTCHUNK']._serialized_end=972
+  _globals['_PUBLISHREQUEST']._serialized_start=974
+  _globals['_PUBLISHREQUEST']._serialized_end=1032
+  _globals['_PROMOTEREQUEST']._serialized_start=1034
+  _globals['_PROMOTEREQUEST']._serialized_end=1050
+  _globals['_RETIREREQUEST']._serialized_start=1052
+  _globals['_RETIREREQUEST']._serialized_end=1084
+  _globals['_GETREGISTRYSTATUSREQUEST']._serialized_start=1086
+  _globals['_GETREGISTRYSTATUSREQUEST']._serialized_end=1112
+  _globals['_REGISTRYSTATUS']._serialized_start=1114
+  _globals['_REGISTRYSTATUS']._serialized_end=1221
+  _globals['_TANDEMSERVICE']._serialized_start=1224
+  _globals['_TANDEMSERVICE']._serialized_end=1820
 # @@protoc_insertion_point(module_scope)

@@ -40,7 +40,7 @@ class RecommendFullRequest(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., device_id: _Optional[str] = ..., item_history: _Optional[_Iterable[int]] = ..., k: _Optional[int] = ..., model_version: _Optional[str] = ...) -> None: ...
 
 class RecommendResponse(_message.Message):
-    __slots__ = ("item_ids", "scores", "model_version", "request_id", "cached", "item_intents", "catalog_size")
+    __slots__ = ("item_ids", "scores", "model_version", "request_id", "cached", "item_intents", "catalog_size", "item_codes", "code_levels", "item_new")
     ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
     SCORES_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -48,6 +48,9 @@ class RecommendResponse(_message.Message):
     CACHED_FIELD_NUMBER: _ClassVar[int]
     ITEM_INTENTS_FIELD_NUMBER: _ClassVar[int]
     CATALOG_SIZE_FIELD_NUMBER: _ClassVar[int]
+    ITEM_CODES_FIELD_NUMBER: _ClassVar[int]
+    CODE_LEVELS_FIELD_NUMBER: _ClassVar[int]
+    ITEM_NEW_FIELD_NUMBER: _ClassVar[int]
     item_ids: _containers.RepeatedScalarFieldContainer[int]
     scores: _containers.RepeatedScalarFieldContainer[float]
     model_version: str
@@ -55,7 +58,10 @@ class RecommendResponse(_message.Message):
     cached: bool
     item_intents: _containers.RepeatedScalarFieldContainer[int]
     catalog_size: int
-    def __init__(self, item_ids: _Optional[_Iterable[int]] = ..., scores: _Optional[_Iterable[float]] = ..., model_version: _Optional[str] = ..., request_id: _Optional[str] = ..., cached: bool = ..., item_intents: _Optional[_Iterable[int]] = ..., catalog_size: _Optional[int] = ...) -> None: ...
+    item_codes: _containers.RepeatedScalarFieldContainer[int]
+    code_levels: int
+    item_new: _containers.RepeatedScalarFieldContainer[bool]
+    def __init__(self, item_ids: _Optional[_Iterable[int]] = ..., scores: _Optional[_Iterable[float]] = ..., model_version: _Optional[str] = ..., request_id: _Optional[str] = ..., cached: bool = ..., item_intents: _Optional[_Iterable[int]] = ..., catalog_size: _Optional[int] = ..., item_codes: _Optional[_Iterable[int]] = ..., code_levels: _Optional[int] = ..., item_new: _Optional[_Iterable[bool]] = ...) -> None: ...
 
 class GetManifestRequest(_message.Message):
     __slots__ = ("model_version", "device_id")

@@ -168,8 +168,9 @@ def evaluate_run(ctx: RunContext, results_dir: Path) -> list[dict]:
               "machine": machine(), "config": ctx.cfg.to_dict(),
               "run": json.loads(ctx.path("run.json").read_text()) if ctx.path("run.json").exists()
               else {}, "seconds": time.time() - t0}
-    if sid:
-        report["sid"] = {**sid, "device_bundle_bytes": sid_bundle(ctx, rows)}
+    if sid:  # its own pair, served with the fusion setting chosen for it
+        pair = sid_bundle(ctx, rows, {**serving, **sid["fusion"]}, known=models.known)
+        report["sid"] = {**sid, "device_bundle_bytes": bundle_sizes(pair)["device_bundle_bytes"]}
     if ctx.new_items.any():
         report["new_items"] = new_items_section(
             {r.mode: r.ranks for r in results}, ctx.new_items[sp.test_target],

@@ -8,8 +8,10 @@
   earlier: n_candidates items with their semantic ids); a target outside it is a miss.
 - sid-collaborative: the device sends its intents as the table student's device does, and
   ranks the cloud's answer plus its own top items of the earlier pool with
-  `tandem_contract.fusion.fuse`, scoring every one of them from its semantic id (none is
-  unknown to it). The fusion setting is chosen on the fusion-tuning users, as for the table
+  `tandem_contract.fusion.fuse`, scoring each of them from its semantic id. Under the new-item
+  protocol the cloud flags the items newer than the device's model (`item_new`); the device
+  treats those as unknown and scores them by the bundle's `device_missing` rule, as the table
+  device does. The fusion setting is chosen on the fusion-tuning users, as for the table
   student.
 
 The device keeps every item of its history (the cloud told it their semantic ids), so these
@@ -26,9 +28,8 @@ import numpy as np
 from tandem_contract.fusion import (
     CloudCandidates,
     DeviceView,
-    device_log_probs,
 )
-from tandem_contract.semantic_ids import score_items
+from tandem_contract.semantic_ids import SidSpec, score_items, sid_device_side
 from tandemrec.eval.modes import Evaluator, Models, ModeResult, fusion_grid, p50_ms, tune_fusion
 from tandemrec.train.config import EvalConfig
 
@@ -43,11 +44,12 @@ class SidEvaluator(Evaluator):
 
     device_key = "sid_student_int8"
 
-    def __init__(self, models: Models, catalog: np.ndarray, max_len: int,
+    def __init__(self, models: Models, catalog: np.ndarray, spec: SidSpec,
                  inputs: list[np.ndarray], targets: np.ndarray, cfg: EvalConfig,
                  seed: int = 0) -> None:
         super().__init__(models, inputs, targets, cfg, seed, device_inputs=inputs)
-        self.catalog, self.sid_max_len = catalog, max_len  # catalog: (N+1, L') rows per item
+        self.catalog, self.sid_max_len = catalog, spec.max_len  # catalog: (N+1, L') rows per item
+        self.spec = spec
         self.pools: dict[int, np.ndarray] = {}  # user -> items of the cloud's earlier answer
 
     def device_input(self, history: np.ndarray) -> np.ndarray:
@@ -82,14 +84,13 @@ class SidEvaluator(Evaluator):
 
     def device_side(self, scores: np.ndarray, answer: CloudCandidates,
                     u: int) -> tuple[np.ndarray, DeviceView]:
-        """Scores of the items the device has semantic ids for: the answer and its pool."""
+        """The SDK's view (`sid_device_side`): the items of the answer and its pool, scored
+        from their semantic ids, those the cloud flags as newer than the device's model
+        unknown to it (the bundle's `device_missing` rule scores them, as on the table device)."""
         items = np.union1d(answer.items, self.pools.get(u, answer.items[:0]))
-        known = np.zeros(self.m.n_items + 1, dtype=bool)
-        known[items] = True
-        s = np.full(self.m.n_items + 1, -np.inf, dtype=np.float32)
-        s[items] = score_items(scores, self.catalog[items])
-        view = DeviceView.build(known, self.item_intent, self.m.vocab.n_intents)
-        return device_log_probs(s, view), view
+        new = ~self.view.known[items] if self.has_unknown else np.zeros(len(items), dtype=bool)
+        return sid_device_side(scores, items, self.m.vocab.codes[items], new, self.m.n_items,
+                               self.spec)
 
     def full_ranking(self, mode: str, key: str, params: int) -> ModeResult:
         """Every catalog item scored from its semantic id."""
@@ -131,7 +132,7 @@ def evaluate_sid(ctx: RunContext, models: Models) -> tuple[list[ModeResult], dic
     """The sid-* modes on the test users; the fusion setting chosen on the tuning users."""
     from tandemrec.checkpoints import load_sid_student
     from tandemrec.eval.modes import n_params
-    from tandemrec.pipeline_sid import SID_CKPT, SID_FP32, SID_INT8
+    from tandemrec.pipeline_sid import SID_CKPT, SID_FP32, SID_INT8, spec_of
     from tandemrec.progress import log
     from tandemrec.train.distill_sid import sid_catalog
 
@@ -139,19 +140,20 @@ def evaluate_sid(ctx: RunContext, models: Models) -> tuple[list[ModeResult], dic
     models = dataclasses.replace(models, files={**models.files,
                                                 "sid_student_fp32": ctx.path(SID_FP32),
                                                 "sid_student_int8": ctx.path(SID_INT8)})
-    catalog = sid_catalog(models.vocab, student.cfg.hash_buckets)
+    catalog, spec = sid_catalog(models.vocab, student.cfg.hash_buckets), spec_of(student)
     cfg, params = ctx.cfg.eval, n_params(student)
 
     def evaluator(inputs: list[np.ndarray], targets: np.ndarray) -> SidEvaluator:
-        return SidEvaluator(models, catalog, student.cfg.max_len, inputs, targets, cfg,
-                            ctx.cfg.seed)
+        return SidEvaluator(models, catalog, spec, inputs, targets, cfg, ctx.cfg.seed)
 
-    grid = fusion_grid(cfg, False)  # every item has a semantic id: none is unknown
+    # Every item has a semantic id, but under the new-item protocol the cloud flags the items
+    # newer than the device's model, which the device scores by the rule chosen here.
+    grid = fusion_grid(cfg, bool(ctx.new_items.any()))
     tuning: dict[str, float] = {}
     fusion = grid[0]
     if len(grid) > 1:
         fusion, tuning = tune_fusion(evaluator(*ctx.split.fusion_users()), grid,
-                                     cfg.fusion_confidence, ctx.cfg.seed)
+                                     cfg.fusion_confidence, ctx.cfg.seed, cfg.fusion_tolerance)
         log(f"semantic-id student's fusion: {fusion} ({len(grid)} settings tried)")
     ev = evaluator(ctx.split.test_input, ctx.split.test_target)
     results = [ev.full_ranking("sid-student-fp32", "sid_student_fp32", params),

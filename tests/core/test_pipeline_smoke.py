@@ -59,7 +59,13 @@ def test_every_stage_end_to_end(tmp_path, monkeypatch, members):
         assert rows["sid-student-int8"]["ndcg@10"] > pop
         assert rows["sid-collaborative"]["ndcg@10"] >= rows["sid-edge-only"]["ndcg@10"] > pop
         assert 0 < report["sid"]["device_bundle_bytes"] < 100_000
-        assert (run_dir / "bundle-sid" / "sid_student_int8.onnx").exists()
+        # its own pair: the model alone on the device side, the table pair's cloud side
+        sid_device, sid_cloud = verify_pair(run_dir / "bundle-sid")
+        assert set(sid_device["files"]) == {"sid_student_int8.onnx"}
+        assert sid_device["extra"]["student"]["kind"] == "sid"
+        assert set(sid_cloud["files"]) == {"teacher.pt", "codebook.json", "item_table.json"}
+        assert bundle_sizes(run_dir / "bundle-sid")["device_bundle_bytes"] == \
+            report["sid"]["device_bundle_bytes"]
 
     run = json.loads((run_dir / "run.json").read_text())
     for rep in run["export"]["parity"].values():

@@ -74,6 +74,7 @@ def test_the_pair_is_written_and_the_device_side_holds_no_cloud_file(pair: Path)
     table = json.loads((d.cloud / "item_table.json").read_text())
     assert table["intent"] == [0] + [1 + i % 3 for i in range(N)]
     assert table["popularity"] == list(range(N + 1)) and table["titles"][1] == "title 1"
+    assert table["device_new"] == []  # the device model trained on every item
 
 
 def test_every_item_is_known_by_default(pair: Path) -> None:
@@ -97,6 +98,7 @@ def test_unknown_items_carry_nothing_on_the_device(tmp_path: Path) -> None:
     # The cloud still knows every item.
     table = json.loads((pair_dirs(pair).cloud / "item_table.json").read_text())
     assert table["intent"][2] == 2 and table["titles"][5] == "title 5"
+    assert table["device_new"] == [2, 5]  # what the cloud flags as new in its answers
     with pytest.raises(ValueError, match="shape"):
         device_items(table, np.ones(N, dtype=bool))
 
