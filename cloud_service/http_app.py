@@ -10,7 +10,6 @@ Swagger UI's assets come from the installed `fastapi-offline` package, so /docs 
 
 from __future__ import annotations
 
-import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Annotated, Any
@@ -43,7 +42,7 @@ from cloud_service.http_convert import (
     registry_status_to_http,
     retire_request_from_http,
 )
-from cloud_service.http_guard import RequestGuard
+from cloud_service.http_guard import RequestGuard, unexpected
 from cloud_service.http_schemas import (
     ErrorOut,
     ManifestOut,
@@ -56,7 +55,6 @@ from cloud_service.http_schemas import (
 )
 from cloud_service.service import RecommendationService
 
-log = logging.getLogger("tandem.cloud")
 STATIC = Path(fastapi_offline.__file__).parent / "static"  # Swagger UI and ReDoc, offline
 # gRPC code names for the statuses starlette's router and FastAPI's body parser raise.
 HTTP_CODES = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED",
@@ -148,9 +146,9 @@ def _add_error_handlers(app: FastAPI) -> None:
                       dict(exc.headers) if exc.headers else None)
 
     @app.exception_handler(Exception)
-    async def unexpected(_: Request, exc: Exception) -> JSONResponse:
-        log.exception("unexpected error", exc_info=exc)  # the traceback stays in the server log
-        return _error(500, "INTERNAL", "internal error: the server logged the details")
+    async def last_resort(_: Request, exc: Exception) -> JSONResponse:
+        error = unexpected(exc)  # the traceback stays in the server log
+        return _error(error.http_status, error.grpc_code, error.message)
 
 
 def _add_docs(app: FastAPI) -> None:

@@ -1,34 +1,32 @@
-"""What stands between a socket and the HTTP routes: deadlines, body limits, early refusals.
+"""What stands between the connection and the HTTP routes: body limits, early refusals.
 
-Two layers. `timed_h11` is uvicorn's h11 protocol with read deadlines: a request's headers,
-then its body, must arrive within `read_timeout_s`, or the connection is closed (uvicorn alone
-waits forever for a half-sent request). `RequestGuard` is a pure ASGI middleware: it refuses
-ambiguous framing, counts the body bytes actually received whatever the framing, refuses
-unauthenticated calls before anything parses their body (the routes reuse the principal it
-authenticated), and counts requests in flight so a draining replica finishes them.
+Read deadlines are the connection protocol's (http_protocol). `RequestGuard` is a pure ASGI
+middleware: it refuses ambiguous framing, counts the body bytes actually received whatever the
+framing, refuses unauthenticated calls before anything parses their body (the routes reuse the
+principal it authenticated), and counts requests in flight so a draining replica finishes them.
 
 It also puts device requests (`/v1/` but not `/v1/admin/`) through admission control
 (`cloud_service.admission`, sized by `http_max_inflight` and `http_max_queued`), each once its
 body is all there: a client still sending holds a connection, cut by the read deadline, never a
 slot. Refusals are 503 with Retry-After in the error envelope, counted in
 `tandem_http_refused_total`. Health, readiness, metrics and admin calls are never refused.
+Admitted recommend calls are answered by the hot path (http_hot) when it takes them.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
+import logging
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
-
-import h11
-from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from cloud_service.admission import Admission
 from cloud_service.errors import BodyTooLarge, InvalidInput, Overloaded, ServiceError
 from cloud_service.http_convert import credentials_from_http
+from cloud_service.http_hot import HotRoutes
 from cloud_service.service import RecommendationService
 
+log = logging.getLogger("tandem.cloud")
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -39,61 +37,6 @@ DEVICE_ROUTES = {("POST", "/v1/recommend"), ("POST", "/v1/recommend-full"),
                  ("GET", "/v1/manifest"), ("GET", "/v1/artifacts/")}
 ADMIN_ROUTES = {("POST", "/v1/admin/publish"), ("GET", "/v1/admin/registry"),
                 ("POST", "/v1/admin/promote"), ("POST", "/v1/admin/retire")}
-
-
-def timed_h11(read_timeout_s: float) -> type[H11Protocol]:
-    """uvicorn's h11 protocol, closing connections whose headers or body arrive too slowly."""
-
-    class TimedH11Protocol(H11Protocol):
-        _timer: asyncio.TimerHandle | None = None
-        _phase: object = None
-
-        def connection_made(self, transport: asyncio.BaseTransport) -> None:
-            super().connection_made(transport)  # type: ignore[arg-type]
-            self._arm(h11.IDLE)  # a connection that never sends a byte is cut off too
-
-        def data_received(self, data: bytes) -> None:
-            if self._timer is None and self.conn.their_state is h11.IDLE:
-                self._arm(h11.IDLE)  # the first byte of the next request on a kept-alive one
-            super().data_received(data)
-            self._follow()
-
-        def on_response_complete(self) -> None:
-            super().on_response_complete()
-            self._disarm()  # idle between requests: uvicorn's keep-alive timeout applies
-            if self.conn.their_state is h11.IDLE and self.conn.trailing_data[0]:
-                self._arm(h11.IDLE)  # part of a pipelined request is already here
-            else:
-                self._follow()
-
-        def connection_lost(self, exc: Exception | None) -> None:
-            self._disarm()
-            super().connection_lost(exc)
-
-        def _follow(self) -> None:
-            state = self.conn.their_state
-            if state is h11.SEND_BODY:
-                if self._phase is not h11.SEND_BODY:
-                    self._arm(h11.SEND_BODY)  # headers done: the body gets its own deadline
-            elif state is not h11.IDLE:
-                self._disarm()
-
-        def _arm(self, phase: object) -> None:
-            self._disarm()
-            self._phase = phase
-            self._timer = self.loop.call_later(read_timeout_s, self._expired)
-
-        def _disarm(self) -> None:
-            if self._timer is not None:
-                self._timer.cancel()
-            self._timer = self._phase = None
-
-        def _expired(self) -> None:
-            self._timer = None
-            if not self.transport.is_closing():
-                self.transport.close()
-
-    return TimedH11Protocol
 
 
 def error_body(exc: ServiceError) -> tuple[bytes, list[tuple[bytes, bytes]]]:
@@ -112,6 +55,7 @@ class RequestGuard:
     def __init__(self, app: ASGIApp, service: RecommendationService, max_body: int) -> None:
         self.app = app
         self.service = service
+        self.hot = HotRoutes(service)
         self.max_body = max_body
         s = service.settings
         self.admission = Admission(s.http_max_inflight, s.http_max_queued,
@@ -148,15 +92,18 @@ class RequestGuard:
                     return
                 body = await self._read_body(receive)
                 if body is not None:  # None: the client went away
-                    await self._admitted(scope, _replay(body, receive), send)
+                    await self._admitted(scope, body, receive, send)
         except ServiceError as exc:
             await _reply(send, exc)
 
-    async def _admitted(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _admitted(self, scope: Scope, body: bytes, receive: Receive, send: Send) -> None:
         try:
             async with self.admission.slot():
-                # The body is read and within max_body: no byte count on the way (_forward).
-                await self.app(scope, receive, send)  # the app answers its own errors
+                hot = self.hot.take(scope, body)
+                if hot is not None:
+                    await _answer(send, hot)
+                else:  # the body is read and within max_body: no byte count (_forward)
+                    await self.app(scope, _replay(body, receive), send)  # answers its errors
         except Overloaded as exc:
             await _reply(send, exc, close=False)  # the body is read: keep-alive
 
@@ -232,6 +179,27 @@ def _replay(body: bytes, receive: Receive) -> Receive:
             return {"type": "http.request", "body": body, "more_body": False}
         return await receive()
     return replay
+
+
+def unexpected(exc: Exception) -> ServiceError:
+    """An unexpected failure, logged with its traceback; the client learns only that."""
+    log.exception("unexpected error", exc_info=exc)
+    return ServiceError("internal error: the server logged the details")
+
+
+async def _answer(send: Send, call: Awaitable[bytes]) -> None:
+    """A hot-path request (http_hot): 200 with the core's answer, or its error, kept alive."""
+    try:
+        body = await call
+    except ServiceError as exc:
+        await _reply(send, exc, close=False)
+        return
+    except Exception as exc:  # as FastAPI's last-resort handler answers it (http_app)
+        await _reply(send, unexpected(exc), close=False)
+        return
+    await send({"type": "http.response.start", "status": 200, "headers": [
+        (b"content-length", str(len(body)).encode()), (b"content-type", b"application/json")]})
+    await send({"type": "http.response.body", "body": body})
 
 
 async def _reply(send: Send, exc: ServiceError, close: bool = True) -> None:

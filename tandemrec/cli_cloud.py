@@ -51,7 +51,7 @@ def serve(
     from pydantic import ValidationError
 
     from cloud_service.errors import ServiceError
-    from cloud_service.server import serve as run
+    from cloud_service.server import serve_until_stopped
     from cloud_service.settings import CloudSettings
     from tandemrec.paths import artifacts_dir
 
@@ -72,7 +72,7 @@ def serve(
               "TANDEM_CLOUD_DEVICE_TOKEN_SECRET, or pass --no-auth for a local demo")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     try:
-        asyncio.run(run(settings))
+        serve_until_stopped(settings)
     except ServiceError as exc:
         _fail(exc.message)
     except OSError as exc:

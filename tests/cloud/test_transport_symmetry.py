@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 from fastapi.routing import APIRoute
-from pydantic import BaseModel, SecretStr
+from pydantic import BaseModel, SecretStr, TypeAdapter
 from starlette.datastructures import Headers
 
 from cloud_service import auth, grpc_convert, http_convert
@@ -27,7 +27,14 @@ from cloud_service.domain import (
 from cloud_service.grpc_server import SERVICE, build_handlers
 from cloud_service.http_app import _fastapi_app, create_app
 from cloud_service.http_guard import ADMIN_ROUTES, DEVICE_ROUTES
-from cloud_service.http_schemas import PublishIn, RecommendFullIn, RecommendIn, RetireIn
+from cloud_service.http_hot import recommendation_json
+from cloud_service.http_schemas import (
+    PublishIn,
+    RecommendFullIn,
+    RecommendIn,
+    RecommendOut,
+    RetireIn,
+)
 from cloud_service.service import RecommendationService
 from cloud_service.settings import CloudSettings
 from tandem_wire.v1 import recommend_pb2 as pb
@@ -110,7 +117,9 @@ def test_requests_convert_to_the_same_domain_values_from_either_wire():
 def test_responses_read_the_same_on_either_wire():
     values = [
         ("recommendation", Recommendation((4, 2), (-0.5, -1.25), "v", "r", cached=True,
-                                          item_intents=(1, 3), catalog_size=40)),
+                                          item_intents=(1, 3), catalog_size=40,
+                                          item_codes=(1, 2, 4, 3, 1, 2), code_levels=3,
+                                          item_new=(False, True))),
         ("manifest", ManifestInfo("v", "shop", "2024-01-01", (ArtifactInfo("a", "ff", 9),),
                                   "{}", n_items=40, n_intents=8)),
         ("registry_status", RegistryState("v2", "v3", 0.25, {"v3": "/b3", "v2": "/b2"}, 7)),
@@ -119,6 +128,15 @@ def test_responses_read_the_same_on_either_wire():
         http = plain(getattr(http_convert, f"{name}_to_http")(value))
         assert http == plain(getattr(grpc_convert, f"{name}_to_grpc")(value)), name
     assert http["versions"] == ["v2", "v3"]  # the bundle directories stay in the cloud
+    rec = grpc_convert.recommendation_to_grpc(values[0][1])
+    back = pb.RecommendResponse.FromString(rec.SerializeToString())
+    assert list(back.item_codes) == [1, 2, 4, 3, 1, 2] and back.code_levels == 3
+    assert list(back.item_new) == [False, True]
+    assert plain(http_convert.recommendation_to_http(values[0][1]))["item_new"] == [False, True]
+    # The HTTP hot path writes the very bytes FastAPI writes for the route's response model.
+    for rec in (values[0][1], Recommendation((1,), (float("-inf"),), "v\u00e9", "\"r\n")):
+        assert recommendation_json(rec) == \
+            TypeAdapter(RecommendOut).dump_json(http_convert.recommendation_to_http(rec))
     chunk = ArtifactChunk(b"abc", 3, 6)
     assert http_convert.artifact_chunk_to_http(chunk) == b"abc"
     assert grpc_convert.artifact_chunk_to_grpc(chunk).SerializeToString() == \

@@ -123,6 +123,16 @@ def test_half_sent_requests_are_cut_off_and_others_still_served(replica, http):
     assert elapsed < READ_TIMEOUT_S + 3
 
 
+def test_headers_past_16_kib_are_refused_in_the_envelope(replica):
+    with connect(replica.http_port) as s:
+        s.sendall(b"POST /v1/recommend HTTP/1.1\r\nHost: x\r\n" + b"x-pad: a\r\n" * 1500)
+        time.sleep(0.3)  # the server holds those 15,038 bytes; what follows crosses the limit
+        s.sendall(b"x-pad: a\r\n" * 200)
+        status, headers, body = read_response(s)
+    assert status == 400 and error_of(body)["code"] == "INVALID_ARGUMENT"
+    assert headers.get("connection") == "close"
+
+
 def test_a_silent_connection_is_closed(replica):
     with connect(replica.http_port) as s:
         s.settimeout(READ_TIMEOUT_S + 3)
