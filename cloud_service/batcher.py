@@ -9,16 +9,24 @@ policy, per key:
 - The model is idle when a row arrives: the row is dispatched at once, with whatever else is
   queued. A lone request never waits for company (a fixed timer halved throughput at
   concurrency 1: every request waited it out).
-- A batch is in flight: rows collect while it runs. When it ends they are dispatched at once if
-  they fill a batch or their oldest has already waited the bound; otherwise the worker waits for
-  company until the batch is full or the oldest row has waited the bound, and no longer.
+- A batch is in flight: rows collect while it runs. When it ends the worker expects the rows
+  queued then plus as many as the batch held (in a closed loop its callers come straight back
+  with their next request) and waits for that company, but only until the bound has passed
+  since the batch ended; it dispatches as soon as the expected rows (or a full batch) are
+  there. With one caller the expectation is one row, so it never waits; a row that arrives
+  after the bound, at a model idle since, goes at once.
 - The bound is `max_wait_s` capped at `WAIT_SHARE` of the observed batch service time (an
   EWMA): waiting longer than a fraction of one teacher call costs more than running another
-  call. Before any batch has been timed the bound is 0. Like Triton's max queue delay it is an
-  upper bound counted from a row's arrival, never a fixed wait.
+  call. Before any batch has been timed the bound is 0.
+
+Triton counts its max queue delay from each row's arrival instead. Measured with closed-loop
+clients (bench/cloud_load.py), counting from arrival dispatched the rows that had queued during
+a batch at once, without the callers of that batch, so batches stayed small at concurrency 8
+to 32 and throughput fell below the fixed window's (docs/performance.md).
 
 `adaptive=False` keeps the fixed window of earlier releases: every batch waits `max_wait_s`
-from its first row unless it fills (an operator's fallback; tests use it to hold requests).
+from when the worker takes its first row unless it fills (an operator's fallback; tests use it
+to hold requests).
 
 A caller that gives up (cancelled) is left out of its batch; an error in a batch goes to every
 caller of it; `drop` (the model was unloaded) and `close` fail queued and in-flight callers.
@@ -56,6 +64,7 @@ class _Lane:
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     need: int = 1  # the worker is woken once this many rows are queued
     idle_since: float = 0.0  # when the last batch ended: rows older than this waited for it
+    expect: int = 1  # rows the next batch waits for: those queued and those of the last batch
     service_s: float = 0.0  # EWMA of a batch's service time; 0 until one has been timed
     task: asyncio.Task | None = None
     error: Exception | None = None  # what queued callers get when the lane is dropped
@@ -103,21 +112,25 @@ class MicroBatcher(Generic[K]):
         try:
             while True:
                 await self._wait_rows(lane, 1, None)
-                oldest = lane.rows[0].arrived
-                # Queued behind the last batch (load is on), or no idle fast path at all.
-                if oldest < lane.idle_since or not self.adaptive:
-                    deadline = oldest + self.wait_bound(key)
-                    if deadline > loop.time():
-                        await self._wait_rows(lane, self.max_size, deadline)
+                want, deadline = self._company(key, lane)
+                if len(lane.rows) < want and deadline > loop.time():
+                    await self._wait_rows(lane, want, deadline)
                 take = min(self.max_size, len(lane.rows))
                 batch = [r for r in (lane.rows.popleft() for _ in range(take)) if not r.fut.done()]
                 if batch:  # empty when every caller of it gave up
                     await self._dispatch(key, lane, batch)
-                batch = []
                 lane.idle_since = loop.time()
+                lane.expect = max(1, len(batch) + len(lane.rows))
+                batch = []
         except asyncio.CancelledError:
             _fail(batch, lane.error or RuntimeError("batcher closed"))
             raise
+
+    def _company(self, key: K, lane: _Lane) -> tuple[int, float]:
+        """(rows to wait for, loop time to wait until) for the next batch of a lane."""
+        if not self.adaptive:  # the fixed window: from taking the first row, until full
+            return self.max_size, max(lane.rows[0].arrived, lane.idle_since) + self.max_wait_s
+        return min(self.max_size, lane.expect), lane.idle_since + self.wait_bound(key)
 
     async def _wait_rows(self, lane: _Lane, need: int, deadline: float | None) -> None:
         """Until `need` rows are queued or `deadline` (loop time) passes: one timer, no task."""

@@ -98,19 +98,36 @@ def test_rows_arriving_during_a_batch_form_the_next_one():
     assert [int(o[0]) for o in out] == [0, 10, 20, 30, 40, 50]  # each caller its own row
 
 
+def test_the_next_batch_waits_for_the_callers_of_the_last_and_goes_once_they_are_back(
+        monkeypatch):
+    # The bound would be the whole hour: only the expected company can end the wait.
+    monkeypatch.setattr(batcher_module, "WAIT_SHARE", 1e9)
+    model = Model(hold_first=True)
+
+    async def main() -> None:
+        b: MicroBatcher[str] = MicroBatcher(model, max_size=8, max_wait_s=HOUR)
+        first, early = await behind_a_batch(b, model, range(1, 3))
+        model.release()
+        await first  # row 0's caller is answered; rows 1 and 2 queued meanwhile
+        while b._lanes["m"].need != 3:  # so the worker waits for 0's caller to come back
+            await asyncio.sleep(0.001)
+        back = await submit_all(b, range(3, 4))
+        await asyncio.gather(*early, *back)
+        await b.close()
+
+    run(main)
+    assert model.batches == [[0], [1, 2, 3]]
+
+
 def test_a_batch_that_fills_while_waiting_for_company_goes_at_once(monkeypatch):
-    # The bound would be the whole hour: only filling up can end the wait for company.
     monkeypatch.setattr(batcher_module, "WAIT_SHARE", 1e9)
     model = Model(hold_first=True)
 
     async def main() -> None:
         b: MicroBatcher[str] = MicroBatcher(model, max_size=4, max_wait_s=HOUR)
-        first, early = await behind_a_batch(b, model, range(1, 3))
-        model.release()
-        while b._lanes["m"].need != 4:  # the worker now waits for two more rows
-            await asyncio.sleep(0.001)
-        late = await submit_all(b, range(3, 5))
-        await asyncio.gather(first, *early, *late)
+        first, early = await behind_a_batch(b, model, range(1, 5))
+        model.release()  # five rows expected, four fit: a full batch does not wait
+        await asyncio.gather(first, *early)
         await b.close()
 
     run(main)
