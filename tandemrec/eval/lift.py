@@ -54,7 +54,8 @@ def lift_rows(report: dict) -> list[dict]:
     """(protocol, users, cloud-full, edge-only, collaborative, lift, of cloud-full) rows."""
     out = []
     by = {r["mode"]: r["ndcg@10"] for r in report.get("rows", [])}
-    if all(m in by for m in TRIO):
+    # A new-item run's own rows are its "all users" row below, not the standard protocol's.
+    if all(m in by for m in TRIO) and report.get("protocol_name") != "new-items":
         out.append(_trio_row("standard", f"all {report.get('n_test_users', '')}".strip(), by))
     new = report.get("new_items")
     if new:
