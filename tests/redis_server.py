@@ -15,6 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import TypeVar
 
 _START_TIMEOUT_S = 10.0
 _CLUSTER_BUS_OFFSET = 10_000  # a cluster node also listens on its port + 10000 (the bus)
@@ -57,7 +58,37 @@ def _pings(port: int) -> bool:
         return False
 
 
-class RedisServer:
+_S = TypeVar("_S", bound="_Managed")
+
+
+class _Managed:
+    """A server as a context manager: started on enter (closed again if that fails), closed
+    on exit, whatever the server."""
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self: _S) -> _S:
+        try:
+            self.start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class RedisServer(_Managed):
     """Context manager around a redis-server subprocess; `.url` points at database 0."""
 
     def __init__(
@@ -120,22 +151,6 @@ class RedisServer:
         except OSError:
             return "(no log)"
 
-    def __enter__(self) -> RedisServer:
-        try:
-            self.start()
-        except BaseException:
-            self._tmp.cleanup()
-            raise
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
     def close(self) -> None:
         """Stop the server and delete its directory."""
         self.stop()
@@ -174,7 +189,7 @@ def _command(port: int, *args: str) -> bytes:
         return body[:size]
 
 
-class RedisClusterServer:
+class RedisClusterServer(_Managed):
     """A Redis Cluster of `masters` redis-server nodes on free loopback ports, no replicas.
 
     Each node runs with `--cluster-enabled yes` and its own nodes file; the first `start()`
@@ -272,19 +287,3 @@ class RedisClusterServer:
     def close(self) -> None:
         for node in self.nodes:
             node.close()
-
-    def __enter__(self) -> RedisClusterServer:
-        try:
-            self.start()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
