@@ -39,11 +39,15 @@ ADMIN_ROUTES = {("POST", "/v1/admin/publish"), ("GET", "/v1/admin/registry"),
                 ("POST", "/v1/admin/promote"), ("POST", "/v1/admin/retire")}
 
 
+def json_headers(body: bytes) -> list[tuple[bytes, bytes]]:
+    """The headers of a JSON response body."""
+    return [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+
+
 def error_body(exc: ServiceError) -> tuple[bytes, list[tuple[bytes, bytes]]]:
     """The envelope `{"error": {"code", "message"}}` and its headers (Retry-After if any)."""
     body = json.dumps({"error": {"code": exc.grpc_code, "message": exc.message}}).encode()
-    headers = [(b"content-type", b"application/json"),
-               (b"content-length", str(len(body)).encode())]
+    headers = json_headers(body)
     if (retry := exc.retry_after_header()) is not None:
         headers.append((b"retry-after", retry.encode()))
     return body, headers
@@ -197,8 +201,7 @@ async def _answer(send: Send, call: Awaitable[bytes]) -> None:
     except Exception as exc:  # as FastAPI's last-resort handler answers it (http_app)
         await _reply(send, unexpected(exc), close=False)
         return
-    await send({"type": "http.response.start", "status": 200, "headers": [
-        (b"content-length", str(len(body)).encode()), (b"content-type", b"application/json")]})
+    await send({"type": "http.response.start", "status": 200, "headers": json_headers(body)})
     await send({"type": "http.response.body", "body": body})
 
 
