@@ -48,7 +48,8 @@ def init_codes_from_teacher(student: SidStudent, teacher: AnyTeacher, catalog: n
 
     As `distill.init_from_teacher`: the known items' teacher vectors, projected on their top
     principal directions; level 1 takes the mean of its items, each further level the mean of
-    what the levels before it left (residual k-means over the same space). Hash rows start at 0.
+    what the levels before it left (residual k-means over the same space); a hash bucket, as one
+    more level, the mean of what the codes left of its items (so it starts as their residual).
     """
     with torch.no_grad():
         vecs = teacher.eval().item_vectors()[torch.from_numpy(known)]  # (N_known, Dt)
@@ -60,7 +61,7 @@ def init_codes_from_teacher(student: SidStudent, teacher: AnyTeacher, catalog: n
             resid = torch.cat([resid, torch.zeros(resid.shape[0], d - resid.shape[1])], 1)
         table = torch.zeros(student.cfg.n_rows, d)
         rows = torch.from_numpy(catalog[known])  # (N_known, L')
-        for level in range(len(student.cfg.level_sizes)):
+        for level in range(student.cfg.row_width):
             r = rows[:, level]
             sums = torch.zeros_like(table).index_add_(0, r, resid)
             count = torch.zeros(len(table)).index_add_(0, r, torch.ones(len(r)))
