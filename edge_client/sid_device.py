@@ -98,7 +98,7 @@ def pool_ranking(row_scores: np.ndarray, pool: SidPool | None, history: np.ndarr
     """Edge-only: the pool scored by the student from its semantic ids, history excluded."""
     if pool is None or not len(pool.items):
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
-    s = score_items(row_scores, spec.rows(pool.codes, pool.items))
+    s = score_items(row_scores, spec.rows(pool.codes, pool.items, pool.new))
     s[np.isin(pool.items, history)] = -np.inf
     finite = np.flatnonzero(np.isfinite(s))
     top = finite[np.argsort(-s[finite], kind="stable")[:k]]

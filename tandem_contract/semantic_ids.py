@@ -62,6 +62,20 @@ def sid_rows(codes: np.ndarray, level_sizes: Sequence[int], hash_buckets: int = 
     return np.concatenate([rows, hashed[..., None]], axis=-1)
 
 
+def drop_hash(rows: np.ndarray, new: np.ndarray, hash_buckets: int) -> np.ndarray:
+    """Rows (C, L') with the hash row of each item flagged `new` (C,) set to padding.
+
+    A new item's bucket was trained on the known items that share it, so its residual is
+    theirs, not its own: a new item scores from its semantic id alone.
+    """
+    flags = np.asarray(new, dtype=bool)
+    if hash_buckets <= 0 or not flags.any():
+        return rows
+    out = np.array(rows, dtype=np.int64, copy=True)
+    out[flags, -1] = 0
+    return out
+
+
 def score_items(row_scores: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """Item scores from the student's per-row scores (V,): the sum over an item's rows.
 
@@ -116,10 +130,13 @@ class SidSpec:
                              f"{list(self.level_sizes)})")
         return c
 
-    def rows(self, codes: np.ndarray, item_ids: np.ndarray) -> np.ndarray:
-        """(C, L) checked semantic ids of items -> their rows of the code table (C, L')."""
-        return sid_rows(codes, self.level_sizes, self.hash_buckets,
+    def rows(self, codes: np.ndarray, item_ids: np.ndarray,
+             new: np.ndarray | None = None) -> np.ndarray:
+        """(C, L) checked semantic ids of items -> their rows of the code table (C, L'); the
+        items flagged `new` (C,) without their hash row (`drop_hash`)."""
+        rows = sid_rows(codes, self.level_sizes, self.hash_buckets,
                         np.asarray(item_ids, dtype=np.int64))
+        return rows if new is None else drop_hash(rows, new, self.hash_buckets)
 
 
 def sid_device_side(row_scores: np.ndarray, items: np.ndarray, codes: np.ndarray,
@@ -129,16 +146,18 @@ def sid_device_side(row_scores: np.ndarray, items: np.ndarray, codes: np.ndarray
     `items` (C,) with their semantic ids `codes` (C, L) are those the device has semantic ids
     for (the cloud's answer and its earlier pool; repeats allowed, ids past the catalog
     dropped). It knows them, except those flagged `new` (C,): its model never trained on
-    them, so fusion treats them as unknown (the bundle's `device_missing` rule applies).
+    them, so fusion treats them as unknown (the bundle's `device_missing` rule applies), and
+    scores them without their hash row.
     """
     items = np.asarray(items, dtype=np.int64)
     inside = (items >= 1) & (items <= n_items)
     items, codes = items[inside], np.asarray(codes, dtype=np.int64)[inside]
+    flags = np.asarray(new, dtype=bool)[inside]
     known = np.zeros(n_items + 1, dtype=bool)
     known[items] = True
-    known[items[np.asarray(new, dtype=bool)[inside]]] = False
+    known[items[flags]] = False
     s = np.full(n_items + 1, -np.inf, dtype=np.float32)
-    s[items] = score_items(row_scores, spec.rows(codes, items))
+    s[items] = score_items(row_scores, spec.rows(codes, items, flags))
     intent = np.zeros(n_items + 1, dtype=np.int64)
     intent[items] = codes[:, 0]
     view = DeviceView.build(known, intent, spec.level_sizes[0])

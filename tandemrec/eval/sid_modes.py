@@ -12,7 +12,7 @@
   protocol the cloud flags the items newer than the device's model (`item_new`); the device
   treats those as unknown and scores them by the bundle's `device_missing` rule, as the table
   device does. The fusion setting is chosen on the fusion-tuning users, as for the table
-  student.
+  student. In every mode a new item scores without its hash row (trained on other items).
 
 The device keeps every item of its history (the cloud told it their semantic ids), so these
 modes read the whole history under either protocol.
@@ -29,7 +29,7 @@ from tandem_contract.fusion import (
     CloudCandidates,
     DeviceView,
 )
-from tandem_contract.semantic_ids import SidSpec, score_items, sid_device_side
+from tandem_contract.semantic_ids import SidSpec, drop_hash, score_items, sid_device_side
 from tandemrec.eval.modes import Evaluator, Models, ModeResult, fusion_grid, p50_ms, tune_fusion
 from tandemrec.train.config import EvalConfig
 
@@ -50,6 +50,10 @@ class SidEvaluator(Evaluator):
         super().__init__(models, inputs, targets, cfg, seed, device_inputs=inputs)
         self.catalog, self.sid_max_len = catalog, spec.max_len  # catalog: (N+1, L') rows per item
         self.spec = spec
+        # Candidates' rows: the items newer than the device's model score without their hash
+        # row, as the SDK scores the items the cloud flags (history events keep theirs).
+        self.scored = drop_hash(catalog, ~self.view.known, spec.hash_buckets) \
+            if self.has_unknown else catalog
         self.pools: dict[int, np.ndarray] = {}  # user -> items of the cloud's earlier answer
 
     def device_input(self, history: np.ndarray) -> np.ndarray:
@@ -97,7 +101,7 @@ class SidEvaluator(Evaluator):
         def scores_of(sl: slice) -> np.ndarray:
             _, rows = self._run(key, self.inputs[sl])
             rows[:, 0] = 0.0
-            s = rows[:, self.catalog].sum(-1)  # (B, N+1)
+            s = rows[:, self.scored].sum(-1)  # (B, N+1)
             s[:, 0] = -np.inf
             return s
 
@@ -112,7 +116,7 @@ class SidEvaluator(Evaluator):
             out = np.full((len(rows), self.m.n_items + 1), -np.inf, dtype=np.float32)
             for b, u in enumerate(range(*sl.indices(len(self.inputs)))):
                 pool = self.pools[u]
-                out[b, pool] = score_items(rows[b], self.catalog[pool])
+                out[b, pool] = score_items(rows[b], self.scored[pool])
             return out
 
         result = self._full("sid-edge-only", scores_of, params,
@@ -122,7 +126,7 @@ class SidEvaluator(Evaluator):
         def one(i: int) -> None:
             _, rows = runner.run(self.device_input(self.inputs[i]))
             pool = self.pools[i]
-            s = score_items(rows, self.catalog[pool])
+            s = score_items(rows, self.scored[pool])
             pool[np.argpartition(-s, min(10, len(s) - 1))[:10]]
         result.p50_ms = p50_ms(one, self.n_lat)
         return result

@@ -118,7 +118,7 @@ def test_the_sid_pair_holds_its_model_and_the_cloud_side(sid_bundle: Path) -> No
     assert set(cloud["files"]) == {"teacher.pt", "codebook.json", "item_table.json"}
     student = device["extra"]["student"]
     assert student["kind"] == "sid" and student["level_sizes"] == [8, 4, 4]
-    assert student["hash_buckets"] == 0 and student["max_len"] == 30
+    assert student["hash_buckets"] == 16 and student["max_len"] == 30
     assert {"fusion_weight", "device_top", "device_missing", "n_candidates"} <= \
         set(device["extra"]["serving"])
     table = json.loads((pair_dirs(sid_bundle).cloud / "item_table.json").read_text())

@@ -3,7 +3,15 @@
 import numpy as np
 import pytest
 
-from tandem_contract.semantic_ids import hash_bucket, score_items, sid_rows, table_rows
+from tandem_contract.semantic_ids import (
+    SidSpec,
+    drop_hash,
+    hash_bucket,
+    score_items,
+    sid_device_side,
+    sid_rows,
+    table_rows,
+)
 
 pytestmark = pytest.mark.unit
 LEVELS = [6, 4, 3]
@@ -36,3 +44,19 @@ def test_item_scores_sum_their_rows_and_padding_counts_nothing():
     row_scores = np.arange(14, dtype=np.float32)  # row r scores r
     rows = sid_rows(np.array([[1, 1, 1], [6, 4, 3], [2, 0, 0]]), LEVELS)
     np.testing.assert_array_equal(score_items(row_scores, rows), [1 + 7 + 11, 6 + 10 + 13, 2])
+
+
+def test_new_items_score_without_their_hash_row():
+    spec = SidSpec(tuple(LEVELS), 5, 10)
+    codes, items = np.array([[1, 1, 1], [2, 2, 2]]), np.array([1, 2])
+    rows = spec.rows(codes, items)
+    flagged = spec.rows(codes, items, np.array([False, True]))
+    np.testing.assert_array_equal(flagged[0], rows[0])  # a known item keeps its bucket
+    np.testing.assert_array_equal(flagged[1], [*rows[1, :3], 0])
+    np.testing.assert_array_equal(drop_hash(rows, np.array([True, True]), 0), rows)  # no hash
+    row_scores = np.arange(table_rows(LEVELS, 5), dtype=np.float32)
+    row_scores[19 - 5:] = 100.0  # the buckets dominate a known item's score
+    logp, view = sid_device_side(row_scores, items, codes, np.array([False, True]), 3, spec)
+    assert view.known[1] and not view.known[2]
+    own = score_items(row_scores, flagged)  # the new item: its three levels only
+    assert own[1] == 2 + 8 + 12 and own[0] > 100
