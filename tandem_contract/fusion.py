@@ -109,6 +109,11 @@ class DeviceView:
         """The ids below the catalog's size that the bundle does not know (padding among them)."""
         return np.flatnonzero(~self.known)
 
+    @functools.cached_property
+    def knows_all(self) -> bool:
+        """Whether the bundle knows every id of its catalog but padding."""
+        return len(self.unknown) == 1
+
 
 def log_softmax(x: np.ndarray) -> np.ndarray:
     """Log-softmax of a vector; -inf entries stay -inf."""
@@ -137,7 +142,10 @@ def device_log_probs(item_scores: np.ndarray, view: DeviceView) -> np.ndarray:
         s = np.full(len(view.known), -np.inf)
         n = min(len(item_scores), len(view.known))
         s[:n] = item_scores[:n]
-    s[view.unknown] = -np.inf
+    if view.knows_all:
+        s[0] = -np.inf  # padding alone: one write, not a scatter
+    else:
+        s[view.unknown] = -np.inf
     return _log_softmax_(s)
 
 
@@ -164,15 +172,30 @@ def in_catalog(items: np.ndarray, size: int) -> np.ndarray:
     """The ids that index a score vector of `size` (a history may hold items newer than the
     device's bundle, past its catalog); the ids themselves when all do."""
     h = np.asarray(items, dtype=np.int64)
-    if len(h) and h.min() >= 0 and h.max() < size:
+    if len(h) and _within(h, size):
         return h
     return h[(h >= 0) & (h < size)]
+
+
+def _within(ids: np.ndarray, size: int) -> bool:
+    """Whether the integer `ids` (at least one) all lie in [0, size)."""
+    if ids.dtype == np.int64:  # one pass: read as unsigned, a negative id is past any size
+        return bool(ids.view(np.uint64).max() < size)
+    return bool(ids.min() >= 0 and ids.max() < size)
 
 
 def fusion_parts(device_logp: np.ndarray, intent_logp: np.ndarray, view: DeviceView,
                  cloud: CloudCandidates, cfg: FusionConfig,
                  exclude: np.ndarray | None = None) -> FusionParts:
     """Both sides' scores over the union; `cfg.weight` is not used (see `mix`)."""
+    items, keep, device = _union(device_logp, intent_logp, view, cloud, cfg, exclude)
+    return FusionParts(items, _teacher_side(cloud, cfg, keep, len(items)), device)
+
+
+def _union(device_logp: np.ndarray, intent_logp: np.ndarray, view: DeviceView,
+           cloud: CloudCandidates, cfg: FusionConfig,
+           exclude: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The union's items, which of the cloud's it keeps first (`keep`), the device's scores."""
     t = cfg.device_temperature
     d = device_logp.copy() if t == 1 else _log_softmax_(device_logp / t)
     d[0] = -np.inf
@@ -181,27 +204,38 @@ def fusion_parts(device_logp: np.ndarray, intent_logp: np.ndarray, view: DeviceV
         d[gone] = -np.inf
     marks = _marks(cloud.items, gone, len(d))
     keep = ~_in(cloud.items, exclude) if marks is None else marks[cloud.items] < 2
-    c_items, c_logp, c_intents = cloud.items[keep], cloud.logp[keep], cloud.intents[keep]
+    c_items = cloud.items[keep]
     own = _top(d, cfg.device_top)  # never consumed: consumed items score -inf
     own = own[~_in(own, c_items)] if marks is None else own[marks[own] == 0]
-    floor = _teacher_missing(cloud, cfg.cloud_missing)
-    known = _known(c_items, view)
-    if cfg.device_missing == "mixture":
-        d += _known_share(c_logp, known)  # d is this call's own copy
-    c, union = len(c_items), len(c_items) + len(own)
-    items, teacher, device = np.empty(union, np.int64), np.empty(union), np.empty(union)
+    c = len(c_items)
+    items, device = np.empty(c + len(own), np.int64), np.empty(c + len(own))
     items[:c], items[c:] = c_items, own  # filled in place: cheaper than concatenating
-    teacher[:c], teacher[c:] = c_logp, floor
-    device[:c] = _device_scores(c_items, c_logp, c_intents, d, intent_logp, view,
-                                cfg.device_missing, known)
+    if view.knows_all and marks is not None and marks[0] == 0 and cfg.device_missing != "mixture":
+        device[:c] = d[c_items]  # every id in the catalog (marks), none padding: all known
+    else:
+        known, c_logp = _known(c_items, view), cloud.logp[keep]
+        if cfg.device_missing == "mixture":
+            d += _known_share(c_logp, known)  # d is this call's own copy
+        device[:c] = _device_scores(c_items, c_logp, cloud.intents[keep], d, intent_logp, view,
+                                    cfg.device_missing, known)
     device[c:] = d[own]
-    return FusionParts(items, teacher, device)
+    return items, keep, device
+
+
+def _teacher_side(cloud: CloudCandidates, cfg: FusionConfig, keep: np.ndarray,
+                  union: int) -> np.ndarray:
+    """The teacher's scores over a union of `union` items, the cloud's kept (`keep`) first."""
+    c_logp = cloud.logp[keep]
+    teacher = np.empty(union)
+    teacher[:len(c_logp)] = c_logp
+    teacher[len(c_logp):] = _teacher_missing(cloud, cfg.cloud_missing)
+    return teacher
 
 
 def _marks(items: np.ndarray, gone: np.ndarray | None, size: int) -> np.ndarray | None:
     """Per id of the device's catalog: 1 where the cloud answered it, 2 where it was consumed
     (`gone`), else 0; None when the answer holds ids outside the catalog (then `_in`)."""
-    if items.dtype.kind not in "iu" or not len(items) or items.min() < 0 or items.max() >= size:
+    if items.dtype.kind not in "iu" or not len(items) or not _within(items, size):
         return None
     marks = np.zeros(size, dtype=np.uint8)
     marks[items] = 1
@@ -243,24 +277,34 @@ def fuse(device_logp: np.ndarray, intent_logp: np.ndarray, view: DeviceView,
     `device_logp` comes from `device_log_probs`, `intent_logp` from `intent_log_probs`,
     `exclude` holds the item ids already consumed.
     """
-    parts = fusion_parts(device_logp, intent_logp, view, cloud, cfg, exclude)
-    fused = mix(cfg.weight, parts.teacher, parts.device)
-    order = _best_first(fused)
-    return parts.items[order], fused[order]
+    items, keep, device = _union(device_logp, intent_logp, view, cloud, cfg, exclude)
+    # mix's rule: weight 0 is the device alone, so the teacher's side is not even built
+    fused = device if cfg.weight <= 0 else mix(
+        cfg.weight, _teacher_side(cloud, cfg, keep, len(items)), device)
+    order, ranked = _ranked(fused)
+    return items[order], ranked
 
 
 def _best_first(scores: np.ndarray, max_ties: int = 16) -> np.ndarray:
-    """`np.argsort(-scores, kind="stable")`, from the unstable sort, which takes half the time:
+    """`np.argsort(-scores, kind="stable")` (see `_ranked`)."""
+    return _ranked(scores, max_ties)[0]
+
+
+def _ranked(scores: np.ndarray, max_ties: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """(order, scores[order]) for order = `np.argsort(-scores, kind="stable")`, from the
+    unstable ascending sort read backwards, which takes half the time and needs no negated copy:
     equal scores lie side by side in its order, and each such run is put back in index order.
     With NaN, or more than `max_ties` ties, the stable sort itself."""
-    neg = -scores
-    order = neg.argsort()
+    order = scores.argsort()[::-1]
+    ranked = scores[order]
     if len(order) < 2:
-        return order
-    ranked = neg[order]
+        return order, ranked
     tied = np.flatnonzero(ranked[1:] == ranked[:-1])  # i where ranks i and i + 1 tie
-    if ranked[-1] != ranked[-1] or len(tied) > max_ties:  # NaN sorts last, equals nothing
-        return np.argsort(neg, kind="stable")
+    if ranked[0] != ranked[0] or len(tied) > max_ties:  # NaN sorts last: first, read backwards
+        order = np.argsort(-scores, kind="stable")
+        return order, scores[order]
+    if not len(tied):
+        return order, ranked
     i = 0
     while i < len(tied):
         start = j = int(tied[i])
@@ -268,7 +312,7 @@ def _best_first(scores: np.ndarray, max_ties: int = 16) -> np.ndarray:
             i, j = i + 1, j + 1
         order[start:j + 2] = np.sort(order[start:j + 2])
         i += 1
-    return order
+    return order, scores[order]  # tied 0.0 and -0.0 may have swapped: read them again
 
 
 def target_positions(parts: FusionParts, weights: np.ndarray, target: int) -> np.ndarray:
@@ -323,8 +367,9 @@ def _top(scores: np.ndarray, n: int) -> np.ndarray:
         neg = -scores
         top = np.argpartition(neg, n - 1)[:n]
         best = neg[top]
-        if np.isfinite(best).all():
-            return top[best.argsort(kind="stable")]
+        order = best.argsort(kind="stable")
+        if -np.inf < best[order[0]] and best[order[-1]] < np.inf:  # all finite: NaN sorts last
+            return top[order]
     n = min(n, int(np.count_nonzero(np.isfinite(scores))))
     if n == 0:
         return np.zeros(0, dtype=np.int64)

@@ -10,6 +10,8 @@ def top_intents(intent_logits: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarr
     logits = intent_logits[1:]  # token 0 is padding
     idx = (-logits).argsort()[:m]
     top = logits[idx]
-    w = np.exp(top - top.max())
+    # Best first, so top[0] is the max without a pass over it; argsort puts NaN last, so when
+    # one was taken (top[-1] is NaN) the max is taken as before (NaN).
+    w = np.exp(top - (top[0] if len(top) and top[-1] == top[-1] else top.max()))
     w /= w.sum()
     return idx + 1, w.astype(np.float32, copy=False)

@@ -35,18 +35,24 @@ def build_request(intent_logits: np.ndarray, history: np.ndarray, item_intents: 
     """
     recent = history[-coarse_len:] if coarse_len > 0 else history[:0]
     coarse = item_intents[np.asarray(recent, dtype=np.int64)]
-    coarse = coarse[coarse > 0]  # an item the bundle does not know (token 0) says nothing
-    return request_from_tokens(intent_logits, coarse, top_m=top_m, coarse_len=coarse_len, k=k,
-                               model_version=model_version)
+    if len(coarse) and coarse.min() <= 0:  # one pass when every item is known (no copy)
+        coarse = coarse[coarse > 0]  # an item the bundle does not know (token 0) says nothing
+    return _request(intent_logits, coarse, top_m, k, model_version)
 
 
 def request_from_tokens(intent_logits: np.ndarray, history_tokens: np.ndarray, *, top_m: int,
                         coarse_len: int, k: int, model_version: str) -> CollaborativeRequest:
     """The upstream request from the intent tokens of the history's events, oldest first:
     what a semantic-id device sends (level 1 of each stored semantic id)."""
-    tokens, weights = top_intents(intent_logits, top_m)
     coarse = np.asarray(history_tokens, dtype=np.int64)
     coarse = coarse[-coarse_len:] if coarse_len > 0 else coarse[:0]
+    return _request(intent_logits, coarse, top_m, k, model_version)
+
+
+def _request(intent_logits: np.ndarray, coarse: np.ndarray, top_m: int, k: int,
+             model_version: str) -> CollaborativeRequest:
+    """The request from the intent head and the coarse history (integer tokens, cut to L)."""
+    tokens, weights = top_intents(intent_logits, top_m)
     return CollaborativeRequest(tuple(tokens.tolist()), _round6(weights),
                                 tuple(coarse.tolist()), int(k), model_version)
 
@@ -57,4 +63,7 @@ def _round6(weights: np.ndarray) -> tuple[float, ...]:
     by 1e6 land on the very float Python's correctly rounded `round` returns."""
     if weights.dtype != np.float32:
         return tuple(round(float(w), 6) for w in weights)
-    return tuple((np.rint(weights.astype(np.float64) * 1e6) / 1e6).tolist())  # np.round's way
+    scaled = np.multiply(weights, 1e6, dtype=np.float64)  # the float64 cast inside the product
+    np.rint(scaled, out=scaled)  # np.round's way, in place
+    scaled /= 1e6
+    return tuple(scaled.tolist())

@@ -16,13 +16,13 @@ from torch import nn
 from tandemrec.models.blocks import CausalSelfAttention
 from tandemrec.models.sid_student import SidStudent
 from tandemrec.models.student import Student, StudentConfig
+from tandemrec.train.int8_graph import CONTRIB, rewrite_int8
 
 AnyStudent = Student | SidStudent
 
 INPUT = "history"
 OUTPUTS = ("intent_logits", "item_scores")
 OPSET = 17
-CONTRIB = "com.microsoft"  # ONNX Runtime's contrib operators (GroupQueryAttention)
 
 
 @dataclass
@@ -163,11 +163,13 @@ class DeviceGraph(nn.Module):
         if not last:
             return attn.proj(_CausalAttention.apply(attn.qkv(x), h, dh))
         q, k, v = attn.qkv(x).split(h * dh, dim=-1)
-        qh = q[:, -1:].reshape(1, 1, h, dh).transpose(1, 2)  # (1, H, 1, Dh)
+        # One query: (1, 1, H * Dh) lies in memory as (1, H, 1, Dh), so a reshape does what a
+        # transpose would (one node instead of two, no copy), here and for the heads' output.
+        qh = q[:, -1:].reshape(1, h, 1, dh)
         kh = k.reshape(1, -1, h, dh).transpose(1, 2)  # (1, H, T, Dh)
         vh = v.reshape(1, -1, h, dh).transpose(1, 2)
         att = (qh @ kh.transpose(-2, -1)) * (1.0 / math.sqrt(dh))  # a mask row of zeros: none
-        y = (att.softmax(dim=-1) @ vh).transpose(1, 2).reshape(1, 1, h * dh)
+        y = (att.softmax(dim=-1) @ vh).reshape(1, 1, h * dh)
         return attn.proj(y)
 
 
@@ -190,164 +192,17 @@ def _get_metadata(path: Path) -> dict:
 
 
 def quantize_int8(src: Path, dst: Path) -> Path:
-    """Dynamic int8 quantisation of weights (MatMul and Gather) with ONNX Runtime, then two
-    rewrites of the int8 graph that leave every output bit as it was (`_rewrite_int8`)."""
+    """Dynamic int8 quantisation of weights (MatMul and Gather) with ONNX Runtime, then the
+    rewrites of the int8 graph that leave every output bit as it was (`rewrite_int8`)."""
     import logging
 
     from onnxruntime.quantization import QuantType, quantize_dynamic
     logging.getLogger().setLevel(logging.ERROR)  # ORT logs a pre-processing hint as a warning
     quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8,
                      op_types_to_quantize=["MatMul", "Gather"])
-    _rewrite_int8(dst)
+    rewrite_int8(dst)
     _set_metadata(dst, _get_metadata(src))
     return dst
-
-
-def _rewrite_int8(path: Path) -> None:
-    """Two rewrites of the quantised graph that move bytes less and change no output bit."""
-    import onnx
-
-    model = onnx.load(str(path))
-    _gather_rows(model.graph)
-    _split_matmuls(model.graph)
-    onnx.save(model, str(path))
-
-
-def _consumers(graph: Any) -> dict[str, list[Any]]:
-    users: dict[str, list[Any]] = {}
-    for node in graph.node:
-        for name in node.input:
-            users.setdefault(name, []).append(node)
-    return users
-
-
-def _gather_rows(graph: Any) -> None:
-    """Store the item table by rows for its lookup, which then copies rows, not bytes.
-
-    The table is kept column-major (E^T, `ItemTable`) for the tied output head, so the lookup
-    gathers columns of an int8 matrix: one byte at a time, a tenth of the student's time on
-    ML-1M. Rewritten: the table is stored transposed and gathered by rows, the transpose that
-    followed the lookup goes, and the head reads a transpose of it that ONNX Runtime folds into
-    a constant when it loads the model. The file holds the table once.
-    """
-    from onnx import helper, numpy_helper
-
-    inits = {t.name: t for t in graph.initializer}
-    users = _consumers(graph)
-    scalar = {name for name, t in inits.items() if len(t.dims) == 0}
-    for gather in [n for n in graph.node if n.op_type == "Gather"]:
-        table = inits.get(gather.input[0])
-        axis = next((a.i for a in gather.attribute if a.name == "axis"), 0)
-        if table is None or len(table.dims) != 2 or axis != 1:
-            continue
-        chain = [gather]  # the lookup, its per-tensor dequantisation if any, then a transpose
-        while len(users.get(chain[-1].output[0], [])) == 1:
-            nxt = users[chain[-1].output[0]][0]
-            chain.append(nxt)
-            if nxt.op_type != "DequantizeLinear" or not set(nxt.input[1:]) <= scalar:
-                break
-        flip = chain[-1]
-        if flip.op_type != "Transpose" or [a.ints for a in flip.attribute] != [[1, 0]]:
-            continue
-        rows = numpy_helper.from_array(np.ascontiguousarray(numpy_helper.to_array(table).T),
-                                       table.name + "_rows")
-        graph.initializer.remove(table)
-        graph.initializer.append(rows)
-        gather.input[0] = rows.name
-        del gather.attribute[:]  # axis 0
-        for node in users.get(flip.output[0], []):  # read the lookup as it now comes, by rows
-            node.input[:] = [chain[-2].output[0] if x == flip.output[0] else x
-                             for x in node.input]
-        graph.node.remove(flip)
-        _forget_shapes(graph, {n.output[0] for n in chain})
-        if [n for n in users[table.name] if n is not gather]:  # the head: the table as it was,
-            graph.node.insert(0, helper.make_node(  # a transpose ONNX Runtime folds at load
-                "Transpose", [rows.name], [table.name], perm=[1, 0], name=table.name + "_cols"))
-
-
-def _split_matmuls(graph: Any) -> None:
-    """A quantised matmul whose output is split by columns becomes one matmul per part.
-
-    `qkv` and `gate_up` project once and split the result, which copies it whole. Each part
-    now multiplies by its own columns of the int8 weight (same scale and zero point) in ONNX
-    Runtime's DynamicQuantizeMatMul, the kernel the whole matmul ran in, after its own dynamic
-    quantisation of the same input: integer sums are exact in any order, so every part is the
-    bits the split gave, without the copy.
-    """
-    from onnx import helper, numpy_helper
-
-    inits = {t.name: t for t in graph.initializer}
-    made = {o: n for n in graph.node for o in n.output}
-    users = _consumers(graph)
-    for split in [n for n in graph.node if n.op_type == "Split"]:
-        found = _quantised_matmul(split, made, users, inits)
-        sizes = _constant(graph, split.input[1]) if len(split.input) > 1 else None
-        axis = next((a.i for a in split.attribute if a.name == "axis"), 0)
-        if found is None or sizes is None or axis not in (-1, 2):
-            continue
-        dql, mm, cast, mul, scales = found
-        weight = numpy_helper.to_array(inits[mm.input[1]])
-        if weight.ndim != 2 or int(sizes.sum()) != weight.shape[1]:
-            continue
-        b_scale = next(x for x in scales.input if x != dql.output[1])
-        at, start = list(graph.node).index(split), 0
-        for i, (size, out) in enumerate(zip(sizes.tolist(), split.output, strict=True)):
-            part = numpy_helper.from_array(np.ascontiguousarray(weight[:, start:start + size]),
-                                           f"{mm.input[1]}_part{i}")
-            graph.initializer.append(part)
-            graph.node.insert(at + i, helper.make_node(
-                "DynamicQuantizeMatMul", [dql.input[0], part.name, b_scale, mm.input[3]], [out],
-                domain=CONTRIB, name=f"{mm.name}_part{i}"))
-            start += size
-        for node in (split, mul, cast, mm, scales, dql):
-            graph.node.remove(node)
-        graph.initializer.remove(inits[mm.input[1]])
-        if len(users[split.input[1]]) == 1:  # the sizes, read by the split alone
-            if split.input[1] in inits:
-                graph.initializer.remove(inits[split.input[1]])
-            elif split.input[1] in made:
-                graph.node.remove(made[split.input[1]])
-        _forget_shapes(graph, set(split.output))
-
-
-def _quantised_matmul(split: Any, made: dict[str, Any], users: dict[str, list[Any]],
-                      inits: dict[str, Any]) -> tuple[Any, ...] | None:
-    """The nodes of the dynamic int8 matmul whose output `split` alone reads, as
-    `quantize_dynamic` writes it: DynamicQuantizeLinear, MatMulInteger on a weight, Cast to
-    float, Mul by the product of the two scales (that Mul too); else None."""
-    mul = made.get(split.input[0])
-    cast = made.get(mul.input[0]) if mul is not None and mul.op_type == "Mul" else None
-    mm = made.get(cast.input[0]) if cast is not None and cast.op_type == "Cast" else None
-    dql = made.get(mm.input[0]) if mm is not None and mm.op_type == "MatMulInteger" else None
-    if mul is None or cast is None or mm is None or dql is None \
-            or dql.op_type != "DynamicQuantizeLinear" or mm.input[1] not in inits:
-        return None
-    scales = made.get(mul.input[1])
-    if scales is None or scales.op_type != "Mul" or dql.output[1] not in scales.input:
-        return None
-    single = (*dql.output, mul.output[0], cast.output[0], mm.output[0], scales.output[0])
-    if any(len(users.get(x, [])) != 1 for x in single):
-        return None
-    return dql, mm, cast, mul, scales
-
-
-def _constant(graph: Any, name: str) -> np.ndarray | None:
-    """The value of `name` when it is an initializer or a Constant node's output."""
-    from onnx import numpy_helper
-
-    for t in graph.initializer:
-        if t.name == name:
-            return numpy_helper.to_array(t)
-    for node in graph.node:
-        if node.op_type == "Constant" and node.output[0] == name:
-            return numpy_helper.to_array(node.attribute[0].t)
-    return None
-
-
-def _forget_shapes(graph: Any, names: set[str]) -> None:
-    """Drop the shapes the quantiser recorded for tensors a rewrite changed."""
-    for info in [v for v in graph.value_info if v.name in names]:
-        graph.value_info.remove(info)
 
 
 def check_parity(student: AnyStudent, onnx_path: Path, histories: list[np.ndarray],

@@ -95,6 +95,8 @@ def case(rng: np.random.Generator):
     n, k = int(rng.integers(5, 400)), int(rng.integers(2, 30))
     item_intent = rng.integers(0, k + 1, n + 1)
     known = rng.random(n + 1) < rng.uniform(0.5, 1.0)
+    if rng.random() < 0.3:  # a bundle that knows its whole catalog (DeviceView.knows_all)
+        known[:] = True
     view = DeviceView.build(known, item_intent, k)
     scores = rng.normal(size=n + 1 + int(rng.integers(-2, 3))).astype(np.float32)
     if rng.random() < 0.4:  # int8 models tie: a few distinct values only
@@ -114,8 +116,48 @@ def case(rng: np.random.Generator):
     cfg = FusionConfig(weight=float(rng.choice([0.0, 0.3, 1.0])),
                        device_top=int(rng.integers(0, 40)),
                        cloud_missing=str(rng.choice(["floor", "mass"])),  # type: ignore[arg-type]
-                       device_missing=str(rng.choice(["intent", "teacher", "mixture"])))  # type: ignore[arg-type]
+                       device_missing=str(rng.choice(["intent", "teacher", "mixture"])),  # type: ignore[arg-type]
+                       device_temperature=float(rng.choice([1.0, 1.0, 1.7])))
     return view, scores, logits, cloud, history, cfg
+
+
+def reference_fuse(d, il, view, cloud, cfg, exclude):
+    """`fuse` written plainly, as before the faster code: copies, np.isin, concatenation, the
+    helpers above and the stable sort; (items, teacher, device) of the union and the ranking."""
+    t = cfg.device_temperature
+    d = d.copy() if t == 1 else old_log_softmax(d / t)
+    d[0] = -np.inf
+    if exclude is not None and len(exclude):
+        h = np.asarray(exclude, dtype=np.int64)
+        d[h[(h >= 0) & (h < len(d))]] = -np.inf
+    keep = ~old_in(cloud.items, exclude)
+    c_items, c_logp, c_intents = cloud.items[keep], cloud.logp[keep], cloud.intents[keep]
+    own = old_top(d, cfg.device_top)
+    own = own[~old_in(own, c_items)]
+    floor = fusion._teacher_missing(cloud, cfg.cloud_missing)
+    known = old_known(c_items, view)
+    if cfg.device_missing == "mixture":
+        d += fusion._known_share(c_logp, known)
+    items = np.concatenate([c_items, own]).astype(np.int64)
+    teacher = np.concatenate([c_logp, np.full(len(own), floor)])
+    device = np.concatenate([old_device_scores(c_items, c_logp, c_intents, d, il, view,
+                                               cfg.device_missing), d[own]])
+    fused = fusion.mix(cfg.weight, teacher, device)
+    order = np.argsort(-fused, kind="stable")
+    return (items, teacher, device), (items[order], fused[order])
+
+
+@pytest.mark.parametrize("seed", range(300))
+def test_fusion_matches_the_plain_code(seed):
+    view, scores, logits, cloud, history, cfg = case(np.random.default_rng(seed))
+    d, il = fusion.device_log_probs(scores, view), fusion.intent_log_probs(logits)
+    exclude = history if seed % 5 else None
+    (items, teacher, device), (ranked, fused) = reference_fuse(d, il, view, cloud, cfg, exclude)
+    parts = fusion.fusion_parts(d, il, view, cloud, cfg, exclude)
+    for got, want in ((parts.items, items), (parts.teacher, teacher), (parts.device, device)):
+        assert same(got, want)
+    got_items, got_fused = fusion.fuse(d, il, view, cloud, cfg, exclude=exclude)
+    assert same(got_items, ranked) and same(got_fused, fused)
 
 
 @pytest.mark.parametrize("seed", range(300))
