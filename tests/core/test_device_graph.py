@@ -10,28 +10,12 @@ files, so every output must equal, to the bit, what the module's own graph gave
 import numpy as np
 import onnx
 import pytest
-import torch
 
 from tandem_contract.runtime import OnnxStudent
-from tandemrec.models.student import Student, StudentConfig
 from tandemrec.train.export import export_onnx, quantize_int8
+from tests.students import LOW_RANK, MAX_LEN, N_ITEMS, student
 
 pytestmark = pytest.mark.core
-
-N_ITEMS, MAX_LEN = 300, 20
-LOW_RANK = {"emb": 8, "layers": [{"qkv": 8, "proj": None, "gate_up": 8, "down": 8}] * 3}
-
-
-def student(layers: int, ranks: dict | None) -> Student:
-    torch.manual_seed(layers)
-    s = Student(StudentConfig(n_items=N_ITEMS, n_intents=8, d_model=32, n_heads=2,
-                              mlp_hidden=64, n_layers=layers, max_len=MAX_LEN, dropout=0.0,
-                              ranks=ranks or {}))
-    with torch.no_grad():  # trained-looking weights, not the tiny initial ones
-        for p in s.parameters():
-            p.add_(torch.randn_like(p) * 0.3)
-    return s.eval()
-
 
 def histories() -> list[np.ndarray]:
     rng = np.random.default_rng(0)

@@ -16,28 +16,17 @@ import torch
 from tandem_contract.runtime import OnnxStudent
 from tandem_contract.semantic_ids import sid_rows
 from tandemrec.models.sid_student import SidStudent, SidStudentConfig
-from tandemrec.models.student import Student, StudentConfig
+from tandemrec.models.student import Student
 from tandemrec.train import int8_graph
 from tandemrec.train.export import export_onnx, quantize_int8
+from tests.students import LOW_RANK, MAX_LEN, N_ITEMS
+from tests.students import student as table_student
 
 pytestmark = pytest.mark.core
 
-N_ITEMS, MAX_LEN = 300, 20
-LOW_RANK = {"emb": 8, "layers": [{"qkv": 8, "proj": None, "gate_up": 8, "down": 8}] * 3}
 LEVELS = [6, 4, 3]
 NEW = ("_last_row_parts", "history_rows", "slice_positions", "valid_from_table",
        "attention_lengths", "prune")
-
-
-def table_student(layers: int, ranks: dict | None) -> Student:
-    torch.manual_seed(layers)
-    s = Student(StudentConfig(n_items=N_ITEMS, n_intents=8, d_model=32, n_heads=2,
-                              mlp_hidden=64, n_layers=layers, max_len=MAX_LEN, dropout=0.0,
-                              ranks=ranks or {}))
-    with torch.no_grad():  # trained-looking weights, not the tiny initial ones
-        for p in s.parameters():
-            p.add_(torch.randn_like(p) * 0.3)
-    return s.eval()
 
 
 def histories() -> list[np.ndarray]:
