@@ -285,11 +285,6 @@ def fuse(device_logp: np.ndarray, intent_logp: np.ndarray, view: DeviceView,
     return items[order], ranked
 
 
-def _best_first(scores: np.ndarray, max_ties: int = 16) -> np.ndarray:
-    """`np.argsort(-scores, kind="stable")` (see `_ranked`)."""
-    return _ranked(scores, max_ties)[0]
-
-
 def _ranked(scores: np.ndarray, max_ties: int = 16) -> tuple[np.ndarray, np.ndarray]:
     """(order, scores[order]) for order = `np.argsort(-scores, kind="stable")`, from the
     unstable ascending sort read backwards, which takes half the time and needs no negated copy:

@@ -195,7 +195,10 @@ def test_ranking_is_the_stable_sort(seed):
     hits = int(rng.choice([0, 1, 3, 40]))
     if len(x) and hits:
         x[rng.integers(0, len(x), hits)] = rng.choice(pool[: 5 if seed % 3 else 6], hits)
-    assert same(fusion._best_first(x), np.argsort(-x, kind="stable"))
+    order, ranked = fusion._ranked(x)
+    expected = np.argsort(-x, kind="stable")
+    assert same(order, expected)
+    assert np.array_equal(ranked, x[expected], equal_nan=True)
 
 
 def old_build_request(intent_logits, history, item_intents, *, top_m, coarse_len, k,
