@@ -1,11 +1,15 @@
 """Benchmark: cloud throughput and tail latency, gRPC against HTTP, micro-batching on and off.
 
-Starts `tandem serve` on a bundle (once with micro-batching, once without), then drives it
+Starts `tandem serve` on a bundle (one with micro-batching, one without), then drives them
 from separate client processes in a closed loop (each in-flight slot sends its next request as
 soon as the previous answer arrives) at each concurrency. Requests are collaborative requests
 built from real held-out users: the intent tokens of their recent items, never item ids.
 Refusals (HTTP 503/429, gRPC RESOURCE_EXHAUSTED/UNAVAILABLE with a retry hint) are counted
-apart from errors; req/s, p50 and p99 are those of answered requests. Writes
+apart from errors; req/s, p50 and p99 are those of answered requests. Each cell also records
+the CPU time the server process and the client processes spent per request (the clients run on
+the same cores: a cell whose clients cost as much as the server measures both). HTTP is driven
+by a raw HTTP/1.1 client by default (bench/load_clients.py; --http-client httpx for the client
+of earlier runs). Writes
 bench/results/cloud-load.{json,md} (cloud-load-vs-baseline.* with --baseline).
 
 With --baseline REV the same cells are also served by REV's code: a `git worktree add
@@ -13,7 +17,7 @@ With --baseline REV the same cells are also served by REV's code: a `git worktre
 from there with PYTHONPATH set to it and this venv. Both servers run side by side, idle but
 for the one being measured, and within each cell the two take turns going first, so machine
 noise hits both alike; rows carry "code": "baseline" or "current" and the table gives
-current/baseline per cell.
+current/baseline per cell. The batched and unbatched servers likewise run side by side.
 
     python bench/cloud_load.py [--bundle artifacts/ml-1m/bundle] [--seconds 8]
     python bench/cloud_load.py --baseline cb9ae40 --concurrency 1 32 --transports grpc
@@ -22,22 +26,18 @@ current/baseline per cell.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import json
-import multiprocessing as mp
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import numpy as np
+from load_clients import drive, process_cpu_s
 
 from tandemrec.paths import REPO_ROOT, artifacts_dir
 from tandemrec.sim.run import start_cloud_process
@@ -63,101 +63,6 @@ def build_requests(bundle: Path, dataset: str, n: int = 2000, top_m: int = 8,
                     "intent_weights": (counts[order] / counts[order].sum()).round(4).tolist(),
                     "coarse_history": intent[hist[-coarse_len:]].tolist(), "k": 100})
     return out
-
-
-class Tally:
-    """One client process's outcomes: latencies of answered requests, refusals, errors."""
-
-    def __init__(self, end: float, honour: bool) -> None:
-        self.lat: list[float] = []
-        self.refused = self.errors = 0
-        self.end, self.honour = end, honour
-
-    async def refusal(self, retry_after: str | None) -> None:
-        """Count it; a client honouring Retry-After (or a device that fell back) pauses."""
-        self.refused += 1
-        if self.honour:
-            pause = float(retry_after) if retry_after else 1.0
-            await asyncio.sleep(max(0.0, min(pause, self.end - time.perf_counter())))
-
-
-async def _grpc_loop(port: int, reqs: list[dict], slots: int, tally: Tally) -> None:
-    import grpc
-
-    from tandem_wire.v1 import recommend_pb2 as pb
-    from tandem_wire.v1 import recommend_pb2_grpc as pb_grpc
-
-    msgs = [pb.RecommendRequest(**r) for r in reqs]
-    refusals = (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE)
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-        stub = pb_grpc.TandemServiceStub(channel)
-
-        async def slot(i: int) -> None:
-            while time.perf_counter() < tally.end:
-                t = time.perf_counter()
-                try:
-                    await stub.Recommend(msgs[i % len(msgs)], timeout=10)
-                    tally.lat.append(time.perf_counter() - t)
-                except grpc.aio.AioRpcError as exc:
-                    # Pairs: dict() of grpc.aio's Metadata raises (it iterates as pairs).
-                    trailers = exc.trailing_metadata() or ()
-                    hint = next((v for k, v in trailers if k == "retry-after"), None)
-                    if exc.code() in refusals and hint is not None:  # the server's own
-                        await tally.refusal(str(hint))
-                    else:
-                        tally.errors += 1
-                i += slots
-        await asyncio.gather(*(slot(i) for i in range(slots)))
-
-
-async def _http_loop(port: int, reqs: list[dict], slots: int, tally: Tally) -> None:
-    limits = httpx.Limits(max_connections=slots, max_keepalive_connections=slots)
-    # Headers and body leave in separate writes: without TCP_NODELAY, Nagle's algorithm and
-    # the server's delayed ACK add ~40 ms to every request.
-    nodelay = httpx.AsyncHTTPTransport(
-        limits=limits, socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)])
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", transport=nodelay,
-                                 timeout=10) as client:
-
-        async def slot(i: int) -> None:
-            while time.perf_counter() < tally.end:
-                t = time.perf_counter()
-                try:
-                    r = await client.post("/v1/recommend", json=reqs[i % len(reqs)])
-                    if r.status_code == 200:
-                        tally.lat.append(time.perf_counter() - t)
-                    elif r.status_code in (429, 503):
-                        await tally.refusal(r.headers.get("retry-after"))
-                    else:
-                        tally.errors += 1
-                except httpx.HTTPError:
-                    tally.errors += 1
-                i += slots
-        await asyncio.gather(*(slot(i) for i in range(slots)))
-
-
-def _client(args: tuple) -> tuple:
-    transport, port, reqs, slots, seconds, honour = args
-    loop = _grpc_loop if transport == "grpc" else _http_loop
-    tally = Tally(time.perf_counter() + seconds, honour)
-    asyncio.run(loop(port, reqs, slots, tally))
-    return tally.lat, tally.refused, tally.errors
-
-
-def drive(transport: str, port: int, reqs: list[dict], concurrency: int, seconds: float,
-          processes: int, honour: bool = True) -> dict:
-    """Closed loop at `concurrency` in-flight requests spread over client processes."""
-    procs = max(1, min(processes, concurrency))
-    shares = [concurrency // procs + (i < concurrency % procs) for i in range(procs)]
-    jobs = [(transport, port, reqs[i::procs], s, seconds, honour) for i, s in enumerate(shares)]
-    with mp.get_context("spawn").Pool(procs) as pool:
-        parts = pool.map(_client, jobs)
-    lat = np.concatenate([np.asarray(p[0]) for p in parts]) * 1000
-    return {"rps": round(len(lat) / seconds, 1),
-            "p50_ms": round(float(np.percentile(lat, 50)), 2) if len(lat) else None,
-            "p99_ms": round(float(np.percentile(lat, 99)), 2) if len(lat) else None,
-            "refused": int(sum(p[1] for p in parts)), "errors": int(sum(p[2] for p in parts)),
-            "requests": int(len(lat))}
 
 
 def start_server(bundle: Path, batching: bool, threads: int, code: Path,
@@ -219,16 +124,19 @@ def markdown(report: dict) -> str:
             f"Closed loop, {report['seconds']} s per cell, clients in "
             f"{report['client_processes']} separate processes on the same machine; refused "
             f"requests (503, RESOURCE_EXHAUSTED) {report['on_refusal']}. Latencies are those "
-            "of answered requests.", ""]
+            f"of answered requests. HTTP client: {report.get('http_client', 'httpx')}. CPU "
+            "ms/req: CPU time of the server process and of the client processes over the "
+            "cell, per answered or refused request.", ""]
     rows = report["rows"]
     if "baseline" not in report:
         head += ["| transport | batching | torch threads | concurrency | req/s | p50 ms | p99 ms |"
-                 " refused | errors | batched/unbatched |",
-                 "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+                 " refused | errors | batched/unbatched | CPU ms/req server / clients |",
+                 "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
         for r in rows:
             ratio = r.get("speedup_vs_unbatched")
             head.append(f"| {_cell(r)} | {r['rps']} | {r['p50_ms']} | {r['p99_ms']} | "
-                        f"{r['refused']} | {r['errors']} | {f'{ratio:.2f}x' if ratio else ''} |")
+                        f"{r['refused']} | {r['errors']} | {f'{ratio:.2f}x' if ratio else ''} | "
+                        f"{_cpu(r)} |")
         return "\n".join(head) + "\n"
     b = report["baseline"]
     head += [f"Baseline: {b['rev']} ({_short(b['commit'])}), current: "
@@ -236,15 +144,20 @@ def markdown(report: dict) -> str:
              "turns going first.",
              "", "| transport | batching | torch threads | concurrency | req/s current | req/s "
              "baseline | current/baseline | p50 ms cur / base | p99 ms cur / base | refused "
-             "cur / base | errors cur / base |",
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "cur / base | errors cur / base | server CPU ms/req cur / base |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for cur in (r for r in rows if r["code"] == "current"):
         base = _twin(rows, cur, code="baseline")
         ratio = f"{cur['rps'] / base['rps']:.2f}x" if base["rps"] else ""
         head.append(f"| {_cell(cur)} | {cur['rps']} | {base['rps']} | {ratio} | "
-                    + " | ".join(f"{cur[k]} / {base[k]}" for k in
-                                 ("p50_ms", "p99_ms", "refused", "errors")) + " |")
+                    + " | ".join(f"{cur.get(k)} / {base.get(k)}" for k in
+                                 ("p50_ms", "p99_ms", "refused", "errors",
+                                  "server_cpu_ms_per_req")) + " |")
     return "\n".join(head) + "\n"
+
+
+def _cpu(r: dict) -> str:
+    return f"{r.get('server_cpu_ms_per_req')} / {r.get('client_cpu_ms_per_req')}"
 
 
 def _short(commit: str) -> str:
@@ -264,36 +177,33 @@ def _twin(rows: list[dict], row: dict, **change: object) -> dict:
     return next(r for r in rows if all(r[k] == v for k, v in want.items()))
 
 
+def cell(client: str, pid: int, port: int, reqs: list[dict], concurrency: int,
+         a: argparse.Namespace) -> dict:
+    """One closed-loop run, with the CPU the server and the clients spent per answered request."""
+    before = process_cpu_s(pid)
+    out = drive(client, port, reqs, concurrency, a.seconds, a.client_processes,
+                a.on_refusal == "pause")
+    after = process_cpu_s(pid)
+    n = max(1, out["requests"] + out["refused"])
+    out["server_cpu_ms_per_req"] = (round(1000 * (after - before) / n, 3)
+                                    if before is not None and after is not None else None)
+    out["client_cpu_ms_per_req"] = round(1000 * out.pop("client_cpu_s") / n, 3)
+    return out
+
+
 def measure(a: argparse.Namespace, reqs: list[dict], codes: list[tuple[str, Path]]) -> list[dict]:
-    """Every cell on every code's server; within a cell the codes take turns going first."""
-    configs = [(b == "on", a.server_threads, a.transports, a.concurrency) for b in a.batching]
+    """Every cell on every server; within a cell the servers take turns going first.
+
+    The batched and the unbatched server of each code run side by side like the two codes, so
+    batched/unbatched is measured in the same minute too, not a configuration apart.
+    """
+    groups = [(a.server_threads, a.transports, a.concurrency,
+               [(name, code, b == "on") for b in a.batching for name, code in codes])]
     if a.compare_threads:
-        configs.append((True, a.compare_threads, ["grpc"], [32]))
-    extra_env = dict(kv.split("=", 1) for kv in a.server_env)
-    rows, turn = [], 0
-    for batching, threads, transports, concurrency in configs:
-        servers: dict[str, tuple[subprocess.Popen, int, int]] = {}
-        try:
-            for name, code in codes:
-                servers[name] = start_server(a.bundle, batching, threads, code, extra_env)
-            for transport in transports:
-                port = {name: srv[2 if transport == "grpc" else 1] for name, srv in servers.items()}
-                for name in servers:
-                    drive(transport, port[name], reqs, 4, 2.0, a.client_processes)  # warm-up
-                for c in concurrency:
-                    order = [n for n, _ in codes][::1 if turn % 2 == 0 else -1]
-                    turn += 1
-                    for name in order:
-                        row = {"code": name, "transport": transport, "batching": batching,
-                               "server_threads": threads, "concurrency": c,
-                               **drive(transport, port[name], reqs, c, a.seconds,
-                                       a.client_processes, a.on_refusal == "pause")}
-                        print(json.dumps(row), flush=True)
-                        rows.append(row)
-        finally:
-            for proc, _, _ in servers.values():
-                proc.terminate()
-                proc.wait(timeout=30)
+        groups.append((a.compare_threads, ["grpc"], [32], [(n, c, True) for n, c in codes]))
+    rows: list[dict] = []
+    for threads, transports, concurrency, servers in groups:
+        rows += _group(a, reqs, threads, transports, concurrency, servers)
     for r in rows:
         if r["batching"] and r["server_threads"] == a.server_threads and "off" in a.batching:
             base = _twin(rows, r, batching=False)
@@ -301,6 +211,36 @@ def measure(a: argparse.Namespace, reqs: list[dict], codes: list[tuple[str, Path
         if r["code"] == "current" and len(codes) > 1:
             base = _twin(rows, r, code="baseline")
             r["vs_baseline_rps"] = round(r["rps"] / base["rps"], 2) if base["rps"] else None
+    return rows
+
+
+def _group(a: argparse.Namespace, reqs: list[dict], threads: int, transports: list[str],
+           concurrency: list[int], wanted: list[tuple[str, Path, bool]]) -> list[dict]:
+    """Start the servers of `wanted` (code name, checkout, batching) and run their cells."""
+    extra_env = dict(kv.split("=", 1) for kv in a.server_env)
+    servers: dict[tuple[str, bool], tuple[subprocess.Popen, int, int]] = {}
+    rows = []
+    try:
+        for name, code, batching in wanted:
+            servers[name, batching] = start_server(a.bundle, batching, threads, code, extra_env)
+        for transport in transports:
+            client = "grpc" if transport == "grpc" else a.http_client
+            port = {k: srv[2 if transport == "grpc" else 1] for k, srv in servers.items()}
+            for k in servers:
+                drive(client, port[k], reqs, 4, 2.0, a.client_processes)  # warm-up
+            for turn, c in enumerate(concurrency):
+                keys = list(servers)
+                for name, batching in keys[turn % len(keys):] + keys[:turn % len(keys)]:
+                    row = {"code": name, "transport": transport, "batching": batching,
+                           "server_threads": threads, "concurrency": c,
+                           **cell(client, servers[name, batching][0].pid, port[name, batching],
+                                  reqs, c, a)}
+                    print(json.dumps(row), flush=True)
+                    rows.append(row)
+    finally:
+        for proc, _, _ in servers.values():
+            proc.terminate()
+            proc.wait(timeout=30)
     return rows
 
 
@@ -322,6 +262,10 @@ def parse_args() -> argparse.Namespace:
                    help="grpc, http or both (default: both)")
     p.add_argument("--batching", nargs="+", default=["on", "off"], metavar="ON_OFF",
                    help="micro-batching on, off or both (default: both)")
+    p.add_argument("--http-client", choices=["http", "httpx"], default="http",
+                   help="http: raw HTTP/1.1 over one keep-alive socket per slot (the default: "
+                        "it leaves the cores to the server); httpx: the httpx client of "
+                        "earlier runs")
     p.add_argument("--client-processes", type=int, default=2,
                    help="processes the load is driven from (default: 2)")
     p.add_argument("--server-threads", type=int, default=1, help="the server's default")
@@ -357,7 +301,7 @@ def main() -> None:
     reqs = build_requests(a.bundle, a.dataset or manifest["dataset"])
     report: dict = {"machine": machine(), "bundle_version": manifest["version"],
                     "bundle_dataset": manifest["dataset"], "seconds": a.seconds,
-                    "client_processes": a.client_processes,
+                    "client_processes": a.client_processes, "http_client": a.http_client,
                     "server_torch_threads": a.server_threads, "server_env": a.server_env,
                     "on_refusal": ("paused for their Retry-After" if a.on_refusal == "pause"
                                    else "retried at once"),

@@ -87,6 +87,8 @@ def _stage(stage: str, dataset: str, config: Path | None, overrides: list[str] |
             pipeline.run_pipeline(ctx, results_dir)
         elif stage == "evaluate":
             pipeline.stage_evaluate(ctx, results_dir)
+        elif stage == "sid":
+            pipeline.pipeline_sid.stage_sid(ctx)
         else:
             getattr(pipeline, f"stage_{stage}")(ctx)
     except (FileNotFoundError, pipeline.TeacherReuseError) as exc:
@@ -135,6 +137,20 @@ def distill(dataset: DatasetOpt = "ml-100k", config: ConfigOpt = None, set_: Set
             protocol: ProtocolOpt = None) -> None:
     """Distil the teacher into the small edge student (intent head + item head)."""
     _stage("distill", dataset, config, set_, run_dir, data_dir, None, protocol)
+
+
+@app.command("distill-sid")
+def distill_sid(dataset: DatasetOpt = "ml-100k", config: ConfigOpt = None, set_: SetOpt = None,
+                run_dir: RunDirOpt = None, data_dir: DataDirOpt = None,
+                protocol: ProtocolOpt = None) -> None:
+    """Distil and export only the semantic-id student, on a run whose teacher exists.
+
+    To try another semantic-id student on a finished run without training the rest again:
+    tandem distill-sid -d beauty --set student.hash_buckets=8192, then tandem evaluate -d
+    beauty --set student.kind=sid for the sid-* rows beside the others.
+    """
+    _stage("sid", dataset, config, [*(set_ or []), "student.kind=sid"], run_dir, data_dir,
+           None, protocol)
 
 
 @app.command()

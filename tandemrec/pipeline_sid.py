@@ -53,12 +53,13 @@ def stage_distill_sid(ctx: RunContext) -> None:
                                "history": fit.history})
 
 
-def device_rows(ctx: RunContext, histories: list[np.ndarray]) -> list[np.ndarray]:
+def device_rows(ctx: RunContext, histories: list[np.ndarray],
+                hash_buckets: int) -> list[np.ndarray]:
     """Each history as the semantic-id student reads it: (T, L') rows of its code table."""
     from tandemrec.pipeline import load_vocab
     from tandemrec.train.distill_sid import sid_catalog
 
-    catalog = sid_catalog(load_vocab(ctx), ctx.cfg.student.hash_buckets)
+    catalog = sid_catalog(load_vocab(ctx), hash_buckets)
     return [catalog[np.asarray(h, dtype=np.int64)] for h in histories]
 
 
@@ -70,7 +71,7 @@ def stage_export_sid(ctx: RunContext) -> dict[str, Any]:
     export_onnx(student, ctx.path(SID_FP32))
     quantize_int8(ctx.path(SID_FP32), ctx.path(SID_INT8))
     # Its device keeps every item in its history: the cloud sends new items' semantic ids.
-    sample = device_rows(ctx, ctx.split.test_input[:200])
+    sample = device_rows(ctx, ctx.split.test_input[:200], student.cfg.hash_buckets)
     atol = ctx.cfg.compress.atol
     rep = check_parity(student, ctx.path(SID_FP32), sample, atol)
     log(f"ONNX parity sid_student_fp32: max |diff| {rep.max_abs_diff_scores:.2e} (tolerance "
@@ -78,6 +79,20 @@ def stage_export_sid(ctx: RunContext) -> dict[str, Any]:
     if not rep.ok:
         raise RuntimeError(f"ONNX export of the semantic-id student differs beyond {atol}")
     return {"sid_student_fp32": dataclasses.asdict(rep)}
+
+
+def stage_sid(ctx: RunContext) -> None:
+    """The semantic-id student alone, on a run whose teacher exists: distil it and export it.
+
+    Another row count or width is a new student on the same teacher, so trying one costs the
+    student's training, not a whole run; `tandem evaluate` then writes the sid-* rows.
+    """
+    t0 = time.time()
+    stage_distill_sid(ctx)
+    parity = stage_export_sid(ctx)
+    ctx.record("export_sid", {"seconds": time.time() - t0, "parity": parity,
+                              "sizes": {n: ctx.path(n).stat().st_size
+                                        for n in (SID_FP32, SID_INT8)}})
 
 
 def sid_spec(ctx: RunContext) -> SidSpec:

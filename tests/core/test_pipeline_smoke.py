@@ -84,6 +84,27 @@ def test_every_stage_end_to_end(tmp_path, monkeypatch, members):
         scores = served.score([np.array([1, 2, 3]), np.array([4])], coarse=True)
         assert scores.shape == (2, served.n_items + 1)
         np.testing.assert_allclose(np.exp(scores).sum(1), 1.0, rtol=1e-4)
+        _sid_student_alone(runner, common, run_dir, results)
+
+
+def _sid_student_alone(runner, common, run_dir, results):
+    """`tandem distill-sid` adds a semantic-id student to a finished run, on its teacher."""
+    teacher = (run_dir / "teacher.pt").stat().st_mtime_ns
+    res = runner.invoke(app, ["distill-sid", *common, "--set", "student.hash_buckets=8"])
+    assert res.exit_code == 0, f"{res.output}\n{res.exception!r}"
+    assert (run_dir / "teacher.pt").stat().st_mtime_ns == teacher  # not trained again
+    sid = json.loads((run_dir / "run.json").read_text())["export_sid"]
+    assert sid["parity"]["sid_student_fp32"]["max_abs_diff_scores"] <= \
+        sid["parity"]["sid_student_fp32"]["atol"]
+    assert sid["sizes"]["sid_student_int8.onnx"] == (run_dir / "sid_student_int8.onnx").stat(
+        ).st_size
+    res = runner.invoke(app, ["evaluate", *common, "--set", "student.kind=sid",
+                              "--results-dir", str(results)])
+    assert res.exit_code == 0, res.output
+    (report_path,) = results.glob("quality-*.json")
+    report = json.loads(report_path.read_text())
+    assert set(SID_MODES) <= {r["mode"] for r in report["rows"]}
+    assert report["sid"]["hash_buckets"] == 8  # the checkpoint's rows, not the config's
 
 
 def test_bad_dataset_is_a_clear_error(tmp_path):

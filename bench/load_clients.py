@@ -1,0 +1,186 @@
+"""Closed-loop load clients for bench/cloud_load.py: gRPC, and HTTP over httpx or raw sockets.
+
+Each client process runs `slots` in-flight requests on one event loop; a slot sends its next
+request as soon as the previous answer arrives. Besides the answered latencies, refusals and
+errors, a process reports the CPU seconds it spent, so a run can say whether the server or the
+load generator bound a cell. The raw HTTP/1.1 client (one keep-alive connection per slot,
+bodies encoded once) costs a fraction of httpx's CPU per request: with httpx on the same two
+cores as the server, the clients took more CPU than the server they measured.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import multiprocessing as mp
+import os
+import socket
+import time
+
+import httpx
+import numpy as np
+
+
+class Tally:
+    """One client process's outcomes: latencies of answered requests, refusals, errors."""
+
+    def __init__(self, end: float, honour: bool) -> None:
+        self.lat: list[float] = []
+        self.refused = self.errors = 0
+        self.end, self.honour = end, honour
+
+    async def refusal(self, retry_after: str | None) -> None:
+        """Count it; a client honouring Retry-After (or a device that fell back) pauses."""
+        self.refused += 1
+        if self.honour:
+            pause = float(retry_after) if retry_after else 1.0
+            await asyncio.sleep(max(0.0, min(pause, self.end - time.perf_counter())))
+
+
+async def _grpc_loop(port: int, reqs: list[dict], slots: int, tally: Tally) -> None:
+    import grpc
+
+    from tandem_wire.v1 import recommend_pb2 as pb
+    from tandem_wire.v1 import recommend_pb2_grpc as pb_grpc
+
+    msgs = [pb.RecommendRequest(**r) for r in reqs]
+    refusals = (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = pb_grpc.TandemServiceStub(channel)
+
+        async def slot(i: int) -> None:
+            while time.perf_counter() < tally.end:
+                t = time.perf_counter()
+                try:
+                    await stub.Recommend(msgs[i % len(msgs)], timeout=10)
+                    tally.lat.append(time.perf_counter() - t)
+                except grpc.aio.AioRpcError as exc:
+                    # Pairs: dict() of grpc.aio's Metadata raises (it iterates as pairs).
+                    trailers = exc.trailing_metadata() or ()
+                    hint = next((v for k, v in trailers if k == "retry-after"), None)
+                    if exc.code() in refusals and hint is not None:  # the server's own
+                        await tally.refusal(str(hint))
+                    else:
+                        tally.errors += 1
+                i += slots
+        await asyncio.gather(*(slot(i) for i in range(slots)))
+
+
+async def _httpx_loop(port: int, reqs: list[dict], slots: int, tally: Tally) -> None:
+    limits = httpx.Limits(max_connections=slots, max_keepalive_connections=slots)
+    # Headers and body leave in separate writes: without TCP_NODELAY, Nagle's algorithm and
+    # the server's delayed ACK add ~40 ms to every request.
+    nodelay = httpx.AsyncHTTPTransport(
+        limits=limits, socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)])
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", transport=nodelay,
+                                 timeout=10) as client:
+
+        async def slot(i: int) -> None:
+            while time.perf_counter() < tally.end:
+                t = time.perf_counter()
+                try:
+                    r = await client.post("/v1/recommend", json=reqs[i % len(reqs)])
+                    if r.status_code == 200:
+                        tally.lat.append(time.perf_counter() - t)
+                    elif r.status_code in (429, 503):
+                        await tally.refusal(r.headers.get("retry-after"))
+                    else:
+                        tally.errors += 1
+                except httpx.HTTPError:
+                    tally.errors += 1
+                i += slots
+        await asyncio.gather(*(slot(i) for i in range(slots)))
+
+
+def http_request(port: int, body: dict) -> bytes:
+    """One POST /v1/recommend as bytes on the wire (HTTP/1.1, keep-alive)."""
+    data = json.dumps(body, separators=(",", ":")).encode()
+    return (f"POST /v1/recommend HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\ncontent-type: "
+            f"application/json\r\ncontent-length: {len(data)}\r\n\r\n").encode() + data
+
+
+async def read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bytes]:
+    """(status, lower-cased headers, body) of one HTTP/1.1 response with a content-length."""
+    head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
+    status = int(head[0].split(" ", 2)[1])
+    headers = dict((k.strip().lower(), v.strip()) for k, _, v in
+                   (line.partition(":") for line in head[1:] if line))
+    if "content-length" not in headers:  # the server answers every route with a length
+        raise ValueError(f"response {status} without content-length: {headers}")
+    return status, headers, await reader.readexactly(int(headers["content-length"]))
+
+
+async def _raw_http_loop(port: int, reqs: list[dict], slots: int, tally: Tally) -> None:
+    wire = [http_request(port, r) for r in reqs]
+
+    async def slot(i: int) -> None:
+        conn: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+        while time.perf_counter() < tally.end:
+            t = time.perf_counter()
+            try:
+                if conn is None:
+                    conn = await asyncio.open_connection("127.0.0.1", port)
+                    conn[1].get_extra_info("socket").setsockopt(
+                        socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                reader, writer = conn
+                writer.write(wire[i % len(wire)])
+                status, headers, _ = await asyncio.wait_for(read_response(reader), 10)
+                if headers.get("connection") == "close":
+                    writer.close()
+                    conn = None
+                if status == 200:
+                    tally.lat.append(time.perf_counter() - t)
+                elif status in (429, 503):
+                    await tally.refusal(headers.get("retry-after"))
+                else:
+                    tally.errors += 1
+            except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError, ValueError):
+                tally.errors += 1
+                if conn is not None:
+                    conn[1].close()
+                conn = None
+            i += slots
+        if conn is not None:
+            conn[1].close()
+    await asyncio.gather(*(slot(i) for i in range(slots)))
+
+
+LOOPS = {"grpc": _grpc_loop, "http": _raw_http_loop, "httpx": _httpx_loop}
+
+
+def _client(args: tuple) -> tuple:
+    client, port, reqs, slots, seconds, honour = args
+    tally = Tally(time.perf_counter() + seconds, honour)
+    cpu = time.process_time()
+    asyncio.run(LOOPS[client](port, reqs, slots, tally))
+    return tally.lat, tally.refused, tally.errors, time.process_time() - cpu
+
+
+def drive(client: str, port: int, reqs: list[dict], concurrency: int, seconds: float,
+          processes: int, honour: bool = True) -> dict:
+    """Closed loop at `concurrency` in-flight requests spread over client processes.
+
+    `client`: grpc, http (raw sockets) or httpx. Returns req/s, p50 and p99 of answered
+    requests, refusals, errors, and the clients' CPU seconds.
+    """
+    procs = max(1, min(processes, concurrency))
+    shares = [concurrency // procs + (i < concurrency % procs) for i in range(procs)]
+    jobs = [(client, port, reqs[i::procs], s, seconds, honour) for i, s in enumerate(shares)]
+    with mp.get_context("spawn").Pool(procs) as pool:
+        parts = pool.map(_client, jobs)
+    lat = np.concatenate([np.asarray(p[0]) for p in parts]) * 1000
+    return {"rps": round(len(lat) / seconds, 1),
+            "p50_ms": round(float(np.percentile(lat, 50)), 2) if len(lat) else None,
+            "p99_ms": round(float(np.percentile(lat, 99)), 2) if len(lat) else None,
+            "refused": int(sum(p[1] for p in parts)), "errors": int(sum(p[2] for p in parts)),
+            "requests": int(len(lat)), "client_cpu_s": round(sum(p[3] for p in parts), 3)}
+
+
+def process_cpu_s(pid: int) -> float | None:
+    """CPU seconds (user + system) a process has used so far; None off Linux."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()  # the name may hold spaces
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
