@@ -10,7 +10,7 @@ the CPU time the server process and the client processes spent per request (the 
 the same cores: a cell whose clients cost as much as the server measures both). HTTP is driven
 by a raw HTTP/1.1 client by default (bench/load_clients.py; --http-client httpx for the client
 of earlier runs). Writes
-bench/results/cloud-load.{json,md} (cloud-load-vs-baseline.* with --baseline).
+bench/results/cloud-load.{json,md} (--out to write them elsewhere).
 
 With --baseline REV the same cells are also served by REV's code: a `git worktree add
 --detach` of REV under a temporary directory (removed at the end), its `tandem serve` started
@@ -70,7 +70,8 @@ def start_server(bundle: Path, batching: bool, threads: int, code: Path,
     """`tandem serve` from the code in `code` (this checkout or the baseline's worktree)."""
     env = {"TANDEM_CLOUD_BATCHING": str(batching).lower(), "TANDEM_CLOUD_CACHE_TTL_S": "0",
            "TANDEM_CLOUD_RATE_BURST": "100000000", "TANDEM_CLOUD_RATE_PER_S": "100000000",
-           "TANDEM_CLOUD_TORCH_THREADS": str(threads), **extra_env, "PYTHONPATH": str(code)}
+           **({"TANDEM_CLOUD_TORCH_THREADS": str(threads)} if threads else {}), **extra_env,
+           "PYTHONPATH": str(code)}
     with in_directory(code):  # `python -m` puts the working directory first on sys.path
         return start_cloud_process(bundle, env, auth=False)
 
@@ -126,7 +127,8 @@ def markdown(report: dict) -> str:
             f"requests (503, RESOURCE_EXHAUSTED) {report['on_refusal']}. Latencies are those "
             f"of answered requests. HTTP client: {report.get('http_client', 'httpx')}. CPU "
             "ms/req: CPU time of the server process and of the client processes over the "
-            "cell, per answered or refused request.", ""]
+            "cell, per answered or refused request. Torch threads \"default\": each code's "
+            "own (1 up to cb9ae40, one per CPU since).", ""]
     rows = report["rows"]
     if "baseline" not in report:
         head += ["| transport | batching | torch threads | concurrency | req/s | p50 ms | p99 ms |"
@@ -135,25 +137,52 @@ def markdown(report: dict) -> str:
         for r in rows:
             ratio = r.get("speedup_vs_unbatched")
             head.append(f"| {_cell(r)} | {r['rps']} | {r['p50_ms']} | {r['p99_ms']} | "
-                        f"{r['refused']} | {r['errors']} | {f'{ratio:.2f}x' if ratio else ''} | "
+                        f"{r['refused']} | {r['errors']} | {_ratio(ratio)} | "
                         f"{_cpu(r)} |")
-        return "\n".join(head) + "\n"
+        return "\n".join(head + _overload(rows, report["server_torch_threads"])) + "\n"
     b = report["baseline"]
     head += [f"Baseline: {b['rev']} ({_short(b['commit'])}), current: "
              f"{_short(report['current']['commit'])}; each cell ran on both, the two taking "
              "turns going first.",
              "", "| transport | batching | torch threads | concurrency | req/s current | req/s "
              "baseline | current/baseline | p50 ms cur / base | p99 ms cur / base | refused "
-             "cur / base | errors cur / base | server CPU ms/req cur / base |",
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "cur / base | errors cur / base | server CPU ms/req cur / base | batched/unbatched "
+             "cur |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
+             "| ---: |"]
     for cur in (r for r in rows if r["code"] == "current"):
         base = _twin(rows, cur, code="baseline")
         ratio = f"{cur['rps'] / base['rps']:.2f}x" if base["rps"] else ""
         head.append(f"| {_cell(cur)} | {cur['rps']} | {base['rps']} | {ratio} | "
                     + " | ".join(f"{cur.get(k)} / {base.get(k)}" for k in
                                  ("p50_ms", "p99_ms", "refused", "errors",
-                                  "server_cpu_ms_per_req")) + " |")
-    return "\n".join(head) + "\n"
+                                  "server_cpu_ms_per_req"))
+                    + f" | {_ratio(cur.get('speedup_vs_unbatched'))} |")
+    return "\n".join(head + _overload(rows, report["server_torch_threads"])) + "\n"
+
+
+def _overload(rows: list[dict], threads: int) -> list[str]:
+    """Under overload, per transport (this code, batched): tail spread and share of the best."""
+    out = ["", "Overload, this code, batched: p99 over p50, and req/s over the best "
+           "concurrency's.", "", "| transport | concurrency | p99 / p50 | req/s / best | "
+           "p99 current / baseline |", "| --- | ---: | ---: | ---: | ---: |"]
+    for transport in ("grpc", "http"):
+        mine = [r for r in rows if r["transport"] == transport and r["batching"]
+                and r["code"] == "current" and r["server_threads"] == threads and r["rps"]]
+        if not mine:
+            continue
+        best = max(r["rps"] for r in mine)
+        for r in (r for r in mine if r["concurrency"] >= 64):
+            base = [b for b in rows if b["code"] == "baseline" and all(
+                b[k] == r[k] for k in ("transport", "batching", "server_threads", "concurrency"))]
+            vs = f"{r['p99_ms'] / base[0]['p99_ms']:.2f}x" if base and base[0]["p99_ms"] else ""
+            out.append(f"| {transport} | {r['concurrency']} | {r['p99_ms'] / r['p50_ms']:.2f}x | "
+                       f"{r['rps'] / best:.2f} | {vs} |")
+    return out
+
+
+def _ratio(x: float | None) -> str:
+    return f"{x:.2f}x" if x else ""
 
 
 def _cpu(r: dict) -> str:
@@ -166,7 +195,8 @@ def _short(commit: str) -> str:
 
 
 def _cell(r: dict) -> str:
-    return (f"{r['transport']} | {'on' if r['batching'] else 'off'} | {r['server_threads']} | "
+    threads = r["server_threads"] or "default"
+    return (f"{r['transport']} | {'on' if r['batching'] else 'off'} | {threads} | "
             f"{r['concurrency']}")
 
 
@@ -200,7 +230,7 @@ def measure(a: argparse.Namespace, reqs: list[dict], codes: list[tuple[str, Path
     groups = [(a.server_threads, a.transports, a.concurrency,
                [(name, code, b == "on") for b in a.batching for name, code in codes])]
     if a.compare_threads:
-        groups.append((a.compare_threads, ["grpc"], [32], [(n, c, True) for n, c in codes]))
+        groups.append((a.compare_threads, a.transports, [32], [(n, c, True) for n, c in codes]))
     rows: list[dict] = []
     for threads, transports, concurrency, servers in groups:
         rows += _group(a, reqs, threads, transports, concurrency, servers)
@@ -268,10 +298,12 @@ def parse_args() -> argparse.Namespace:
                         "earlier runs")
     p.add_argument("--client-processes", type=int, default=2,
                    help="processes the load is driven from (default: 2)")
-    p.add_argument("--server-threads", type=int, default=1, help="the server's default")
-    p.add_argument("--compare-threads", type=int, default=2,
-                   help="also run gRPC, batched, concurrency 32 with this many torch threads "
-                        "(0 = skip)")
+    p.add_argument("--server-threads", type=int, default=0,
+                   help="the servers' torch threads (default 0: each code's own default; "
+                        "cb9ae40 and earlier: 1, now one per CPU)")
+    p.add_argument("--compare-threads", type=int, default=1,
+                   help="also run gRPC and HTTP, batched, concurrency 32 with this many torch "
+                        "threads (0 = skip)")
     p.add_argument("--baseline", metavar="REV", default="",
                    help="also serve every cell from a git worktree of REV (a commit, tag or "
                         "branch) and compare: current/baseline per cell")
@@ -317,7 +349,7 @@ def main() -> None:
             codes.insert(0, ("baseline", path))
         report["rows"] = measure(a, reqs, codes)
     a.out.mkdir(parents=True, exist_ok=True)
-    name = "cloud-load-vs-baseline" if a.baseline else "cloud-load"
+    name = "cloud-load"
     (a.out / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
     (a.out / f"{name}.md").write_text(markdown(report))
     print(markdown(report))

@@ -93,10 +93,9 @@ class RecommendationService:
     async def start(self) -> None:
         """Publish the configured bundle if the registry is empty, load, warm up, then poll."""
         s = self.settings
-        if s.torch_threads:
-            import torch  # deferred: the core imports torch only through the model modules
+        import torch  # deferred: the core imports torch only through the model modules
 
-            torch.set_num_threads(s.torch_threads)
+        torch.set_num_threads(s.teacher_threads())
         state = await self._safe("registry", self.registry.state(), None)
         if (state is None or not state.current) and s.bundle:
             await self.pool.publish_local(s.bundle)

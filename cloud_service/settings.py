@@ -7,6 +7,7 @@ environment.
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from typing import Annotated
 
@@ -49,9 +50,11 @@ class CloudSettings(BaseSettings):
     batch_adaptive: bool = Field(True, description="false: every batch waits out "
                                  "batch_max_wait_ms unless full (the fixed window of old)")
     batching: bool = True
-    # One intra-op thread: batches are small and the event loop needs the other core
-    # (bench/cloud_load.py measures 1 against 2 threads in the same run).
-    torch_threads: int = Field(1, ge=0, description="torch intra-op threads; 0 = torch's default")
+    # One intra-op thread per CPU: a batch of 32 rows ran 2.4x faster on two threads than on
+    # one, and HTTP at concurrency 32 served 1.6x more (bench/cloud_load.py --compare-threads
+    # measures the two in one run; docs/performance.md).
+    torch_threads: int = Field(0, ge=0, description="torch intra-op threads; 0 = one per CPU "
+                               "this process may run on")
 
     # Auth: keys come from the environment or a secrets file, never from code.
     device_api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
@@ -104,6 +107,14 @@ class CloudSettings(BaseSettings):
         if isinstance(v, str):
             return [k.strip() for k in v.split(",") if k.strip()]
         return v
+
+    def teacher_threads(self) -> int:
+        """The teacher's intra-op threads: the setting, else one per CPU the process may use."""
+        if self.torch_threads:
+            return self.torch_threads
+        if hasattr(os, "sched_getaffinity"):  # a container's or taskset's CPUs, not the host's
+            return len(os.sched_getaffinity(0))
+        return os.cpu_count() or 1
 
 
 @lru_cache(maxsize=1)

@@ -123,3 +123,15 @@ def test_settings_read_the_environment_once(monkeypatch):
     assert [k.get_secret_value() for k in s.device_api_keys] == ["a", "b"]
     assert s.batch_max_size == 16 and get_settings() is s
     get_settings.cache_clear()
+
+
+def test_teacher_threads_default_to_the_cpus_the_process_may_use(monkeypatch):
+    import os
+
+    assert CloudSettings(torch_threads=3).teacher_threads() == 3
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 5}, raising=False)
+    assert CloudSettings().torch_threads == 0
+    assert CloudSettings().teacher_threads() == 2
+    monkeypatch.delattr(os, "sched_getaffinity")  # other platforms: every CPU
+    monkeypatch.setattr(os, "cpu_count", lambda: 6)
+    assert CloudSettings().teacher_threads() == 6
