@@ -125,7 +125,7 @@ def markdown(report: dict) -> str:
             f"Closed loop, {report['seconds']} s per cell, clients in "
             f"{report['client_processes']} separate processes on the same machine; refused "
             f"requests (503, RESOURCE_EXHAUSTED) {report['on_refusal']}. Latencies are those "
-            f"of answered requests. HTTP client: {report.get('http_client', 'httpx')}. CPU "
+            f"of answered requests. HTTP client: {_client_name(report)}. CPU "
             "ms/req: CPU time of the server process and of the client processes over the "
             "cell, per answered or refused request. Torch threads \"default\": each code's "
             "own (1 up to cb9ae40, one per CPU since).", ""]
@@ -179,6 +179,11 @@ def _overload(rows: list[dict], threads: int) -> list[str]:
             out.append(f"| {transport} | {r['concurrency']} | {r['p99_ms'] / r['p50_ms']:.2f}x | "
                        f"{r['rps'] / best:.2f} | {vs} |")
     return out
+
+
+def _client_name(report: dict) -> str:
+    client = report.get("http_client", "httpx")
+    return "raw HTTP/1.1, a keep-alive socket per slot" if client == "http" else client
 
 
 def _ratio(x: float | None) -> str:
