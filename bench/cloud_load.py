@@ -173,9 +173,8 @@ def _overload(rows: list[dict], threads: int) -> list[str]:
             continue
         best = max(r["rps"] for r in mine)
         for r in (r for r in mine if r["concurrency"] >= 64):
-            base = [b for b in rows if b["code"] == "baseline" and all(
-                b[k] == r[k] for k in ("transport", "batching", "server_threads", "concurrency"))]
-            vs = f"{r['p99_ms'] / base[0]['p99_ms']:.2f}x" if base and base[0]["p99_ms"] else ""
+            base = _twin(rows, r, code="baseline", missing_ok=True)
+            vs = f"{r['p99_ms'] / base['p99_ms']:.2f}x" if base and base["p99_ms"] else ""
             out.append(f"| {transport} | {r['concurrency']} | {r['p99_ms'] / r['p50_ms']:.2f}x | "
                        f"{r['rps'] / best:.2f} | {vs} |")
     return out
@@ -205,11 +204,13 @@ def _cell(r: dict) -> str:
             f"{r['concurrency']}")
 
 
-def _twin(rows: list[dict], row: dict, **change: object) -> dict:
-    """The row of the same cell with `change` applied (the other code, or unbatched)."""
+def _twin(rows: list[dict], row: dict, missing_ok: bool = False, **change: object) -> dict:
+    """The row of the same cell with `change` applied (the other code, or unbatched); with
+    `missing_ok`, {} when the run has no such row (no baseline)."""
     want = {**{k: row[k] for k in ("transport", "batching", "server_threads", "concurrency",
                                    "code")}, **change}
-    return next(r for r in rows if all(r[k] == v for k, v in want.items()))
+    found = (r for r in rows if all(r[k] == v for k, v in want.items()))
+    return next(found, {}) if missing_ok else next(found)
 
 
 def cell(client: str, pid: int, port: int, reqs: list[dict], concurrency: int,

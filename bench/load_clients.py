@@ -29,6 +29,15 @@ class Tally:
         self.refused = self.errors = 0
         self.end, self.honour = end, honour
 
+    async def http(self, status: int, retry_after: str | None, started: float) -> None:
+        """One HTTP answer: 200 answered, 429/503 refused (with its hint), else an error."""
+        if status == 200:
+            self.lat.append(time.perf_counter() - started)
+        elif status in (429, 503):
+            await self.refusal(retry_after)
+        else:
+            self.errors += 1
+
     async def refusal(self, retry_after: str | None) -> None:
         """Count it; a client honouring Retry-After (or a device that fell back) pauses."""
         self.refused += 1
@@ -80,12 +89,7 @@ async def _httpx_loop(port: int, reqs: list[dict], slots: int, tally: Tally) -> 
                 t = time.perf_counter()
                 try:
                     r = await client.post("/v1/recommend", json=reqs[i % len(reqs)])
-                    if r.status_code == 200:
-                        tally.lat.append(time.perf_counter() - t)
-                    elif r.status_code in (429, 503):
-                        await tally.refusal(r.headers.get("retry-after"))
-                    else:
-                        tally.errors += 1
+                    await tally.http(r.status_code, r.headers.get("retry-after"), t)
                 except httpx.HTTPError:
                     tally.errors += 1
                 i += slots
@@ -128,12 +132,7 @@ async def _raw_http_loop(port: int, reqs: list[dict], slots: int, tally: Tally) 
                 if headers.get("connection") == "close":
                     writer.close()
                     conn = None
-                if status == 200:
-                    tally.lat.append(time.perf_counter() - t)
-                elif status in (429, 503):
-                    await tally.refusal(headers.get("retry-after"))
-                else:
-                    tally.errors += 1
+                await tally.http(status, headers.get("retry-after"), t)
             except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError, ValueError):
                 tally.errors += 1
                 if conn is not None:

@@ -87,8 +87,8 @@ def stage_sid(ctx: RunContext) -> None:
     Another row count or width is a new student on the same teacher, so trying one costs the
     student's training, not a whole run; `tandem evaluate` then writes the sid-* rows.
     """
+    stage_distill_sid(ctx)  # records its own time
     t0 = time.time()
-    stage_distill_sid(ctx)
     parity = stage_export_sid(ctx)
     ctx.record("export_sid", {"seconds": time.time() - t0, "parity": parity,
                               "sizes": {n: ctx.path(n).stat().st_size
