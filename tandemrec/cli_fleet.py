@@ -34,7 +34,12 @@ def simulate(
     dataset: Annotated[str, typer.Option("--dataset", "-d", help="ml-1m, ml-100k, beauty or "
                                           "a CSV of your own logs.")] = "ml-100k",
     bundle: Annotated[Path | None, typer.Option(help="Model bundle (default: "
-                                                "artifacts/<dataset>/bundle).")] = None,
+                                                "artifacts/<dataset>/bundle, or bundle-sid "
+                                                "with --student sid).")] = None,
+    student: Annotated[str, typer.Option(help="table or sid: which student's bundle the "
+                                         "devices run when --bundle is not given (sid: the "
+                                         "semantic-id student, from a run with "
+                                         "student.kind=sid).")] = "table",
     devices: Annotated[int, typer.Option(help="Simulated devices, one per held-out user; "
                                          "0 = all.")] = 0,
     modes: Annotated[str, typer.Option(help="Comma-separated: collaborative, cloud-full, "
@@ -83,10 +88,13 @@ def simulate(
         _fail(f"unknown mode(s) {bad}: choose from {', '.join(MODES)}")
     if transport not in ("grpc", "http") or policy not in ("always", "shift"):
         _fail("--transport is grpc or http; --policy is always or shift")
+    if student not in ("table", "sid"):
+        _fail(f"--student is table or sid (got {student!r})")
     name = Path(dataset).stem if Path(dataset).suffix else dataset
-    bundle = bundle or artifacts_dir() / name / "bundle"
+    bundle = bundle or artifacts_dir() / name / ("bundle-sid" if student == "sid" else "bundle")
     if not is_pair(bundle):
-        _fail(f"no bundle at {bundle}: run `tandem pipeline -d {dataset}` first, or pass "
+        how = " --set student.kind=sid" if student == "sid" else ""
+        _fail(f"no bundle at {bundle}: run `tandem pipeline -d {dataset}{how}` first, or pass "
               "--bundle")
     cond = Conditions(latency_ms, jitter_ms, loss, _outage(outage), slow_share, slow_ms)
     cfg = SimConfig(dataset=dataset, bundle=bundle, devices=devices, modes=chosen,

@@ -27,6 +27,26 @@ MODES = ("collaborative", "cloud-full", "edge-only", "popularity")
 CLOUD_MAX_K = CloudSettings.model_fields["max_k"].default  # the largest k a cloud serves
 
 
+@dataclass(frozen=True)
+class Catalog:
+    """What the app knows of its items beside the device bundle: popularity, semantic ids.
+
+    A table student's bundle carries its own item table, so `codes` is None. A semantic-id
+    bundle carries none (its size does not grow with the catalog): the app's catalog gives each
+    history event its semantic id, as a real app's does from what the cloud publishes.
+    """
+
+    popularity: np.ndarray  # (N+1,) for the popularity baseline
+    codes: np.ndarray | None = None  # (N+1, L) every item's semantic id; None: table bundle
+
+    def semantic_ids(self, items: np.ndarray) -> list[tuple[int, ...]] | None:
+        """The semantic ids of history events; None for a table bundle."""
+        return None if self.codes is None else [tuple(c) for c in self.codes[items].tolist()]
+
+    def semantic_id(self, item: int) -> tuple[int, ...] | None:
+        return None if self.codes is None else tuple(self.codes[item].tolist())
+
+
 @dataclass
 class Outcome:
     """One device's request."""
@@ -97,12 +117,14 @@ async def run_mode(mode: str, model: EdgeModel, histories: list[np.ndarray],
                    targets: np.ndarray, transport: Transport | None, settings: EdgeSettings,
                    k: int = 10, concurrency: int = 64, rate: float = 0.0,
                    feature_delay: int = 0, start: float | None = None,
-                   steps: int = 1) -> ModeRun:
+                   steps: int = 1, catalog: Catalog | None = None) -> ModeRun:
     """All devices in one mode; `feature_delay` hides the last n items from cloud-full;
-    `steps` > 1 replays each device's last interactions one request at a time."""
+    `steps` > 1 replays each device's last interactions one request at a time; `catalog`: the
+    app's items (default: the table bundle's own)."""
     run = ModeRun(mode)
     t_start = time.monotonic() if start is None else start
-    pop = model.popularity.astype(np.float64).copy()
+    catalog = catalog or Catalog(model.popularity)
+    pop = catalog.popularity.astype(np.float64).copy()
     pop[0] = -np.inf
     pop_order = np.argsort(-pop, kind="stable")
 
@@ -122,8 +144,12 @@ async def run_mode(mode: str, model: EdgeModel, histories: list[np.ndarray],
             return
         # With steps > 1 the device replays its last interactions: ask, show, record, ask...
         seq = np.append(hist, target)
-        client = EdgeClient(model, MemoryDeviceStore(seq[:-steps].tolist()), f"sim-{u}",
-                            transport if mode == "collaborative" else None, settings, seed=u)
+        if mode == "edge-only" and model.sid is not None:
+            client = await _primed(model, catalog, seq[:-steps], u, transport, settings, k)
+        else:
+            store = MemoryDeviceStore(seq[:-steps].tolist(), catalog.semantic_ids(seq[:-steps]))
+            client = EdgeClient(model, store, f"sim-{u}",
+                                transport if mode == "collaborative" else None, settings, seed=u)
         for j in range(steps, 0, -1):
             asked = time.monotonic() - t_start
             res = await client.recommend(k)
@@ -133,13 +159,27 @@ async def run_mode(mode: str, model: EdgeModel, histories: list[np.ndarray],
                                         res.served_by if mode == "collaborative" else "local",
                                         res.bytes_up, device_ms=res.device_ms,
                                         raw_bytes_same_len=raw))
-            client.record(int(seq[-j]))
+            client.record(int(seq[-j]), catalog.semantic_id(int(seq[-j])))
 
     t = time.monotonic()
     await _paced(len(histories), device, concurrency, rate)
     run.outcomes.sort(key=lambda o: o.t)
     run.seconds = time.monotonic() - t
     return run
+
+
+async def _primed(model: EdgeModel, catalog: Catalog, history: np.ndarray, u: int,
+                  transport: Transport | None, settings: EdgeSettings, k: int) -> EdgeClient:
+    """A semantic-id device gone offline: it ranks the pool of its last answer, so it asks
+    the cloud once, one interaction earlier, then records that interaction (the offline
+    sid-edge-only mode's pool). Without a transport, or if that call fails, it has none."""
+    store = MemoryDeviceStore(history[:-1].tolist(), catalog.semantic_ids(history[:-1]))
+    if transport is not None and len(history):
+        await EdgeClient(model, store, f"sim-{u}", transport, settings, seed=u).recommend(k)
+    client = EdgeClient(model, store, f"sim-{u}", None, settings, seed=u)
+    if len(history):
+        client.record(int(history[-1]), catalog.semantic_id(int(history[-1])))
+    return client
 
 
 def raw_bytes(device_id: str, history: np.ndarray, client: EdgeClient) -> int:

@@ -16,7 +16,9 @@ COLUMNS = ("mode", "devices", "hr@10", "ndcg@10", "bytes_up", "p50_ms", "p99_ms"
 def markdown(report: dict) -> str:
     lines = [f"# Simulated fleet on {report['dataset']}", "",
              f"{report['devices']} devices over {report['transport']} against "
-             f"{report['cloud']}; network: {report['network']}.", "",
+             f"{report['cloud']}; network: {report['network']}"
+             + ("; devices run the semantic-id student." if report.get("student") == "sid"
+                else "."), "",
              "| " + " | ".join(COLUMNS) + " |", "|" + " --- |" * len(COLUMNS)]
     for r in report["rows"]:
         cells = []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import socket
@@ -19,7 +20,7 @@ import numpy as np
 from edge_client.client import EdgeModel
 from edge_client.settings import EdgeSettings
 from edge_client.transport import GrpcTransport, HttpTransport, Transport
-from tandemrec.sim.fleet import MODES, ModeRun, run_mode
+from tandemrec.sim.fleet import MODES, Catalog, ModeRun, run_mode
 from tandemrec.sim.network import Conditions, FaultyTransport
 
 
@@ -140,6 +141,19 @@ def held_out(cfg: SimConfig) -> tuple[list[np.ndarray], np.ndarray]:
     return [split.test_input[u] for u in users], split.test_target[users]
 
 
+def app_catalog(bundle: Path, model: EdgeModel) -> Catalog:
+    """The app's view of its items: the device bundle's table, or, for a semantic-id bundle
+    (which has none), the semantic ids and popularity the cloud side of the pair holds."""
+    if model.sid is None:
+        return Catalog(model.popularity)
+    from tandem_contract.bundle import pair_dirs
+
+    cloud = pair_dirs(bundle).cloud
+    codes = np.asarray(json.loads((cloud / "codebook.json").read_text())["codes"], np.int64)
+    table = json.loads((cloud / "item_table.json").read_text())
+    return Catalog(np.asarray(table["popularity"], dtype=np.float64), codes)
+
+
 def _transport(cfg: SimConfig, target: str, key: str) -> Transport:
     if cfg.transport == "grpc":
         return GrpcTransport(target, api_key=key)
@@ -150,6 +164,7 @@ def simulate(cfg: SimConfig) -> tuple[dict, list[ModeRun]]:
     """Every requested mode on the same devices; returns the report and the raw runs."""
     histories, targets = held_out(cfg)
     model = EdgeModel.load(cfg.bundle)
+    catalog = app_catalog(cfg.bundle, model)
     settings = EdgeSettings(policy=cfg.policy, deadline_ms=cfg.deadline_ms,
                             **cfg.edge)
     runs: list[ModeRun] = []
@@ -166,13 +181,15 @@ def simulate(cfg: SimConfig) -> tuple[dict, list[ModeRun]]:
                         mode, model, histories, targets, net, settings,
                         concurrency=cfg.concurrency, rate=cfg.rate,
                         feature_delay=cfg.feature_delay, start=start,
-                        steps=cfg.steps if mode in ("collaborative", "edge-only") else 1))
+                        steps=cfg.steps if mode in ("collaborative", "edge-only") else 1,
+                        catalog=catalog))
             finally:
                 await inner.close()
         asyncio.run(go())
     rows = [r.row() for r in runs]
     report = {"dataset": Path(cfg.dataset).stem if Path(cfg.dataset).suffix else cfg.dataset,
               "bundle_version": model.version, "devices": len(histories),
+              "student": "table" if model.sid is None else "sid",
               "transport": cfg.transport, "cloud": where,
               "network": cfg.conditions.describe(),
               "outage": list(cfg.conditions.outage) if cfg.conditions.outage else None,

@@ -211,3 +211,28 @@ def test_model_updates_through_the_cloud_swap_without_a_failed_request(bundle, b
     assert not refused.updated and "device_items.json" in refused.reason
     assert v_final == "v2-test" and len(after.items) == 10
     assert models.current()[0] == "v2-test"  # type: ignore[index]
+
+
+def test_a_fleet_of_semantic_id_devices_matches_the_offline_evaluation(sid_bundle):
+    """The sid pair: devices store their events with semantic ids from the app's catalog (the
+    bundle has no item table) and rank what the cloud sends, as the sid-* offline modes do."""
+    s = CloudSettings(bundle=str(sid_bundle), http_port=0, grpc_port=0, cache_ttl_s=0,
+                      device_api_keys=[SecretStr("k")], key_rate_burst=10**9,
+                      key_rate_per_s=10**9)
+    with replica_in_thread(s) as r:
+        cfg = SimConfig(dataset=dataset_of(sid_bundle), bundle=sid_bundle, api_key="k",
+                        target=f"127.0.0.1:{r.grpc_port}", deadline_ms=10_000,
+                        modes=("collaborative", "edge-only", "popularity"))
+        report, _ = simulate(cfg)
+    assert report["student"] == "sid"
+    rows = {m["mode"]: m for m in report["rows"]}
+    (offline_path,) = (sid_bundle.parent.parent / "results").glob("quality-*.json")
+    offline = {m["mode"]: m for m in json.loads(offline_path.read_text())["rows"]}
+    # Offline, edge-only ranks the pool of the answer one interaction earlier: so does the
+    # simulated device, which asked then and went offline.
+    for mode in ("collaborative", "edge-only"):
+        assert rows[mode]["ndcg@10"] == pytest.approx(offline[f"sid-{mode}"]["ndcg@10"],
+                                                      abs=0.005), mode
+    assert rows["edge-only"]["ndcg@10"] > 0 and rows["edge-only"]["bytes_up"] == 0
+    assert rows["collaborative"]["errors"] == 0 and rows["collaborative"]["fallback_rate"] == 0
+    assert rows["popularity"]["ndcg@10"] >= offline["popularity"]["ndcg@10"] - 0.005
