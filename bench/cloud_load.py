@@ -19,7 +19,7 @@ for the one being measured, and within each cell the two take turns going first,
 noise hits both alike; rows carry "code": "baseline" or "current" and the table gives
 current/baseline per cell. The batched and unbatched servers likewise run side by side.
 
-    python bench/cloud_load.py [--bundle artifacts/ml-1m/bundle] [--seconds 8]
+    python bench/cloud_load.py [--bundle artifacts/ml-1m/bundle] [--seconds 8] [--repeats 3]
     python bench/cloud_load.py --baseline cb9ae40 --concurrency 1 32 --transports grpc
 """
 
@@ -122,7 +122,9 @@ def git_commit(path: Path) -> str:
 def markdown(report: dict) -> str:
     head = [f"# Cloud load: {report['bundle_dataset']} bundle {report['bundle_version']}", "",
             f"Machine: {report['machine']['cpu']}, {report['machine']['cores']} cores. "
-            f"Closed loop, {report['seconds']} s per cell, clients in "
+            f"Closed loop, {report['seconds']} s per cell"
+            + (f", the median of {report['repeats']} runs" if report.get("repeats", 1) > 1
+               else "") + ", clients in "
             f"{report['client_processes']} separate processes on the same machine; refused "
             f"requests (503, RESOURCE_EXHAUSTED) {report['on_refusal']}. Latencies are those "
             f"of answered requests. HTTP client: {_client_name(report)}. CPU "
@@ -227,6 +229,22 @@ def cell(client: str, pid: int, port: int, reqs: list[dict], concurrency: int,
     return out
 
 
+def median_cell(runs: list[dict]) -> dict:
+    """One row from a cell's repeats: the median of each figure (a single run: itself), and
+    with several, every run's req/s and p99 (`rps_runs`, `p99_runs`) for the spread."""
+    if len(runs) == 1:
+        return runs[0]
+    out: dict = {}
+    for key in runs[0]:
+        values = [r[key] for r in runs if r[key] is not None]
+        out[key] = round(float(np.median(values)), 3) if values else None
+    for key in ("refused", "errors", "requests"):
+        out[key] = int(sum(r[key] for r in runs))  # counts: over all repeats
+    out["rps_runs"] = [r["rps"] for r in runs]
+    out["p99_runs"] = [r["p99_ms"] for r in runs]
+    return out
+
+
 def measure(a: argparse.Namespace, reqs: list[dict], codes: list[tuple[str, Path]]) -> list[dict]:
     """Every cell on every server; within a cell the servers take turns going first.
 
@@ -266,13 +284,17 @@ def _group(a: argparse.Namespace, reqs: list[dict], threads: int, transports: li
                 drive(client, port[k], reqs, 4, 2.0, a.client_processes)  # warm-up
             for turn, c in enumerate(concurrency):
                 keys = list(servers)
-                for name, batching in keys[turn % len(keys):] + keys[:turn % len(keys)]:
-                    row = {"code": name, "transport": transport, "batching": batching,
-                           "server_threads": threads, "concurrency": c,
-                           **cell(client, servers[name, batching][0].pid, port[name, batching],
-                                  reqs, c, a)}
-                    print(json.dumps(row), flush=True)
-                    rows.append(row)
+                runs: dict[tuple[str, bool], list[dict]] = {k: [] for k in keys}
+                for rep in range(a.repeats):  # each repeat starts from the next server
+                    first = (turn + rep) % len(keys)
+                    for k in keys[first:] + keys[:first]:
+                        runs[k].append(cell(client, servers[k][0].pid, port[k], reqs, c, a))
+                        print(json.dumps({"server": list(k), "concurrency": c,
+                                          **runs[k][-1]}), flush=True)
+                for (name, batching), done in runs.items():
+                    rows.append({"code": name, "transport": transport, "batching": batching,
+                                 "server_threads": threads, "concurrency": c,
+                                 **median_cell(done)})
     finally:
         for proc, _, _ in servers.values():
             proc.terminate()
@@ -292,6 +314,9 @@ def parse_args() -> argparse.Namespace:
                    help="bundle pair directory (default: artifacts/ml-1m/bundle)")
     p.add_argument("--dataset", default="", help="default: the bundle's dataset")
     p.add_argument("--seconds", type=float, default=8.0, help="closed loop per cell")
+    p.add_argument("--repeats", type=int, default=1,
+                   help="runs of each cell per server, taking turns; rows give the median "
+                        "(a 5 s cell's p99 moves with a single stall of the machine)")
     p.add_argument("--concurrency", nargs="+", default=["1", "8", "32", "64", "128"], metavar="N",
                    help="requests in flight per cell (default: 1 8 32 64 128)")
     p.add_argument("--transports", nargs="+", default=["grpc", "http"], metavar="T",
@@ -321,6 +346,8 @@ def parse_args() -> argparse.Namespace:
                         "TANDEM_CLOUD_HTTP_MAX_INFLIGHT=64 (a baseline ignores unknown ones)")
     p.add_argument("--out", type=Path, default=RESULTS, help="default: bench/results")
     a = p.parse_args()
+    if a.repeats < 1:
+        p.error("--repeats must be at least 1")
     a.concurrency = [int(c) for c in _words(a.concurrency)]
     a.transports, a.batching = _words(a.transports), _words(a.batching)
     if not set(a.transports) <= {"grpc", "http"} or not set(a.batching) <= {"on", "off"}:
@@ -340,6 +367,7 @@ def main() -> None:
     report: dict = {"machine": machine(), "bundle_version": manifest["version"],
                     "bundle_dataset": manifest["dataset"], "seconds": a.seconds,
                     "client_processes": a.client_processes, "http_client": a.http_client,
+                    "repeats": a.repeats,
                     "server_torch_threads": a.server_threads, "server_env": a.server_env,
                     "on_refusal": ("paused for their Retry-After" if a.on_refusal == "pause"
                                    else "retried at once"),
