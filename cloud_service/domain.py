@@ -188,7 +188,7 @@ def to_fields(value: DataclassInstance) -> dict[str, Any]:
         v = getattr(value, f.name)
         if isinstance(v, dict):
             v = sorted(v)
-        elif isinstance(v, tuple):
-            v = [to_fields(x) if isinstance(x, ArtifactInfo) else x for x in v]
+        elif isinstance(v, tuple):  # one kind per tuple: test the first, not all 600
+            v = [to_fields(x) for x in v] if v and isinstance(v[0], ArtifactInfo) else list(v)
         out[f.name] = v
     return out
