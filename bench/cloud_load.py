@@ -289,7 +289,8 @@ def _group(a: argparse.Namespace, reqs: list[dict], threads: int, transports: li
                     first = (turn + rep) % len(keys)
                     for k in keys[first:] + keys[:first]:
                         runs[k].append(cell(client, servers[k][0].pid, port[k], reqs, c, a))
-                        print(json.dumps({"server": list(k), "concurrency": c,
+                        print(json.dumps({"server": list(k), "transport": transport,
+                                          "concurrency": c,
                                           **runs[k][-1]}), flush=True)
                 for (name, batching), done in runs.items():
                     rows.append({"code": name, "transport": transport, "batching": batching,

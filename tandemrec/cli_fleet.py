@@ -76,6 +76,7 @@ def simulate(
     upstream, latency and fallback rate per serving mode."""
     from tandem_contract.bundle import is_pair
     from tandemrec.paths import artifacts_dir
+    from tandemrec.pipeline_sid import SID_BUNDLE
     from tandemrec.progress import console
     from tandemrec.sim.fleet import MODES
     from tandemrec.sim.network import Conditions
@@ -91,7 +92,7 @@ def simulate(
     if student not in ("table", "sid"):
         _fail(f"--student is table or sid (got {student!r})")
     name = Path(dataset).stem if Path(dataset).suffix else dataset
-    bundle = bundle or artifacts_dir() / name / ("bundle-sid" if student == "sid" else "bundle")
+    bundle = bundle or artifacts_dir() / name / (SID_BUNDLE if student == "sid" else "bundle")
     if not is_pair(bundle):
         how = " --set student.kind=sid" if student == "sid" else ""
         _fail(f"no bundle at {bundle}: run `tandem pipeline -d {dataset}{how}` first, or pass "

@@ -39,9 +39,10 @@ class Catalog:
     popularity: np.ndarray  # (N+1,) for the popularity baseline
     codes: np.ndarray | None = None  # (N+1, L) every item's semantic id; None: table bundle
 
-    def semantic_ids(self, items: np.ndarray) -> list[tuple[int, ...]] | None:
-        """The semantic ids of history events; None for a table bundle."""
-        return None if self.codes is None else [tuple(c) for c in self.codes[items].tolist()]
+    def store(self, items: np.ndarray) -> MemoryDeviceStore:
+        """A device store holding `items`, with their semantic ids for a semantic-id bundle."""
+        sids = None if self.codes is None else [tuple(c) for c in self.codes[items].tolist()]
+        return MemoryDeviceStore(items.tolist(), sids)
 
     def semantic_id(self, item: int) -> tuple[int, ...] | None:
         return None if self.codes is None else tuple(self.codes[item].tolist())
@@ -147,8 +148,7 @@ async def run_mode(mode: str, model: EdgeModel, histories: list[np.ndarray],
         if mode == "edge-only" and model.sid is not None:
             client = await _primed(model, catalog, seq[:-steps], u, transport, settings, k)
         else:
-            store = MemoryDeviceStore(seq[:-steps].tolist(), catalog.semantic_ids(seq[:-steps]))
-            client = EdgeClient(model, store, f"sim-{u}",
+            client = EdgeClient(model, catalog.store(seq[:-steps]), f"sim-{u}",
                                 transport if mode == "collaborative" else None, settings, seed=u)
         for j in range(steps, 0, -1):
             asked = time.monotonic() - t_start
@@ -173,7 +173,7 @@ async def _primed(model: EdgeModel, catalog: Catalog, history: np.ndarray, u: in
     """A semantic-id device gone offline: it ranks the pool of its last answer, so it asks
     the cloud once, one interaction earlier, then records that interaction (the offline
     sid-edge-only mode's pool). Without a transport, or if that call fails, it has none."""
-    store = MemoryDeviceStore(history[:-1].tolist(), catalog.semantic_ids(history[:-1]))
+    store = catalog.store(history[:-1])
     if transport is not None and len(history):
         await EdgeClient(model, store, f"sim-{u}", transport, settings, seed=u).recommend(k)
     client = EdgeClient(model, store, f"sim-{u}", None, settings, seed=u)

@@ -146,11 +146,13 @@ def app_catalog(bundle: Path, model: EdgeModel) -> Catalog:
     (which has none), the semantic ids and popularity the cloud side of the pair holds."""
     if model.sid is None:
         return Catalog(model.popularity)
+    from cloud_service.models import semantic_ids
     from tandem_contract.bundle import pair_dirs
 
     cloud = pair_dirs(bundle).cloud
-    codes = np.asarray(json.loads((cloud / "codebook.json").read_text())["codes"], np.int64)
     table = json.loads((cloud / "item_table.json").read_text())
+    # The cloud's own reader: the ids it sends with its answers, checked against its intents.
+    codes = semantic_ids(cloud / "codebook.json", np.asarray(table["intent"], dtype=np.int64))
     return Catalog(np.asarray(table["popularity"], dtype=np.float64), codes)
 
 
