@@ -16,34 +16,27 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import hashlib
-import json
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Iterator
+from collections.abc import Awaitable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
 
-from cloud_service.auth import acting_for, authenticate, require_admin
+from cloud_service import response_cache
+from cloud_service.admin import RegistryAdmin
+from cloud_service.auth import acting_for, authenticate
 from cloud_service.batcher import MicroBatcher
 from cloud_service.domain import (
-    ArtifactChunk,
-    ArtifactRequest,
     Credentials,
-    ManifestInfo,
-    ManifestRequest,
     Principal,
-    PublishRequest,
     Recommendation,
     RecommendFullRequest,
     RecommendRequest,
-    RegistryState,
-    RetireRequest,
 )
-from cloud_service.errors import InvalidInput, NotFound, RateLimited, Unavailable
+from cloud_service.errors import NotFound, RateLimited, Unavailable
 from cloud_service.metrics import Metrics
 from cloud_service.model_pool import ModelPool
 from cloud_service.models import LoadedModel
@@ -51,7 +44,6 @@ from cloud_service.registry import ModelRegistry
 from cloud_service.settings import CloudSettings
 from cloud_service.store import MemoryStore, Store, StoreUnavailable, make_store
 from cloud_service.validation import (
-    check_bundle_dir,
     check_device_id,
     check_recommend,
     check_recommend_full,
@@ -63,7 +55,7 @@ log = logging.getLogger("tandem.cloud")
 T = TypeVar("T")
 
 
-class RecommendationService:
+class RecommendationService(RegistryAdmin):
     """Collaborative and cloud-full recommendation, bundles for devices, and the registry."""
 
     def __init__(self, settings: CloudSettings, store: Store | None = None) -> None:
@@ -218,21 +210,12 @@ class RecommendationService:
             return None
         raw = await self._safe("cache", self.store.cache_get(who.scope, key), None)
         self.metrics.cache.labels("hit" if raw else "miss").inc()
-        if not raw:
-            return None
-        d = json.loads(raw)
-        return Recommendation(tuple(d["i"]), tuple(d["s"]), d["v"], cached=True,
-                              item_intents=tuple(d.get("t", ())), catalog_size=d.get("n", 0),
-                              item_codes=tuple(d.get("c", ())), code_levels=d.get("l", 0),
-                              item_new=tuple(d.get("w", ())))
+        return response_cache.decode(raw) if raw else None
 
     async def _cache(self, who: Principal, key: str, rec: Recommendation) -> None:
         if self.settings.cache_ttl_s:
-            raw = json.dumps({"i": rec.item_ids, "s": rec.scores, "v": rec.model_version,
-                              "t": rec.item_intents, "n": rec.catalog_size,
-                              "c": rec.item_codes, "l": rec.code_levels, "w": rec.item_new})
-            await self._safe("cache", self.store.cache_set(who.scope, key, raw.encode(),
-                                                           self.settings.cache_ttl_s), None)
+            await self._safe("cache", self.store.cache_set(
+                who.scope, key, response_cache.encode(rec), self.settings.cache_ttl_s), None)
 
     # ---- operations ------------------------------------------------------------------------
 
@@ -253,8 +236,8 @@ class RecommendationService:
         n_retrieve, share, hist_len = retrieval_settings(s, model)
         history = await self._history(who, req.coarse_history, hist_len)
         # The principal is part of the key: a hit never tells one device what another asked.
-        key = _cache_key("c", model.version, who.scope, req.intent_tokens, req.intent_weights,
-                         history, req.k) if s.cache_ttl_s else ""
+        key = response_cache.cache_key("c", model.version, who.scope, req.intent_tokens,
+                                       req.intent_weights, history, req.k) if s.cache_ttl_s else ""
         hit = await self._cached(who, key)
         if hit:
             return _with_id(hit, req.request_id)
@@ -309,62 +292,6 @@ class RecommendationService:
             finally:
                 self._inflight -= 1
 
-    async def get_manifest(self, req: ManifestRequest, who: Principal) -> ManifestInfo:
-        """The manifest of the requested version, or of the one the registry routes to."""
-        with self.metrics.track("get_manifest"):
-            who = await self._admit(req.device_id, who)
-            return self._model(req.model_version, who).manifest
-
-    async def download_artifact(self, req: ArtifactRequest,
-                                who: Principal) -> AsyncIterator[ArtifactChunk]:
-        """The chunks of one bundle file, read lazily from disk."""
-        with self.metrics.track("download_artifact"):
-            who = await self._admit(req.device_id, who)
-            model = self._model(req.model_version, who)
-            path = model.artifact_path(req.name)
-            if path is None or not path.is_file():
-                raise NotFound(f"artifact {req.name!r} is not in bundle {model.version} "
-                               f"(files: {', '.join(f.name for f in model.manifest.files)})")
-        return _read_chunks(path, self.settings.chunk_bytes)
-
-    async def publish(self, req: PublishRequest, who: Principal) -> RegistryState:
-        """Admin: register a bundle as current (or as a canary); every replica switches to it."""
-        with self.metrics.track("publish"):
-            require_admin(who)
-            path = check_bundle_dir(req.bundle_dir, self.bundle_root)
-            if not 0.0 <= req.canary_share < 1.0:
-                raise InvalidInput(f"canary_share must be in [0, 1) (got {req.canary_share})")
-            return await self.pool.publish_local(str(path), req.canary_share)
-
-    async def get_registry_status(self, who: Principal) -> RegistryState:
-        """Admin: the registry as this replica serves it (current, canary, live versions)."""
-        with self.metrics.track("registry"):
-            require_admin(who)
-            return self.pool.state
-
-    async def promote(self, who: Principal) -> RegistryState:
-        """Admin: the canary becomes current for every device; every replica switches to it."""
-        with self.metrics.track("promote"):
-            require_admin(who)
-            return await self._registry_change(self.registry.promote_canary())
-
-    async def retire(self, req: RetireRequest, who: Principal) -> RegistryState:
-        """Admin: forget a version that is not current (ending its canary if it is one)."""
-        with self.metrics.track("retire"):
-            require_admin(who)
-            if not req.version or len(req.version) > 256:
-                raise InvalidInput("retire needs the model version to retire (at most 256 "
-                                   "characters)")
-            return await self._registry_change(self.registry.retire(req.version))
-
-    async def _registry_change(self, change: Awaitable[RegistryState]) -> RegistryState:
-        """Write a change to the shared registry, then switch this replica to it at once."""
-        state = await self._safe("registry", change, None)
-        if state is None:
-            raise Unavailable("the model registry (store) is unreachable: try again later")
-        await self.pool.refresh(state)
-        return self.pool.state
-
     def health(self) -> dict[str, Any]:
         return {"ready": self.ready, "current": self.pool.state.current,
                 "canary": self.pool.state.canary, "loaded": self.pool.versions()}
@@ -386,19 +313,5 @@ def _shutting_down() -> Unavailable:
                        retry_after_s=1.0)
 
 
-def _cache_key(mode: str, version: str, *parts: Any) -> str:
-    body = json.dumps([mode, version, *[list(p) if isinstance(p, tuple) else p for p in parts]])
-    return f"resp:{version}:{hashlib.sha256(body.encode()).hexdigest()[:32]}"
-
-
 def _with_id(rec: Recommendation, request_id: str) -> Recommendation:
     return dataclasses.replace(rec, request_id=request_id)
-
-
-async def _read_chunks(path: Path, size: int) -> AsyncIterator[ArtifactChunk]:
-    total = path.stat().st_size
-    with open(path, "rb") as f:
-        offset = 0
-        while chunk := await asyncio.to_thread(f.read, size):
-            yield ArtifactChunk(chunk, offset, total)
-            offset += len(chunk)
