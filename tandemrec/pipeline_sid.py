@@ -36,21 +36,45 @@ def enabled(ctx: RunContext) -> bool:
 
 
 def stage_distill_sid(ctx: RunContext) -> None:
-    """Distil the semantic-id student on the same device view and teacher as the table one."""
+    """Distil the semantic-id student on the same device view and teacher as the table one,
+    then fine-tune it as the table one is after its SVD (`compress.sid_finetune`)."""
     from tandemrec.pipeline import load_vocab
     from tandemrec.train.distill_sid import distill_sid_student
 
     t0 = time.time()
     teacher, _ = load_teacher(ctx.path("teacher.pt"))
-    exclude = ctx.new_items if ctx.new_items.any() else None
     student, fit = distill_sid_student(teacher, ctx.device_training_split(), load_vocab(ctx),
-                                       ctx.cfg.student, ctx.cfg.seed, exclude=exclude)
+                                       ctx.cfg.student, ctx.cfg.seed, exclude=_exclude(ctx))
     save_model(student, ctx.path(SID_CKPT), {"fit": fit.history})
     log(f"semantic-id student: best val NDCG@10 {fit.best_score:.4f} at epoch "
         f"{fit.best_epoch} ({fit.seconds / 60:.1f} min)")
     ctx.record("distill_sid", {"seconds": time.time() - t0, "best_epoch": fit.best_epoch,
                                "val_ndcg@10": fit.best_score, "stopped": fit.stopped,
                                "history": fit.history})
+    c = ctx.cfg.compress
+    if c.sid_finetune and c.finetune_epochs:
+        stage_finetune_sid(ctx)
+
+
+def stage_finetune_sid(ctx: RunContext) -> None:
+    """Fine-tune the saved semantic-id student (train/distill_sid.finetune_sid_student)."""
+    from tandemrec.pipeline import load_vocab
+    from tandemrec.train.distill_sid import finetune_sid_student
+
+    t0 = time.time()
+    student, extra = load_sid_student(ctx.path(SID_CKPT))
+    fit = finetune_sid_student(student, ctx.device_training_split(), load_vocab(ctx),
+                               ctx.cfg.compress, ctx.cfg.seed, exclude=_exclude(ctx))
+    save_model(student, ctx.path(SID_CKPT), {**extra, "finetune": fit.history})
+    log(f"semantic-id student fine-tuned: val NDCG@10 {fit.best_score:.4f} at best "
+        f"(epoch {fit.best_epoch}; {fit.seconds / 60:.1f} min)")
+    ctx.record("finetune_sid", {"seconds": time.time() - t0, "best_epoch": fit.best_epoch,
+                                "val_ndcg@10": fit.best_score, "history": fit.history})
+
+
+def _exclude(ctx: RunContext) -> np.ndarray | None:
+    """Items new to the device (new-item protocol), or None."""
+    return ctx.new_items if ctx.new_items.any() else None
 
 
 def device_rows(ctx: RunContext, histories: list[np.ndarray],

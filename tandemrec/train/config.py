@@ -188,6 +188,9 @@ class CompressConfig(Section):
     batch_size: int = Field(128, gt=0)
     atol: float = Field(1e-3, gt=0)  # ONNX vs torch tolerance on item scores
     loss_positions: Share = 1.0  # share of positions scored per fine-tuning step
+    # The semantic-id student gets this stage's fine-tuning too (without the SVD it has no use
+    # for): finetune_epochs more at lr, aligned to its own frozen distribution over the catalog.
+    sid_finetune: bool = False
 
 
 class EvalConfig(Section):

@@ -9,6 +9,10 @@ only during training (and offline evaluation), never in the device's model.
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -18,8 +22,8 @@ from tandemrec.data.types import LeaveOneOutSplit
 from tandemrec.models.intent_vocab import IntentVocab
 from tandemrec.models.sid_student import SidStudent, SidStudentConfig
 from tandemrec.models.teacher_ensemble import AnyTeacher
-from tandemrec.train.batches import n_batches
-from tandemrec.train.config import StudentTrainConfig
+from tandemrec.train.batches import loss_positions, n_batches, training_batches
+from tandemrec.train.config import CompressConfig, StudentTrainConfig
 from tandemrec.train.distill import distill_batches, kd_positions, teacher_targets
 from tandemrec.train.loop import FitResult, fit, validation_ndcg
 from tandemrec.train.losses import SoftTargets, chunked_head_loss
@@ -83,21 +87,11 @@ def distill_sid_student(teacher: AnyTeacher, split: LeaveOneOutSplit, vocab: Int
     """
     torch.manual_seed(seed)
     student = SidStudent(sid_student_config(vocab, cfg))
-    n = vocab.n_items
-    known = np.ones(n + 1, dtype=bool) if exclude is None else ~np.asarray(exclude, dtype=bool)
-    known[0] = False
-    catalog = sid_catalog(vocab, cfg.hash_buckets)
-    init_codes_from_teacher(student, teacher, catalog, known)
-    # The softmax runs over the known items alone, renumbered 1..N_known (0 = padding).
-    kept = np.concatenate([[0], np.flatnonzero(known)])
-    renum = np.zeros(n + 1, dtype=np.int64)
-    renum[kept] = np.arange(len(kept))
-    rows_t, kept_rows, renum_t = (torch.from_numpy(catalog), torch.from_numpy(catalog[kept]),
-                                  torch.from_numpy(renum))
+    view = SidView.build(vocab, cfg.hash_buckets, exclude)
+    init_codes_from_teacher(student, teacher, view.catalog, view.known)
     max_len = min(cfg.max_len, teacher.cfg.max_len)
     targets = teacher_targets(teacher, split.train, max_len, cfg.kd_top_k, cfg.temperature,
                               exclude=exclude)
-    intent_of = torch.from_numpy(vocab.codes[:, 0].astype(np.int64))
     rng = np.random.default_rng(seed + 2)
     gen = torch.Generator().manual_seed(seed + 2)
     mm_dtype = matmul_dtype(cfg.precision)
@@ -105,29 +99,108 @@ def distill_sid_student(teacher: AnyTeacher, split: LeaveOneOutSplit, vocab: Int
     def loss_fn(x: torch.Tensor, y: torch.Tensor, t_idx: torch.Tensor,
                 t_logp: torch.Tensor) -> torch.Tensor:
         keep = kd_positions(x, y, cfg.loss_positions, gen)
-        with autocast(mm_dtype):
-            h = student.hidden(rows_t[x])[keep]  # (M, D)
-        y_k = y[keep]
-        soft = SoftTargets(p=t_logp[keep].exp(), idx=renum_t[t_idx[keep]],
+        soft = SoftTargets(p=t_logp[keep].exp(), idx=view.renum[t_idx[keep]],
                            temperature=cfg.temperature, weight=cfg.w_kd)
-        vecs, bias, scale = student.catalog_head(kept_rows)  # (N_known+1, D), (N_known+1,)
-        loss = chunked_head_loss(h, vecs, bias, renum_t[y_k], scale, cfg.w_item, soft,
-                                 mm_dtype=mm_dtype)
-        return loss + cfg.w_intent * F.cross_entropy(student.intent_head(h), intent_of[y_k])
-
-    unknown = torch.from_numpy(~known)
-
-    def scores(x: torch.Tensor) -> torch.Tensor:
-        s = student.catalog_scores(rows_t[x], rows_t)
-        s[:, unknown] = -torch.inf
-        return s
-
-    def validate() -> dict[str, float]:
-        return validation_ndcg(scores, split.valid_input, split.valid_target, cfg.max_len)
+        return view.loss(student, x, y, keep, soft, cfg.w_item, cfg.w_intent, mm_dtype)
 
     result = fit(student, student.parameters(), name="distill-sid",
                  batches=lambda _: distill_batches(split, targets, max_len, cfg.batch_size, rng),
                  n_batches=n_batches(split.train, cfg.batch_size), loss_fn=loss_fn,
-                 validate=validate, lr=cfg.lr, max_epochs=cfg.max_epochs, patience=cfg.patience,
+                 validate=view.validator(student, split, cfg.max_len), lr=cfg.lr,
+                 max_epochs=cfg.max_epochs, patience=cfg.patience,
                  warmup_steps=cfg.warmup_steps, max_minutes=cfg.max_minutes, keep=cfg.keep)
     return student, result
+
+
+def finetune_sid_student(student: SidStudent, split: LeaveOneOutSplit, vocab: IntentVocab,
+                         cfg: CompressConfig, seed: int,
+                         exclude: np.ndarray | None = None) -> FitResult:
+    """The table student's final stage for the semantic-id student: align to its own frozen
+    distribution over the catalog (KL at T=1) with the next-item and next-intent losses, at
+    `cfg.lr` for `cfg.finetune_epochs`, so both students train for the same epochs.
+
+    There is nothing to compress: the gain is the second, lower-rate pass on soft targets of
+    the whole catalog (born-again self-distillation, Furlanello et al., 2018). Seeded on its
+    own, so it gives the same weights whether it follows the distillation or resumes from a
+    saved student.
+    """
+    torch.manual_seed(seed + 4)
+    view = SidView.build(vocab, student.cfg.hash_buckets, exclude)
+    ref = copy.deepcopy(student).eval()
+    rng = np.random.default_rng(seed + 4)
+    gen = torch.Generator().manual_seed(seed + 4)
+
+    def loss_fn(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        keep = loss_positions(y, cfg.loss_positions, gen)
+        with torch.no_grad():
+            ref_scores = view.known_scores(ref, x, keep)  # (M, N_known+1)
+        soft = SoftTargets(p=ref_scores.softmax(-1))
+        return view.loss(student, x, y, keep, soft, 1.0, 0.5, None)
+
+    return fit(student, student.parameters(), name="finetune-sid",
+               batches=lambda _: training_batches(split.train, student.cfg.max_len,
+                                                  cfg.batch_size, rng),
+               n_batches=n_batches(split.train, cfg.batch_size), loss_fn=loss_fn,
+               validate=view.validator(student, split, student.cfg.max_len), lr=cfg.lr,
+               max_epochs=cfg.finetune_epochs, patience=cfg.finetune_epochs, warmup_steps=10,
+               max_minutes=cfg.max_minutes)
+
+
+@dataclass(frozen=True)
+class SidView:
+    """The catalog as the semantic-id student trains on it: every item's rows of the code
+    table, and the known items renumbered 1..N_known for the softmax (0 = padding)."""
+
+    catalog: np.ndarray  # (N+1, L') rows of every item
+    known: np.ndarray  # (N+1,) bool: items in the softmax (not padding, not new)
+    rows: torch.Tensor  # (N+1, L')
+    kept_rows: torch.Tensor  # (N_known+1, L')
+    renum: torch.Tensor  # (N+1,) item id -> softmax index (0 for items left out)
+    intent_of: torch.Tensor  # (N+1,) level-1 code of each item
+
+    @classmethod
+    def build(cls, vocab: IntentVocab, hash_buckets: int,
+              exclude: np.ndarray | None) -> SidView:
+        n = vocab.n_items
+        known = np.ones(n + 1, dtype=bool) if exclude is None else ~np.asarray(exclude, bool)
+        known[0] = False
+        catalog = sid_catalog(vocab, hash_buckets)
+        kept = np.concatenate([[0], np.flatnonzero(known)])
+        renum = np.zeros(n + 1, dtype=np.int64)
+        renum[kept] = np.arange(len(kept))
+        return cls(catalog, known, torch.from_numpy(catalog), torch.from_numpy(catalog[kept]),
+                   torch.from_numpy(renum),
+                   torch.from_numpy(vocab.codes[:, 0].astype(np.int64)))
+
+    def loss(self, student: SidStudent, x: torch.Tensor, y: torch.Tensor, keep: torch.Tensor,
+             soft: SoftTargets, w_item: float, w_intent: float,
+             mm_dtype: torch.dtype | None) -> torch.Tensor:
+        """Catalog loss (soft targets and next item) plus the next intent, at positions `keep`."""
+        with autocast(mm_dtype):
+            h = student.hidden(self.rows[x])[keep]  # (M, D)
+        y_k = y[keep]
+        vecs, bias, scale = student.catalog_head(self.kept_rows)  # (N_known+1, D), (N_known+1,)
+        loss = chunked_head_loss(h, vecs, bias, self.renum[y_k], scale, w_item, soft,
+                                 mm_dtype=mm_dtype)
+        return loss + w_intent * F.cross_entropy(student.intent_head(h), self.intent_of[y_k])
+
+    def known_scores(self, student: SidStudent, x: torch.Tensor,
+                     keep: torch.Tensor) -> torch.Tensor:
+        """(M, N_known+1) scores of the known items at positions `keep`; padding never."""
+        h = student.hidden(self.rows[x])[keep]
+        vecs, bias, scale = student.catalog_head(self.kept_rows)
+        s = (h @ vecs.T) * scale + bias
+        s[..., 0] = -torch.inf
+        return s
+
+    def validator(self, student: SidStudent, split: LeaveOneOutSplit,
+                  max_len: int) -> Callable[[], dict[str, float]]:
+        """Validation NDCG@10 over the known items (new ones are never a device's answer)."""
+        unknown = torch.from_numpy(~self.known)
+
+        def scores(x: torch.Tensor) -> torch.Tensor:
+            s = student.catalog_scores(self.rows[x], self.rows)
+            s[:, unknown] = -torch.inf
+            return s
+
+        return lambda: validation_ndcg(scores, split.valid_input, split.valid_target, max_len)

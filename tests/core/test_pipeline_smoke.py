@@ -88,12 +88,16 @@ def test_every_stage_end_to_end(tmp_path, monkeypatch, members):
 
 
 def _sid_student_alone(runner, common, run_dir, results):
-    """`tandem distill-sid` adds a semantic-id student to a finished run, on its teacher."""
+    """`tandem distill-sid` adds a semantic-id student to a finished run, on its teacher, with
+    the table student's fine-tuning epochs after its distillation (compress.sid_finetune)."""
     teacher = (run_dir / "teacher.pt").stat().st_mtime_ns
-    res = runner.invoke(app, ["distill-sid", *common, "--set", "student.hash_buckets=8"])
+    res = runner.invoke(app, ["distill-sid", *common, "--set", "student.hash_buckets=8",
+                              "--set", "compress.sid_finetune=true"])
     assert res.exit_code == 0, f"{res.output}\n{res.exception!r}"
     assert (run_dir / "teacher.pt").stat().st_mtime_ns == teacher  # not trained again
-    sid = json.loads((run_dir / "run.json").read_text())["export_sid"]
+    run = json.loads((run_dir / "run.json").read_text())
+    assert len(run["finetune_sid"]["history"]) == 2  # smoke.yaml's compress.finetune_epochs
+    sid = run["export_sid"]
     assert sid["parity"]["sid_student_fp32"]["max_abs_diff_scores"] <= \
         sid["parity"]["sid_student_fp32"]["atol"]
     assert sid["sizes"]["sid_student_int8.onnx"] == (run_dir / "sid_student_int8.onnx").stat(
