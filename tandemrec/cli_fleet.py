@@ -138,6 +138,10 @@ def demo(
     results_dir: Annotated[Path | None, typer.Option(
         help="Where reports and plots go (default: artifacts/demo/results).",
         show_default=False)] = None,
+    student: Annotated[str, typer.Option(help="table or sid: the device student the fleet "
+                                         "runs and the lift is printed for (sid: also trains "
+                                         "the semantic-id student, on the same teacher).")] =
+    "table",
 ) -> None:
     """The whole system in one command: train small models, start the cloud in-process on the
     embedded store, simulate every held-out user in every mode, print the results.
@@ -150,40 +154,46 @@ def demo(
     from tandemrec.data.errors import DatasetNotFound, UnknownDataset
     from tandemrec.paths import artifacts_dir
     from tandemrec.pipeline import open_run, run_pipeline
+    from tandemrec.pipeline_sid import SID_BUNDLE
     from tandemrec.progress import console
     from tandemrec.sim.report import write_report
     from tandemrec.sim.run import SimConfig
     from tandemrec.sim.run import simulate as run
     from tandemrec.train.config import load_config
 
+    if student not in ("table", "sid"):
+        _fail(f"--student is table or sid (got {student!r})")
     t0 = time.time()
     run_dir = artifacts_dir() / "demo"
     results_dir = results_dir or run_dir / "results"
+    sets = [f"dataset={dataset}", *(["student.kind=sid"] if student == "sid" else [])]
     console.rule(f"1/3 train, distil, compress, export and evaluate on {dataset}")
     try:
-        ctx = open_run(load_config(config, [f"dataset={dataset}"]), run_dir)
+        ctx = open_run(load_config(config, sets), run_dir)
     except (DatasetNotFound, UnknownDataset, ValueError) as exc:
         _fail(str(exc))
         return
     run_pipeline(ctx, results_dir)
     console.rule("2/3 the new-item protocol: a device model that has never seen 10% of the items")
-    fresh = open_run(load_config(config, [f"dataset={dataset}", "protocol=new-items"]),
+    fresh = open_run(load_config(config, [*sets, "protocol=new-items"]),
                      artifacts_dir() / "demo-new-items", teacher_from=run_dir)
     run_pipeline(fresh, results_dir)
     console.rule("3/3 serve the cloud in-process and simulate every held-out user")
-    cfg = SimConfig(dataset=dataset, bundle=run_dir / "bundle", in_process=True)
+    bundle = run_dir / (SID_BUNDLE if student == "sid" else "bundle")
+    cfg = SimConfig(dataset=dataset, bundle=bundle, in_process=True)
     with console.status("simulating the fleet over gRPC"):
         report, runs = run(cfg)
     report["tag"] = "demo"
     paths = write_report(report, runs, results_dir)
     print_rows(report)
-    print_lift(results_dir / f"quality-{ctx.results_name}.json")
+    print_lift(results_dir / f"quality-{ctx.results_name}.json", student)
     console.print(f"demo finished in {(time.time() - t0) / 60:.1f} min; reports and plots: "
                   + ", ".join(str(p) for p in paths))
 
 
-def print_lift(results: Path) -> None:
-    """The offline evaluation's lift table: collaborative beside edge-only and cloud-full."""
+def print_lift(results: Path, student: str = "table") -> None:
+    """The offline evaluation's lift table: collaborative beside edge-only and cloud-full, for
+    the table student's modes or the semantic-id student's."""
     import json
 
     from rich.table import Table
@@ -191,8 +201,9 @@ def print_lift(results: Path) -> None:
     from tandemrec.eval.lift import lift_rows
     from tandemrec.progress import console
 
-    rows = lift_rows(json.loads(results.read_text()))
-    table = Table(title="NDCG@10 on held-out users (offline evaluation, full ranking)")
+    rows = lift_rows(json.loads(results.read_text()), student)
+    which = ", semantic-id student" if student == "sid" else ""
+    table = Table(title=f"NDCG@10 on held-out users (offline evaluation, full ranking{which})")
     for c in ("protocol", "users", "cloud-full", "edge-only", "collaborative",
               "lift over edge-only", "of cloud-full"):
         table.add_column(c, justify="left" if c in ("protocol", "users") else "right")

@@ -18,6 +18,13 @@ from tandemrec.eval.metrics import metrics_from_ranks
 TRIO = ("cloud-full", "edge-only", "collaborative")
 
 
+def trio(student: str = "table") -> tuple[str, str, str]:
+    """The modes a student's lift compares: cloud-full, its edge-only, its collaborative."""
+    if student not in ("table", "sid"):
+        raise ValueError(f"student is table or sid, got {student!r}")
+    return TRIO if student == "table" else ("cloud-full", "sid-edge-only", "sid-collaborative")
+
+
 def lift(collab: float, edge: float) -> float | None:
     """Relative gain of collaborative over edge-only NDCG@10 (None when edge-only is 0)."""
     return collab / edge - 1.0 if edge > 0 else None
@@ -50,28 +57,30 @@ def new_items_section(ranks: dict[str, np.ndarray], new_target: np.ndarray, shar
     return {"share": share, "selection": selection, "n_new_items": n_new_items, "rows": rows}
 
 
-def lift_rows(report: dict) -> list[dict]:
-    """(protocol, users, cloud-full, edge-only, collaborative, lift, of cloud-full) rows."""
+def lift_rows(report: dict, student: str = "table") -> list[dict]:
+    """(protocol, users, cloud-full, edge-only, collaborative, lift, of cloud-full) rows, for
+    the table student's modes or (`student="sid"`) the semantic-id student's."""
+    modes = trio(student)
     out = []
     by = {r["mode"]: r["ndcg@10"] for r in report.get("rows", [])}
     # A new-item run's own rows are its "all users" row below, not the standard protocol's.
-    if all(m in by for m in TRIO) and report.get("protocol_name") != "new-items":
-        out.append(_trio_row("standard", f"all {report.get('n_test_users', '')}".strip(), by))
+    if all(m in by for m in modes) and report.get("protocol_name") != "new-items":
+        out.append(_trio_row("standard", f"all {report.get('n_test_users', '')}".strip(),
+                             [by[m] for m in modes]))
     new = report.get("new_items")
     if new:
         nb = {r["mode"]: r for r in new["rows"]}
-        if all(m in nb for m in TRIO):
-            n_users = nb["collaborative"]["n_new_target_users"]
-            out.append(_trio_row("new items", "all",
-                                 {m: nb[m]["ndcg@10_all"] for m in TRIO}))
+        if all(m in nb for m in modes):
+            n_users = nb[modes[2]]["n_new_target_users"]
+            out.append(_trio_row("new items", "all", [nb[m]["ndcg@10_all"] for m in modes]))
             if n_users:
                 out.append(_trio_row("new items", f"new-item targets ({n_users})",
-                                     {m: nb[m]["ndcg@10_new_targets"] for m in TRIO}))
+                                     [nb[m]["ndcg@10_new_targets"] for m in modes]))
     return out
 
 
-def _trio_row(protocol: str, users: str, ndcg: dict[str, float]) -> dict:
-    full, edge, collab = (ndcg[m] for m in TRIO)
+def _trio_row(protocol: str, users: str, ndcg: list[float]) -> dict:
+    full, edge, collab = ndcg
     return {"protocol": protocol, "users": users, "cloud-full": full, "edge-only": edge,
             "collaborative": collab, "lift": lift(collab, edge),
             "of_cloud_full": collab / full if full else None}

@@ -1,4 +1,4 @@
-"""`tandem simulate`'s choice of bundle: the table student's, or the semantic-id one's."""
+"""`tandem simulate` and `tandem demo`: the table student's bundle, or the semantic-id one's."""
 
 from __future__ import annotations
 
@@ -22,5 +22,11 @@ def test_the_student_option_names_the_bundle_and_how_to_build_it(tmp_path, monke
 
 def test_an_unknown_student_is_refused_with_the_choices():
     res = CliRunner().invoke(app, ["simulate", "--student", "big"])
+    assert res.exit_code == 2
+    assert "--student is table or sid" in " ".join(res.output.split())
+
+
+def test_the_demo_refuses_an_unknown_student_before_training():
+    res = CliRunner().invoke(app, ["demo", "--student", "big"])
     assert res.exit_code == 2
     assert "--student is table or sid" in " ".join(res.output.split())
