@@ -76,7 +76,6 @@ def simulate(
     upstream, latency and fallback rate per serving mode."""
     from tandem_contract.bundle import is_pair
     from tandemrec.paths import artifacts_dir
-    from tandemrec.pipeline_sid import SID_BUNDLE
     from tandemrec.progress import console
     from tandemrec.sim.fleet import MODES
     from tandemrec.sim.network import Conditions
@@ -89,10 +88,9 @@ def simulate(
         _fail(f"unknown mode(s) {bad}: choose from {', '.join(MODES)}")
     if transport not in ("grpc", "http") or policy not in ("always", "shift"):
         _fail("--transport is grpc or http; --policy is always or shift")
-    if student not in ("table", "sid"):
-        _fail(f"--student is table or sid (got {student!r})")
     name = Path(dataset).stem if Path(dataset).suffix else dataset
-    bundle = bundle or artifacts_dir() / name / (SID_BUNDLE if student == "sid" else "bundle")
+    default = _student_bundle(artifacts_dir() / name, student)  # checks --student too
+    bundle = bundle or default
     if not is_pair(bundle):
         how = " --set student.kind=sid" if student == "sid" else ""
         _fail(f"no bundle at {bundle}: run `tandem pipeline -d {dataset}{how}` first, or pass "
@@ -154,17 +152,15 @@ def demo(
     from tandemrec.data.errors import DatasetNotFound, UnknownDataset
     from tandemrec.paths import artifacts_dir
     from tandemrec.pipeline import open_run, run_pipeline
-    from tandemrec.pipeline_sid import SID_BUNDLE
     from tandemrec.progress import console
     from tandemrec.sim.report import write_report
     from tandemrec.sim.run import SimConfig
     from tandemrec.sim.run import simulate as run
     from tandemrec.train.config import load_config
 
-    if student not in ("table", "sid"):
-        _fail(f"--student is table or sid (got {student!r})")
     t0 = time.time()
     run_dir = artifacts_dir() / "demo"
+    bundle = _student_bundle(run_dir, student)  # checks --student before any training
     results_dir = results_dir or run_dir / "results"
     sets = [f"dataset={dataset}", *(["student.kind=sid"] if student == "sid" else [])]
     console.rule(f"1/3 train, distil, compress, export and evaluate on {dataset}")
@@ -179,7 +175,6 @@ def demo(
                      artifacts_dir() / "demo-new-items", teacher_from=run_dir)
     run_pipeline(fresh, results_dir)
     console.rule("3/3 serve the cloud in-process and simulate every held-out user")
-    bundle = run_dir / (SID_BUNDLE if student == "sid" else "bundle")
     cfg = SimConfig(dataset=dataset, bundle=bundle, in_process=True)
     with console.status("simulating the fleet over gRPC"):
         report, runs = run(cfg)
@@ -189,6 +184,15 @@ def demo(
     print_lift(results_dir / f"quality-{ctx.results_name}.json", student)
     console.print(f"demo finished in {(time.time() - t0) / 60:.1f} min; reports and plots: "
                   + ", ".join(str(p) for p in paths))
+
+
+def _student_bundle(run_dir: Path, student: str) -> Path:
+    """The bundle pair a run writes for `student` (table or sid); any other name is refused."""
+    from tandemrec.pipeline_sid import SID_BUNDLE
+
+    if student not in ("table", "sid"):
+        _fail(f"--student is table or sid (got {student!r})")
+    return run_dir / (SID_BUNDLE if student == "sid" else "bundle")
 
 
 def print_lift(results: Path, student: str = "table") -> None:

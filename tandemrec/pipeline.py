@@ -63,6 +63,11 @@ class RunContext:
         """Name of this run's results: quality-<results_name>.json under the results dir."""
         return self.data.name + ("-new-items" if self.cfg.protocol == "new-items" else "")
 
+    @property
+    def excluded(self) -> np.ndarray | None:
+        """The items a student must leave out of its soft targets (`exclude`), None if none."""
+        return self.new_items if self.new_items.any() else None
+
     def device_training_split(self) -> LeaveOneOutSplit:
         """What the student trains and validates on: the device's view, no new item a target."""
         return drop_new_targets(self.device_split, self.new_items)
@@ -324,10 +329,9 @@ def stage_distill(ctx: RunContext) -> None:
 
     t0 = time.time()
     teacher, _ = load_teacher(ctx.path("teacher.pt"))
-    exclude = ctx.new_items if ctx.new_items.any() else None
     student, fit = distill_student(teacher, ctx.device_training_split(), ctx.n_items,
                                    load_vocab(ctx), ctx.cfg.student, ctx.cfg.seed,
-                                   exclude=exclude)
+                                   exclude=ctx.excluded)
     if not current().is_main:  # under DDP the other processes are done: rank 0 goes on alone
         return
     save_model(student, ctx.path("student.pt"), {"fit": fit.history})

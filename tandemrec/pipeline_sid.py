@@ -44,7 +44,7 @@ def stage_distill_sid(ctx: RunContext) -> None:
     t0 = time.time()
     teacher, _ = load_teacher(ctx.path("teacher.pt"))
     student, fit = distill_sid_student(teacher, ctx.device_training_split(), load_vocab(ctx),
-                                       ctx.cfg.student, ctx.cfg.seed, exclude=_exclude(ctx))
+                                       ctx.cfg.student, ctx.cfg.seed, exclude=ctx.excluded)
     save_model(student, ctx.path(SID_CKPT), {"fit": fit.history})
     log(f"semantic-id student: best val NDCG@10 {fit.best_score:.4f} at epoch "
         f"{fit.best_epoch} ({fit.seconds / 60:.1f} min)")
@@ -64,17 +64,12 @@ def stage_finetune_sid(ctx: RunContext) -> None:
     t0 = time.time()
     student, extra = load_sid_student(ctx.path(SID_CKPT))
     fit = finetune_sid_student(student, ctx.device_training_split(), load_vocab(ctx),
-                               ctx.cfg.compress, ctx.cfg.seed, exclude=_exclude(ctx))
+                               ctx.cfg.compress, ctx.cfg.seed, exclude=ctx.excluded)
     save_model(student, ctx.path(SID_CKPT), {**extra, "finetune": fit.history})
     log(f"semantic-id student fine-tuned: val NDCG@10 {fit.best_score:.4f} at best "
         f"(epoch {fit.best_epoch}; {fit.seconds / 60:.1f} min)")
     ctx.record("finetune_sid", {"seconds": time.time() - t0, "best_epoch": fit.best_epoch,
                                 "val_ndcg@10": fit.best_score, "history": fit.history})
-
-
-def _exclude(ctx: RunContext) -> np.ndarray | None:
-    """Items new to the device (new-item protocol), or None."""
-    return ctx.new_items if ctx.new_items.any() else None
 
 
 def device_rows(ctx: RunContext, histories: list[np.ndarray],

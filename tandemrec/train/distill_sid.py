@@ -127,13 +127,15 @@ def finetune_sid_student(student: SidStudent, split: LeaveOneOutSplit, vocab: In
     torch.manual_seed(seed + 4)
     view = SidView.build(vocab, student.cfg.hash_buckets, exclude)
     ref = copy.deepcopy(student).eval()
+    with torch.no_grad():  # the frozen reference's item head, built once
+        ref_head = ref.catalog_head(view.kept_rows)
     rng = np.random.default_rng(seed + 4)
     gen = torch.Generator().manual_seed(seed + 4)
 
     def loss_fn(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         keep = loss_positions(y, cfg.loss_positions, gen)
         with torch.no_grad():
-            ref_scores = view.known_scores(ref, x, keep)  # (M, N_known+1)
+            ref_scores = view.known_scores(ref, x, keep, ref_head)  # (M, N_known+1)
         soft = SoftTargets(p=ref_scores.softmax(-1))
         return view.loss(student, x, y, keep, soft, 1.0, 0.5, None)
 
@@ -184,11 +186,13 @@ class SidView:
                                  mm_dtype=mm_dtype)
         return loss + w_intent * F.cross_entropy(student.intent_head(h), self.intent_of[y_k])
 
-    def known_scores(self, student: SidStudent, x: torch.Tensor,
-                     keep: torch.Tensor) -> torch.Tensor:
-        """(M, N_known+1) scores of the known items at positions `keep`; padding never."""
+    def known_scores(self, student: SidStudent, x: torch.Tensor, keep: torch.Tensor,
+                     head: tuple[torch.Tensor, torch.Tensor, float] | None = None
+                     ) -> torch.Tensor:
+        """(M, N_known+1) scores of the known items at positions `keep`; padding never.
+        `head`: the student's `catalog_head(kept_rows)` where the caller already holds it."""
         h = student.hidden(self.rows[x])[keep]
-        vecs, bias, scale = student.catalog_head(self.kept_rows)
+        vecs, bias, scale = head if head is not None else student.catalog_head(self.kept_rows)
         s = (h @ vecs.T) * scale + bias
         s[..., 0] = -torch.inf
         return s
