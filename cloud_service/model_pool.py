@@ -29,9 +29,10 @@ class ModelPool:
     """Loaded versions (most recent last) and the registry state they serve."""
 
     def __init__(self, registry: ModelRegistry, metrics: Metrics, *, keep: int, safe: Safe,
-                 on_evict: Callable[[LoadedModel], None] | None = None) -> None:
+                 on_evict: Callable[[LoadedModel], None] | None = None,
+                 loader: Callable[[str], LoadedModel] = load_model) -> None:
         self.registry, self.metrics, self.keep, self._safe = registry, metrics, keep, safe
-        self.on_evict = on_evict
+        self.on_evict, self._loader = on_evict, loader
         self.state = RegistryState()
         self.ready = False
         self._models: OrderedDict[str, LoadedModel] = OrderedDict()
@@ -60,7 +61,7 @@ class ModelPool:
         if self._failed.get(version) == bundle_dir:
             return False  # do not re-verify a broken bundle every poll
         try:
-            model = await asyncio.to_thread(load_model, bundle_dir)
+            model = await asyncio.to_thread(self._loader, bundle_dir)
         except (BundleError, OSError, ValueError, KeyError, RuntimeError) as exc:
             self._failed[version] = bundle_dir
             self.metrics.reloads.labels("failed").inc()
@@ -128,7 +129,7 @@ class ModelPool:
         if not Path(path).is_dir():
             raise InvalidInput(f"bundle directory {bundle_dir!r} does not exist on the server")
         try:
-            model = await asyncio.to_thread(load_model, path)
+            model = await asyncio.to_thread(self._loader, path)
         except (BundleError, OSError, ValueError, KeyError) as exc:
             raise InvalidInput(f"bundle {bundle_dir!r} refused: {exc}") from exc
         self._failed.pop(model.version, None)

@@ -13,7 +13,7 @@ import json
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -24,6 +24,9 @@ from tandemrec.checkpoints import load_teacher
 from tandemrec.models.inputs import left_pad
 from tandemrec.models.teacher_ensemble import AnyTeacher
 from tandemrec.retrieval import IntentIndex
+from tandemrec.teacher_graph import OnnxTeacher, exportable
+
+Runtime = Literal["onnx", "torch"]
 
 
 @dataclass(eq=False)  # identity equality: a loaded model is a hashable batching key
@@ -43,12 +46,16 @@ class LoadedModel:
     n_intents: int
     lock: threading.Lock  # one teacher call at a time: batching, not threads, gives throughput
     serving: dict  # retrieval settings the bundle was evaluated with (manifest extra)
+    graph: OnnxTeacher | None = None  # the teacher's forward in ONNX Runtime; None: torch
 
     def score(self, seqs: list[np.ndarray], coarse: bool) -> np.ndarray:
         """Teacher scores at the last position: (B, N+1) logits, or an ensemble's log-probs."""
         x = left_pad(seqs, self.teacher.cfg.max_len)
-        with self.lock, torch.inference_mode():
-            return self.teacher(x, coarse=coarse).float().numpy()
+        with self.lock:
+            if self.graph is not None:
+                return self.graph(x.numpy(), coarse)
+            with torch.inference_mode():
+                return self.teacher(x, coarse=coarse).float().numpy()
 
     def semantic_fields(self, items: np.ndarray) -> dict[str, Any]:
         """An answer's semantic ids (flattened) and new-item flags (empty when none is new)."""
@@ -77,8 +84,14 @@ def manifest_info(bundle_dir: Path, manifest: dict, n_items: int, n_intents: int
                         n_items=n_items, n_intents=n_intents)
 
 
-def load_model(bundle_dir: str | Path) -> LoadedModel:
-    """Verify both sides of a pair and their pairing, then load the teacher and the index."""
+def load_model(bundle_dir: str | Path, runtime: Runtime = "torch", threads: int = 1,
+               spin: bool = False) -> LoadedModel:
+    """Verify both sides of a pair and their pairing, then load the teacher and the index.
+
+    With `runtime="onnx"` the teacher's forward is exported and served by ONNX Runtime on
+    `threads` intra-op threads, spinning between calls if `spin` (a teacher it cannot export
+    stays on torch).
+    """
     pair = pair_dirs(bundle_dir)
     device_manifest, cloud_manifest = verify_pair(pair.root)
     bundle_dir = pair.root
@@ -93,6 +106,8 @@ def load_model(bundle_dir: str | Path) -> LoadedModel:
     item_new = device_new(table, n_items)
     with torch.inference_mode():
         teacher.item_vectors()  # computed once now rather than on the first request
+    graph = (OnnxTeacher(teacher, threads, spin) if runtime == "onnx" and exportable(teacher)
+             else None)
     return LoadedModel(version=str(cloud_manifest["version"]), bundle_dir=bundle_dir,
                        device_dir=pair.device,
                        manifest=manifest_info(pair.device, device_manifest, n_items, n_intents),
@@ -100,7 +115,8 @@ def load_model(bundle_dir: str | Path) -> LoadedModel:
                        item_intent=item_intent, item_codes=codes, item_new=item_new,
                        n_items=n_items, n_intents=n_intents,
                        lock=threading.Lock(),
-                       serving=dict((cloud_manifest.get("extra") or {}).get("serving") or {}))
+                       serving=dict((cloud_manifest.get("extra") or {}).get("serving") or {}),
+                       graph=graph)
 
 
 def semantic_ids(codebook: Path, item_intent: np.ndarray) -> np.ndarray:

@@ -20,6 +20,7 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -39,7 +40,7 @@ from cloud_service.domain import (
 from cloud_service.errors import NotFound, RateLimited, Unavailable
 from cloud_service.metrics import Metrics
 from cloud_service.model_pool import ModelPool
-from cloud_service.models import LoadedModel
+from cloud_service.models import LoadedModel, load_model
 from cloud_service.registry import ModelRegistry
 from cloud_service.settings import CloudSettings
 from cloud_service.store import MemoryStore, Store, StoreUnavailable, make_store
@@ -69,7 +70,10 @@ class RecommendationService(RegistryAdmin):
             max_wait_s=settings.batch_max_wait_ms / 1000, on_batch=self.metrics.batch_size.observe,
             adaptive=settings.batch_adaptive)
         self.pool = ModelPool(self.registry, self.metrics, keep=settings.keep_versions,
-                              safe=self._safe, on_evict=self._evicted)
+                              safe=self._safe, on_evict=self._evicted,
+                              loader=partial(load_model, runtime=settings.teacher_runtime,
+                                             threads=settings.teacher_threads(),
+                                             spin=settings.teacher_spin))
         self._inflight = 0
         self._draining = False  # readiness is false: load balancers stop routing here
         self._closed = False  # new requests are refused; those in flight finish

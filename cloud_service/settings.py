@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from functools import lru_cache
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -53,8 +53,17 @@ class CloudSettings(BaseSettings):
     # One intra-op thread per CPU: a batch of 32 rows ran 2.4x faster on two threads than on
     # one, and HTTP at concurrency 32 served 1.6x more (bench/cloud_load.py --compare-threads
     # measures the two in one run; docs/performance.md).
-    torch_threads: int = Field(0, ge=0, description="torch intra-op threads; 0 = one per CPU "
+    torch_threads: int = Field(0, ge=0, description="teacher intra-op threads (torch or ONNX "
+                               "Runtime); 0 = one per CPU "
                                "this process may run on")
+    # ONNX Runtime ran a 32-row batch of the ML-1M ensemble in half eager torch's time, with
+    # the same top 10 (tandemrec/teacher_graph.py); "torch" serves the checkpoint as loaded.
+    teacher_runtime: Literal["onnx", "torch"] = Field(
+        "onnx", description="what runs the teacher: onnx (exported at load) or torch")
+    # Spinning ONNX Runtime threads cut a lone request's p50 (1.48 against 1.77 ms) but took
+    # the CPU the event loop needs under load: gRPC at 32 served 1,016 against 1,190 req/s.
+    teacher_spin: bool = Field(False, description="ONNX Runtime's teacher threads spin-wait "
+                               "between calls (lower latency when idle, more CPU)")
 
     # Auth: keys come from the environment or a secrets file, never from code.
     device_api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)

@@ -67,7 +67,8 @@ def test_pipeline_with_a_tiny_llama_teacher(tmp_path, monkeypatch):
         assert max(rep["max_abs_diff_scores"], rep["max_abs_diff_intents"]) <= rep["atol"]
     device, cloud = verify_pair(run_dir / "bundle")
     assert set(device["files"]) == {"student_int8.onnx", "device_items.json"}
-    served = load_model(run_dir / "bundle")
+    served = load_model(run_dir / "bundle", runtime="onnx")
+    assert served.graph is None  # an HF backbone is served by torch whatever the setting
     scores = served.score([np.array([1, 2, 3]), np.array([], dtype=np.int64)], coarse=True)
     assert scores.shape == (2, served.n_items + 1) and np.isfinite(scores).all()
     (report,) = (run_dir / "results").glob("quality-*.json")

@@ -84,6 +84,12 @@ def test_every_stage_end_to_end(tmp_path, monkeypatch, members):
         scores = served.score([np.array([1, 2, 3]), np.array([4])], coarse=True)
         assert scores.shape == (2, served.n_items + 1)
         np.testing.assert_allclose(np.exp(scores).sum(1), 1.0, rtol=1e-4)
+        onnx = load_model(run_dir / "bundle", runtime="onnx")  # the cloud's default runtime
+        assert onnx.graph is not None and served.graph is None
+        for coarse, rows in ((True, [np.array([1, 2, 3]), np.array([4])]),
+                             (False, [np.array([5, 1, 2, 9, 3]), np.array([], np.int64)])):
+            np.testing.assert_allclose(onnx.score(rows, coarse), served.score(rows, coarse),
+                                       atol=1e-4)
         _sid_student_alone(runner, common, run_dir, results)
 
 
