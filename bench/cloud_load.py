@@ -129,12 +129,13 @@ def markdown(report: dict) -> str:
             f"requests (503, RESOURCE_EXHAUSTED) {report['on_refusal']}. Latencies are those "
             f"of answered requests. HTTP client: {_client_name(report)}. CPU "
             "ms/req: CPU time of the server process and of the client processes over the "
-            "cell, per answered or refused request. Torch threads \"default\": each code's "
-            "own (1 up to cb9ae40, one per CPU since).", ""]
+            "cell, per answered or refused request. Teacher threads \"default\": each code's "
+            "own (1 up to cb9ae40, one per CPU since; torch before 1c5bd67, ONNX Runtime "
+            "from it).", ""]
     rows = report["rows"]
     if "baseline" not in report:
-        head += ["| transport | batching | torch threads | concurrency | req/s | p50 ms | p99 ms |"
-                 " refused | errors | batched/unbatched | CPU ms/req server / clients |",
+        head += ["| transport | batching | teacher threads | concurrency | req/s | p50 ms |"
+                 " p99 ms | refused | errors | batched/unbatched | CPU ms/req server / clients |",
                  "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
         for r in rows:
             ratio = r.get("speedup_vs_unbatched")
@@ -146,7 +147,7 @@ def markdown(report: dict) -> str:
     head += [f"Baseline: {b['rev']} ({_short(b['commit'])}), current: "
              f"{_short(report['current']['commit'])}; each cell ran on both, the two taking "
              "turns going first.",
-             "", "| transport | batching | torch threads | concurrency | req/s current | req/s "
+             "", "| transport | batching | teacher threads | concurrency | req/s current | req/s "
              "baseline | current/baseline | p50 ms cur / base | p99 ms cur / base | refused "
              "cur / base | errors cur / base | server CPU ms/req cur / base | batched/unbatched "
              "cur |",
@@ -331,10 +332,10 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--client-processes", type=int, default=2,
                    help="processes the load is driven from (default: 2)")
     p.add_argument("--server-threads", type=int, default=0,
-                   help="the servers' torch threads (default 0: each code's own default; "
+                   help="the servers' teacher threads (default 0: each code's own default; "
                         "cb9ae40 and earlier: 1, now one per CPU)")
     p.add_argument("--compare-threads", type=int, default=1,
-                   help="also run gRPC and HTTP, batched, concurrency 32 with this many torch "
+                   help="also run gRPC and HTTP, batched, concurrency 32 with this many teacher "
                         "threads (0 = skip)")
     p.add_argument("--baseline", metavar="REV", default="",
                    help="also serve every cell from a git worktree of REV (a commit, tag or "

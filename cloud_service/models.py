@@ -106,8 +106,9 @@ def load_model(bundle_dir: str | Path, runtime: Runtime = "torch", threads: int 
     item_new = device_new(table, n_items)
     with torch.inference_mode():
         teacher.item_vectors()  # computed once now rather than on the first request
-    graph = (OnnxTeacher(teacher, threads, spin) if runtime == "onnx" and exportable(teacher)
-             else None)
+    digest = str(cloud_manifest["files"]["teacher.pt"]["sha256"])  # verified above
+    graph = (OnnxTeacher(teacher, threads, spin, digest)
+             if runtime == "onnx" and exportable(teacher) else None)
     return LoadedModel(version=str(cloud_manifest["version"]), bundle_dir=bundle_dir,
                        device_dir=pair.device,
                        manifest=manifest_info(pair.device, device_manifest, n_items, n_intents),

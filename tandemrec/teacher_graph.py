@@ -11,6 +11,7 @@ file; teachers the exporter does not cover (a Hugging Face backbone) stay on tor
 from __future__ import annotations
 
 import io
+import threading
 import warnings
 
 import numpy as np
@@ -23,6 +24,11 @@ from tandemrec.models.teacher_ensemble import AnyTeacher, TeacherEnsemble
 
 OPSET = 17
 INPUT, OUTPUT = "seq", "scores"
+# Graphs by checkpoint digest and mode: replicas that load the same checkpoint in one process
+# (tests, the simulator's in-process cloud, a reload) export it once. Small: a few versions.
+_GRAPHS: dict[tuple[str, bool], bytes] = {}
+_GRAPHS_LOCK = threading.Lock()
+_GRAPHS_KEEP = 8
 
 
 class _Mode(nn.Module):
@@ -68,7 +74,8 @@ def export_mode(teacher: AnyTeacher, coarse: bool) -> bytes:
 class OnnxTeacher:
     """Scores as `teacher(seq, coarse=...)` does, from one ONNX Runtime session per mode."""
 
-    def __init__(self, teacher: AnyTeacher, threads: int, spin: bool = False) -> None:
+    def __init__(self, teacher: AnyTeacher, threads: int, spin: bool = False,
+                 digest: str = "") -> None:
         import onnxruntime as ort  # the cloud's teacher runtime; the training path never needs it
 
         opts = ort.SessionOptions()
@@ -79,7 +86,7 @@ class OnnxTeacher:
         # that the event loop and the next requests need once the replica is busy.
         opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
         self.sessions = {
-            coarse: ort.InferenceSession(export_mode(teacher, coarse), opts,
+            coarse: ort.InferenceSession(_graph(teacher, coarse, digest), opts,
                                          providers=["CPUExecutionProvider"])
             for coarse in (True, False)}
 
@@ -87,3 +94,15 @@ class OnnxTeacher:
         """(B, T) int64 left-padded histories -> (B, N+1) float32 scores."""
         out = self.sessions[coarse].run([OUTPUT], {INPUT: np.ascontiguousarray(seq, np.int64)})
         return np.asarray(out[0], dtype=np.float32)
+
+
+def _graph(teacher: AnyTeacher, coarse: bool, digest: str) -> bytes:
+    """`export_mode`, once per checkpoint `digest` (its sha256) and mode; "" never caches."""
+    if not digest:
+        return export_mode(teacher, coarse)
+    with _GRAPHS_LOCK:
+        if (digest, coarse) not in _GRAPHS:
+            if len(_GRAPHS) >= _GRAPHS_KEEP:
+                del _GRAPHS[next(iter(_GRAPHS))]  # the oldest
+            _GRAPHS[digest, coarse] = export_mode(teacher, coarse)
+        return _GRAPHS[digest, coarse]
