@@ -5,7 +5,8 @@ tokens, or item ids for cloud-full). Exported once at load and run by ONNX Runti
 32 coarse histories of the two-member ML-1M ensemble took 10.8 ms on two threads against 20.6
 ms in eager torch, with scores within 3e-6 and the same top 10 (docs/performance.md). The graph
 is exported in memory from the loaded teacher, so any bundle serves this way without a new
-file; teachers the exporter does not cover (a Hugging Face backbone) stay on torch.
+file; teachers it does not cover (a Hugging Face backbone, or weights and item vectors past
+what one graph can hold) stay on torch.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import io
 import threading
 import warnings
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -42,10 +44,25 @@ class _Mode(nn.Module):
         return self.teacher(seq, coarse=self.coarse)
 
 
+# A graph in memory is one protobuf, which cannot pass 2 GB; the cached item vectors and the
+# weights are its constants. Bigger teachers (catalogs of millions) stay on torch.
+MAX_GRAPH_BYTES = 1_500_000_000
+
+
 def exportable(teacher: AnyTeacher) -> bool:
-    """True for native-decoder teachers (and ensembles of them); HF backbones stay on torch."""
-    members = teacher.members if isinstance(teacher, TeacherEnsemble) else [teacher]
-    return all(isinstance(m, Teacher) and m.cfg.backbone == "native" for m in members)
+    """True for native-decoder teachers (and ensembles of them) whose constants fit one graph;
+    HF backbones and bigger teachers stay on torch."""
+    members = list(teacher.members) if isinstance(teacher, TeacherEnsemble) else [teacher]
+    native = all(isinstance(m, Teacher) and m.cfg.backbone == "native" for m in members)
+    return native and _constant_bytes(members) <= MAX_GRAPH_BYTES
+
+
+def _constant_bytes(members: Sequence[nn.Module]) -> int:
+    """Bytes of the weights plus the item vectors each member caches (an upper bound)."""
+    weights = sum(p.numel() * p.element_size() for m in members for p in m.parameters())
+    vectors = sum((m.cfg.n_items + 1) * m.cfg.d_model * 4 for m in members
+                  if isinstance(m, Teacher))
+    return weights + vectors
 
 
 def export_mode(teacher: AnyTeacher, coarse: bool) -> bytes:

@@ -49,9 +49,14 @@ def test_onnx_scores_match_torch_in_both_modes(ensemble):
                                        teacher(one, coarse=coarse).numpy(), atol=1e-4)
 
 
-def test_hf_backbones_are_not_exported():
+def test_hf_backbones_and_graphs_past_protobufs_limit_are_not_exported(monkeypatch):
+    import tandemrec.teacher_graph as tg
+
     teacher = member(0)
     assert exportable(teacher) and exportable(TeacherEnsemble([teacher]))
+    monkeypatch.setattr(tg, "MAX_GRAPH_BYTES", 1000)  # a tiny teacher's constants pass it
+    assert not exportable(teacher)
+    monkeypatch.undo()
     # The config of an HF-backbone checkpoint (test_hf_teacher serves a real one on torch).
     teacher.cfg = teacher.cfg.model_copy(update={"backbone": "hf", "hf_config": {}})
     assert not exportable(teacher)
