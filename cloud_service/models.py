@@ -10,6 +10,7 @@ a half-built model.
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,7 @@ from tandemrec.retrieval import IntentIndex
 from tandemrec.teacher_graph import OnnxTeacher, exportable
 
 Runtime = Literal["onnx", "torch"]
+log = logging.getLogger("tandem.cloud")
 
 
 @dataclass(eq=False)  # identity equality: a loaded model is a hashable batching key
@@ -107,7 +109,7 @@ def load_model(bundle_dir: str | Path, runtime: Runtime = "torch", threads: int 
     with torch.inference_mode():
         teacher.item_vectors()  # computed once now rather than on the first request
     digest = str(cloud_manifest["files"]["teacher.pt"]["sha256"])  # verified above
-    graph = (OnnxTeacher(teacher, threads, spin, digest)
+    graph = (_graph(teacher, threads, spin, digest, pair.root)
              if runtime == "onnx" and exportable(teacher) else None)
     return LoadedModel(version=str(cloud_manifest["version"]), bundle_dir=bundle_dir,
                        device_dir=pair.device,
@@ -118,6 +120,17 @@ def load_model(bundle_dir: str | Path, runtime: Runtime = "torch", threads: int 
                        lock=threading.Lock(),
                        serving=dict((cloud_manifest.get("extra") or {}).get("serving") or {}),
                        graph=graph)
+
+
+def _graph(teacher: AnyTeacher, threads: int, spin: bool, digest: str, where: Path
+           ) -> OnnxTeacher | None:
+    """The teacher in ONNX Runtime, or None (torch serves it) when the export fails."""
+    try:
+        return OnnxTeacher(teacher, threads, spin, digest)
+    except Exception as exc:  # the exporter and ONNX Runtime raise many kinds; torch still works
+        log.warning("%s: the teacher did not export to ONNX Runtime, serving it on torch: %s",
+                    where, exc)
+        return None
 
 
 def semantic_ids(codebook: Path, item_intent: np.ndarray) -> np.ndarray:

@@ -56,8 +56,9 @@ class CloudSettings(BaseSettings):
     torch_threads: int = Field(0, ge=0, description="teacher intra-op threads (torch or ONNX "
                                "Runtime); 0 = one per CPU "
                                "this process may run on")
-    # ONNX Runtime ran a 32-row batch of the ML-1M ensemble in half eager torch's time, with
-    # the same top 10 (tandemrec/teacher_graph.py); "torch" serves the checkpoint as loaded.
+    # ONNX Runtime ran a 32-row batch of the ML-1M ensemble in 0.54x eager torch's time, with
+    # the same top 10 (bench/teacher_runtime.py); "torch" serves the checkpoint as loaded. A
+    # teacher that does not export is served on torch either way (a warning says so).
     teacher_runtime: Literal["onnx", "torch"] = Field(
         "onnx", description="what runs the teacher: onnx (exported at load) or torch")
     # Spinning ONNX Runtime threads cut a lone request's p50 (1.48 against 1.77 ms) but took

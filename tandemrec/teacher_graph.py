@@ -3,10 +3,10 @@
 The cloud scores each micro-batch with the teacher's last-position forward (coarse intent
 tokens, or item ids for cloud-full). Exported once at load and run by ONNX Runtime, a batch of
 32 coarse histories of the two-member ML-1M ensemble took 10.8 ms on two threads against 19.9
-ms in eager torch, with scores within 3e-6 and the same top 10 (bench/teacher_runtime.py). The graph
-is exported in memory from the loaded teacher, so any bundle serves this way without a new
-file; teachers it does not cover (a Hugging Face backbone, or weights and item vectors past
-what one graph can hold) stay on torch.
+ms in eager torch, with scores within 3e-6 and the same top 10 (bench/teacher_runtime.py).
+The graph is exported in memory from the loaded teacher, so any bundle serves this way without
+a new file; teachers it does not cover (a Hugging Face backbone, or weights and item vectors
+past what one graph can hold) stay on torch.
 """
 
 from __future__ import annotations
