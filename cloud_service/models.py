@@ -108,8 +108,7 @@ def load_model(bundle_dir: str | Path, runtime: Runtime = "torch", threads: int 
     item_new = device_new(table, n_items)
     with torch.inference_mode():
         teacher.item_vectors()  # computed once now rather than on the first request
-    digest = str(cloud_manifest["files"]["teacher.pt"]["sha256"])  # verified above
-    graph = (_graph(teacher, threads, spin, digest, pair.root)
+    graph = (_onnx_teacher(teacher, threads, spin, pair.root)
              if runtime == "onnx" and exportable(teacher) else None)
     return LoadedModel(version=str(cloud_manifest["version"]), bundle_dir=bundle_dir,
                        device_dir=pair.device,
@@ -122,11 +121,11 @@ def load_model(bundle_dir: str | Path, runtime: Runtime = "torch", threads: int 
                        graph=graph)
 
 
-def _graph(teacher: AnyTeacher, threads: int, spin: bool, digest: str, where: Path
-           ) -> OnnxTeacher | None:
+def _onnx_teacher(teacher: AnyTeacher, threads: int, spin: bool, where: Path
+                  ) -> OnnxTeacher | None:
     """The teacher in ONNX Runtime, or None (torch serves it) when the export fails."""
     try:
-        return OnnxTeacher(teacher, threads, spin, digest)
+        return OnnxTeacher(teacher, threads, spin)
     except Exception as exc:  # the exporter and ONNX Runtime raise many kinds; torch still works
         log.warning("%s: the teacher did not export to ONNX Runtime, serving it on torch: %s",
                     where, exc)

@@ -12,7 +12,6 @@ past what one graph can hold) stay on torch.
 from __future__ import annotations
 
 import io
-import threading
 import warnings
 from collections.abc import Sequence
 
@@ -20,17 +19,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from tandemrec.models.blocks import CausalSelfAttention
+from tandemrec.models.blocks import plain_attention
 from tandemrec.models.teacher import Teacher
 from tandemrec.models.teacher_ensemble import AnyTeacher, TeacherEnsemble
 
 OPSET = 17
 INPUT, OUTPUT = "seq", "scores"
-# Graphs by checkpoint digest and mode: replicas that load the same checkpoint in one process
-# (tests, the simulator's in-process cloud, a reload) export it once. Small: a few versions.
-_GRAPHS: dict[tuple[str, bool], bytes] = {}
-_GRAPHS_LOCK = threading.Lock()
-_GRAPHS_KEEP = 8
 
 
 class _Mode(nn.Module):
@@ -68,9 +62,7 @@ def _constant_bytes(members: Sequence[nn.Module]) -> int:
 def export_mode(teacher: AnyTeacher, coarse: bool) -> bytes:
     """The ONNX graph (bytes) of one mode, any batch and history length."""
     teacher.eval()
-    for mod in teacher.modules():
-        if isinstance(mod, CausalSelfAttention):
-            mod.fused = False  # plain matmuls, as the device graph's batched export
+    plain_attention(teacher)
     module = _Mode(teacher, coarse).eval()  # the exporter restores this mode afterwards
     high = teacher.cfg.n_intents if coarse else teacher.cfg.n_items
     example = torch.randint(1, high + 1, (2, 8))
@@ -91,8 +83,7 @@ def export_mode(teacher: AnyTeacher, coarse: bool) -> bytes:
 class OnnxTeacher:
     """Scores as `teacher(seq, coarse=...)` does, from one ONNX Runtime session per mode."""
 
-    def __init__(self, teacher: AnyTeacher, threads: int, spin: bool = False,
-                 digest: str = "") -> None:
+    def __init__(self, teacher: AnyTeacher, threads: int, spin: bool = False) -> None:
         import onnxruntime as ort  # the cloud's teacher runtime; the training path never needs it
 
         opts = ort.SessionOptions()
@@ -103,7 +94,7 @@ class OnnxTeacher:
         # that the event loop and the next requests need once the replica is busy.
         opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
         self.sessions = {
-            coarse: ort.InferenceSession(_graph(teacher, coarse, digest), opts,
+            coarse: ort.InferenceSession(export_mode(teacher, coarse), opts,
                                          providers=["CPUExecutionProvider"])
             for coarse in (True, False)}
 
@@ -112,14 +103,3 @@ class OnnxTeacher:
         out = self.sessions[coarse].run([OUTPUT], {INPUT: np.ascontiguousarray(seq, np.int64)})
         return np.asarray(out[0], dtype=np.float32)
 
-
-def _graph(teacher: AnyTeacher, coarse: bool, digest: str) -> bytes:
-    """`export_mode`, once per checkpoint `digest` (its sha256) and mode; "" never caches."""
-    if not digest:
-        return export_mode(teacher, coarse)
-    with _GRAPHS_LOCK:
-        if (digest, coarse) not in _GRAPHS:
-            if len(_GRAPHS) >= _GRAPHS_KEEP:
-                del _GRAPHS[next(iter(_GRAPHS))]  # the oldest
-            _GRAPHS[digest, coarse] = export_mode(teacher, coarse)
-        return _GRAPHS[digest, coarse]

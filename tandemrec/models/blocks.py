@@ -96,6 +96,13 @@ class CausalSelfAttention(nn.Module):
         return self.drop(self.proj(y))
 
 
+def plain_attention(model: nn.Module) -> None:
+    """Turn off PyTorch SDPA in every attention layer: ONNX exports want the plain matmuls."""
+    for mod in model.modules():
+        if isinstance(mod, CausalSelfAttention):
+            mod.fused = False
+
+
 class SwiGLU(nn.Module):
     """Gated MLP (Shazeer, 2020): down(silu(gate(x)) * up(x))."""
 

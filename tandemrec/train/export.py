@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tandemrec.models.blocks import CausalSelfAttention
+from tandemrec.models.blocks import CausalSelfAttention, plain_attention
 from tandemrec.models.sid_student import SidStudent
 from tandemrec.models.student import Student, StudentConfig
 from tandemrec.train.int8_graph import CONTRIB, rewrite_int8
@@ -52,9 +52,7 @@ def export_onnx(student: AnyStudent, path: Path, batched: bool = False) -> Path:
     a single self-contained file. The history length is dynamic.
     """
     student = student.eval()
-    for mod in student.modules():
-        if isinstance(mod, CausalSelfAttention):
-            mod.fused = False  # the exported graph gets plain matmuls
+    plain_attention(student)
     example = _example(student)
     path.parent.mkdir(parents=True, exist_ok=True)
     module: nn.Module = student if batched else DeviceGraph(student)

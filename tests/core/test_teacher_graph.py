@@ -61,27 +61,3 @@ def test_hf_backbones_and_graphs_past_protobufs_limit_are_not_exported(monkeypat
     teacher.cfg = teacher.cfg.model_copy(update={"backbone": "hf", "hf_config": {}})
     assert not exportable(teacher)
 
-
-def test_one_checkpoint_is_exported_once_per_process(monkeypatch):
-    """Replicas loading the same checkpoint (its digest) share its graphs; no digest, no cache."""
-    import tandemrec.teacher_graph as tg
-
-    calls = []
-    real = tg.export_mode
-
-    def counted(t, coarse):
-        calls.append(coarse)
-        return real(t, coarse)
-
-    monkeypatch.setattr(tg, "export_mode", counted)
-    monkeypatch.setattr(tg, "_GRAPHS", {})
-    teacher = member(0)
-    OnnxTeacher(teacher, threads=1, digest="abc")
-    again = OnnxTeacher(teacher, threads=1, digest="abc")
-    assert sorted(calls) == [False, True]  # each mode once
-    OnnxTeacher(teacher, threads=1)
-    assert len(calls) == 4  # without a digest it exports again
-    x = np.array([[0, 1, 2]])
-    with torch.inference_mode():
-        np.testing.assert_allclose(again(x, True), teacher(torch.from_numpy(x), coarse=True),
-                                   atol=1e-4)
