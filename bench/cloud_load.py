@@ -123,6 +123,7 @@ def markdown(report: dict) -> str:
     head = [f"# Cloud load: {report['bundle_dataset']} bundle {report['bundle_version']}", "",
             f"Machine: {report['machine']['cpu']}, {report['machine']['cores']} cores. "
             f"Closed loop, {report['seconds']} s per cell"
+            + (f" after {report['warmup']} s unmeasured" if report.get("warmup") else "")
             + (f", the median of {report['repeats']} runs" if report.get("repeats", 1) > 1
                else "") + ", clients in "
             f"{report['client_processes']} separate processes on the same machine; refused "
@@ -221,9 +222,9 @@ def cell(client: str, pid: int, port: int, reqs: list[dict], concurrency: int,
     """One closed-loop run, with the CPU the server and the clients spent per answered request."""
     before = process_cpu_s(pid)
     out = drive(client, port, reqs, concurrency, a.seconds, a.client_processes,
-                a.on_refusal == "pause")
+                a.on_refusal == "pause", a.warmup)
     after = process_cpu_s(pid)
-    n = max(1, out["requests"] + out["refused"])
+    n = max(1, out.pop("handled"))
     out["server_cpu_ms_per_req"] = (round(1000 * (after - before) / n, 3)
                                     if before is not None and after is not None else None)
     out["client_cpu_ms_per_req"] = round(1000 * out.pop("client_cpu_s") / n, 3)
@@ -315,7 +316,10 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--bundle", type=Path, default=artifacts_dir() / "ml-1m" / "bundle",
                    help="bundle pair directory (default: artifacts/ml-1m/bundle)")
     p.add_argument("--dataset", default="", help="default: the bundle's dataset")
-    p.add_argument("--seconds", type=float, default=8.0, help="closed loop per cell")
+    p.add_argument("--seconds", type=float, default=8.0, help="closed loop per cell, measured")
+    p.add_argument("--warmup", type=float, default=1.0,
+                   help="seconds each cell runs before it is measured: connections open and "
+                        "the first refusals' pauses spread (CPU per request counts them)")
     p.add_argument("--repeats", type=int, default=1,
                    help="runs of each cell per server, taking turns; rows give the median "
                         "(a 5 s cell's p99 moves with a single stall of the machine)")
@@ -368,7 +372,8 @@ def main() -> None:
     reqs = build_requests(a.bundle, a.dataset or manifest["dataset"])
     report: dict = {"machine": machine(), "bundle_version": manifest["version"],
                     "bundle_dataset": manifest["dataset"], "seconds": a.seconds,
-                    "client_processes": a.client_processes, "http_client": a.http_client,
+                    "warmup": a.warmup, "client_processes": a.client_processes,
+                    "http_client": a.http_client,
                     "repeats": a.repeats,
                     "server_torch_threads": a.server_threads, "server_env": a.server_env,
                     "on_refusal": ("paused for their Retry-After" if a.on_refusal == "pause"

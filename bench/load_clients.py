@@ -11,6 +11,7 @@ cores as the server, the clients took more CPU than the server they measured.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import multiprocessing as mp
 import os
@@ -22,25 +23,42 @@ import numpy as np
 
 
 class Tally:
-    """One client process's outcomes: latencies of answered requests, refusals, errors."""
+    """One client process's outcomes: latencies of answered requests, refusals, errors.
 
-    def __init__(self, end: float, honour: bool) -> None:
+    Only requests sent once `begin` has passed count: the warm-up before it opens the
+    connections and lets the first refusals' pauses spread, so a cell measures the steady
+    state rather than every slot connecting at once. `handled` counts every answer and refusal,
+    warm-up included, for the CPU spent per request.
+    """
+
+    def __init__(self, begin: float, end: float, honour: bool) -> None:
         self.lat: list[float] = []
-        self.refused = self.errors = 0
-        self.end, self.honour = end, honour
+        self.refused = self.errors = self.handled = 0
+        self.begin, self.end, self.honour = begin, end, honour
+
+    def answered(self, started: float) -> None:
+        """One answer to a request sent at `started` (perf_counter seconds)."""
+        self.handled += 1
+        if started >= self.begin:
+            self.lat.append(time.perf_counter() - started)
+
+    def error(self, started: float) -> None:
+        """One request that failed otherwise than by a refusal."""
+        self.errors += started >= self.begin
 
     async def http(self, status: int, retry_after: str | None, started: float) -> None:
         """One HTTP answer: 200 answered, 429/503 refused (with its hint), else an error."""
         if status == 200:
-            self.lat.append(time.perf_counter() - started)
+            self.answered(started)
         elif status in (429, 503):
-            await self.refusal(retry_after)
+            await self.refusal(retry_after, started)
         else:
-            self.errors += 1
+            self.error(started)
 
-    async def refusal(self, retry_after: str | None) -> None:
+    async def refusal(self, retry_after: str | None, started: float) -> None:
         """Count it; a client honouring Retry-After (or a device that fell back) pauses."""
-        self.refused += 1
+        self.handled += 1
+        self.refused += started >= self.begin
         if self.honour:
             pause = float(retry_after) if retry_after else 1.0
             await asyncio.sleep(max(0.0, min(pause, self.end - time.perf_counter())))
@@ -62,15 +80,15 @@ async def _grpc_loop(port: int, reqs: list[dict], slots: int, tally: Tally) -> N
                 t = time.perf_counter()
                 try:
                     await stub.Recommend(msgs[i % len(msgs)], timeout=10)
-                    tally.lat.append(time.perf_counter() - t)
+                    tally.answered(t)
                 except grpc.aio.AioRpcError as exc:
                     # Pairs: dict() of grpc.aio's Metadata raises (it iterates as pairs).
                     trailers = exc.trailing_metadata() or ()
                     hint = next((v for k, v in trailers if k == "retry-after"), None)
                     if exc.code() in refusals and hint is not None:  # the server's own
-                        await tally.refusal(str(hint))
+                        await tally.refusal(str(hint), t)
                     else:
-                        tally.errors += 1
+                        tally.error(t)
                 i += slots
         await asyncio.gather(*(slot(i) for i in range(slots)))
 
@@ -91,7 +109,7 @@ async def _httpx_loop(port: int, reqs: list[dict], slots: int, tally: Tally) -> 
                     r = await client.post("/v1/recommend", json=reqs[i % len(reqs)])
                     await tally.http(r.status_code, r.headers.get("retry-after"), t)
                 except httpx.HTTPError:
-                    tally.errors += 1
+                    tally.error(t)
                 i += slots
         await asyncio.gather(*(slot(i) for i in range(slots)))
 
@@ -134,7 +152,7 @@ async def _raw_http_loop(port: int, reqs: list[dict], slots: int, tally: Tally) 
                     conn = None
                 await tally.http(status, headers.get("retry-after"), t)
             except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError, ValueError):
-                tally.errors += 1
+                tally.error(t)
                 if conn is not None:
                     conn[1].close()
                 conn = None
@@ -148,23 +166,31 @@ LOOPS = {"grpc": _grpc_loop, "http": _raw_http_loop, "httpx": _httpx_loop}
 
 
 def _client(args: tuple) -> tuple:
-    client, port, reqs, slots, seconds, honour = args
-    tally = Tally(time.perf_counter() + seconds, honour)
+    client, port, reqs, slots, seconds, warmup, honour = args
+    # What this process holds now lives to its end: a full collection over it would stall
+    # every slot at once, and that pause would be counted as the server's latency.
+    gc.freeze()
+    begin = time.perf_counter() + warmup
+    tally = Tally(begin, begin + seconds, honour)
     cpu = time.process_time()
     asyncio.run(LOOPS[client](port, reqs, slots, tally))
-    return tally.lat, tally.refused, tally.errors, time.process_time() - cpu
+    return (tally.lat, tally.refused, tally.errors, time.process_time() - cpu,
+            tally.handled)
 
 
 def drive(client: str, port: int, reqs: list[dict], concurrency: int, seconds: float,
-          processes: int, honour: bool = True) -> dict:
+          processes: int, honour: bool = True, warmup: float = 0.0) -> dict:
     """Closed loop at `concurrency` in-flight requests spread over client processes.
 
-    `client`: grpc, http (raw sockets) or httpx. Returns req/s, p50 and p99 of answered
-    requests, refusals, errors, and the clients' CPU seconds.
+    `client`: grpc, http (raw sockets) or httpx. The loop runs `warmup` seconds unmeasured,
+    then `seconds` measured. Returns req/s, p50 and p99 of answered requests, refusals and
+    errors (all of the measured part), `handled` (answers and refusals, warm-up included) and
+    the clients' CPU seconds over the whole loop.
     """
     procs = max(1, min(processes, concurrency))
     shares = [concurrency // procs + (i < concurrency % procs) for i in range(procs)]
-    jobs = [(client, port, reqs[i::procs], s, seconds, honour) for i, s in enumerate(shares)]
+    jobs = [(client, port, reqs[i::procs], s, seconds, warmup, honour)
+            for i, s in enumerate(shares)]
     with mp.get_context("spawn").Pool(procs) as pool:
         parts = pool.map(_client, jobs)
     lat = np.concatenate([np.asarray(p[0]) for p in parts]) * 1000
@@ -172,7 +198,8 @@ def drive(client: str, port: int, reqs: list[dict], concurrency: int, seconds: f
             "p50_ms": round(float(np.percentile(lat, 50)), 2) if len(lat) else None,
             "p99_ms": round(float(np.percentile(lat, 99)), 2) if len(lat) else None,
             "refused": int(sum(p[1] for p in parts)), "errors": int(sum(p[2] for p in parts)),
-            "requests": int(len(lat)), "client_cpu_s": round(sum(p[3] for p in parts), 3)}
+            "requests": int(len(lat)), "handled": int(sum(p[4] for p in parts)),
+            "client_cpu_s": round(sum(p[3] for p in parts), 3)}
 
 
 def process_cpu_s(pid: int) -> float | None:

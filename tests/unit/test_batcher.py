@@ -150,6 +150,69 @@ def test_the_wait_for_company_is_capped_by_the_observed_service_time():
     assert model.batches == [[0], [1, 2]]
 
 
+async def trickle(b: MicroBatcher[str], ids: range, gap_s: float) -> list[np.ndarray]:
+    """Rows `ids` arriving `gap_s` apart, as a batch's callers come back one by one."""
+    tasks = []
+    for i in ids:
+        tasks.append(asyncio.create_task(b.submit("m", np.array([i]))))
+        await asyncio.sleep(gap_s)
+    return await asyncio.gather(*tasks)
+
+
+async def idle_lane(b: MicroBatcher[str], expect: int, service_s: float) -> None:
+    """A lane whose last batch just ended, held `expect` rows and took `service_s`."""
+    await b.submit("m", np.array([0]))
+    lane = b._lanes["m"]
+    lane.expect, lane.service_s = expect, service_s
+    lane.idle_since = asyncio.get_running_loop().time()
+
+
+def test_company_that_keeps_coming_is_waited_for_past_the_bound(monkeypatch):
+    # Twelve rows 0.1 s apart take longer than the 1 s bound, but none comes 1 s after the
+    # one before it: counted from the batch's end, the bound would leave the last ones out.
+    monkeypatch.setattr(batcher_module, "WAIT_SHARE", 1e9)
+    model = Model()
+
+    async def main() -> None:
+        b: MicroBatcher[str] = MicroBatcher(model, max_size=64, max_wait_s=1.0)
+        await idle_lane(b, expect=12, service_s=HOUR)
+        await trickle(b, range(1, 13), 0.1)
+        await b.close()
+
+    run(main)
+    assert model.batches == [[0], list(range(1, 13))]
+
+
+def test_a_gap_longer_than_the_bound_ends_the_wait():
+    model = Model()
+
+    async def main() -> None:
+        b: MicroBatcher[str] = MicroBatcher(model, max_size=64, max_wait_s=0.05)
+        await idle_lane(b, expect=3, service_s=HOUR)
+        await trickle(b, range(1, 2), 0.0)
+        await trickle(b, range(2, 3), 0.0)  # after row 1's batch: its wait ended without it
+        await b.close()
+
+    run(main)
+    assert model.batches == [[0], [1], [2]]
+
+
+def test_the_wait_ends_one_service_time_past_the_batch_however_company_keeps_coming(
+        monkeypatch):
+    monkeypatch.setattr(batcher_module, "WAIT_SHARE", 1e9)
+    model = Model()
+
+    async def main() -> None:
+        b: MicroBatcher[str] = MicroBatcher(model, max_size=64, max_wait_s=0.5)
+        await idle_lane(b, expect=40, service_s=0.5)  # at the latest 1 s after it ended
+        await trickle(b, range(1, 31), 0.1)  # 3 s of rows, each well within 0.5 s of the last
+        await b.close()
+
+    run(main)
+    assert model.batches[0] == [0] and len(model.batches) >= 3
+    assert sorted(sum(model.batches[1:], [])) == list(range(1, 31))  # every row, once
+
+
 def test_full_batches_split_a_burst_in_order():
     model = Model()
 
