@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -25,6 +26,8 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from tandemrec.train.device import Runtime, resolve
+
+EXIT_GRACE_S = 0.2  # at exit, for gloo's worker threads to release their last work (_close)
 
 
 def from_env(device: str = "auto") -> Runtime:
@@ -44,7 +47,19 @@ def from_env(device: str = "auto") -> Runtime:
 
 
 def _close() -> None:
+    """At exit: every process's collectives done, then the group torn down while Python runs.
+
+    A process that exits straight after its last collective (rank 1, with no files to write)
+    could reach interpreter finalisation while a gloo worker thread still held that
+    collective's tensors; releasing them then needs the GIL, and the thread's forced exit
+    aborted the process (SIGABRT, "terminate called without an active exception"; about one
+    exit in four on 2 busy cores). The barrier makes every collective complete, but a worker
+    releases its work just after completing it, so the main thread then sleeps a moment,
+    without the GIL, for the workers to let go (torch has no call that waits for that).
+    """
     if dist.is_initialized():
+        dist.barrier()
+        time.sleep(EXIT_GRACE_S)
         dist.destroy_process_group()
 
 
