@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import atexit
 import os
+import sys
 import time
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
 import numpy as np
@@ -28,6 +30,8 @@ from torch.nn.parallel import DistributedDataParallel
 from tandemrec.train.device import Runtime, resolve
 
 EXIT_GRACE_S = 0.2  # at exit, for gloo's worker threads to release their last work (_close)
+EXIT_BARRIER_S = 60  # at exit, the longest wait for the other processes (_close)
+_EXIT: dict[str, Any] = {"failed": False, "hook": sys.excepthook}
 
 
 def from_env(device: str = "auto") -> Runtime:
@@ -42,6 +46,8 @@ def from_env(device: str = "auto") -> Runtime:
             torch.cuda.set_device(where)
         dist.init_process_group("nccl" if where.type == "cuda" else "gloo",
                                 device_id=where if where.type == "cuda" else None)
+        _EXIT["hook"] = sys.excepthook
+        sys.excepthook = _note_failure
         atexit.register(_close)
     return Runtime(where, rank, world)
 
@@ -55,12 +61,25 @@ def _close() -> None:
     aborted the process (SIGABRT, "terminate called without an active exception"; about one
     exit in four on 2 busy cores). The barrier makes every collective complete, but a worker
     releases its work just after completing it, so the main thread then sleeps a moment,
-    without the GIL, for the workers to let go (torch has no call that waits for that).
+    without the GIL, for the workers to let go (torch has no call that waits for that). A
+    process that failed skips the barrier (the others may never reach it), and a barrier that
+    a failed peer never reaches gives up after EXIT_BARRIER_S.
     """
-    if dist.is_initialized():
-        dist.barrier()
-        time.sleep(EXIT_GRACE_S)
-        dist.destroy_process_group()
+    if not dist.is_initialized():
+        return
+    if not _EXIT["failed"] and dist.get_backend() == "gloo":
+        try:
+            dist.monitored_barrier(timeout=timedelta(seconds=EXIT_BARRIER_S))
+            time.sleep(EXIT_GRACE_S)
+        except RuntimeError:  # a peer that failed or left: nothing to wait for
+            pass
+    dist.destroy_process_group()
+
+
+def _note_failure(*exc: Any) -> None:
+    """sys.excepthook: an uncaught exception ends this process; `_close` waits for no one."""
+    _EXIT["failed"] = True
+    _EXIT["hook"](*exc)
 
 
 class _Loss(nn.Module):

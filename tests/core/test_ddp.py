@@ -21,6 +21,7 @@ import pytest
 
 from tandemrec.checkpoints import load_student, load_teacher
 from tandemrec.data import write_synthetic_csv
+from tandemrec.train.ddp import EXIT_BARRIER_S
 
 pytestmark = pytest.mark.core
 
@@ -60,3 +61,29 @@ def test_two_gloo_processes_match_one_process_step_by_step(tmp_path):
     teacher, _ = load_teacher(tmp_path / "two" / "teacher.pt")
     student, _ = load_student(tmp_path / "two" / "student.pt")
     assert teacher.cfg.n_intents == 8 and student.cfg.n_items == teacher.cfg.n_items
+
+
+FAILING_WORKER = """
+import numpy as np
+from tandemrec.train.ddp import from_env, gather_rows
+
+rt = from_env("cpu")
+gather_rows(np.arange(3), rt)  # a collective, as training runs them
+if rt.rank == 1:
+    raise RuntimeError("rank 1 broke")
+gather_rows(np.arange(3), rt)  # rank 0 waits here for a peer that is gone
+"""
+
+
+def test_a_process_that_fails_does_not_leave_the_other_waiting_at_exit(tmp_path):
+    # Rank 1 raises while rank 0 waits in a collective. Rank 1 skips the exit barrier (rank 0
+    # would never reach it), so torchrun sees the failure at once and stops rank 0, rather
+    # than after the barrier's timeout.
+    script = tmp_path / "failing.py"
+    script.write_text(FAILING_WORKER)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                          "--nproc_per_node", "2", str(script)], env=env, capture_output=True,
+                         text=True, timeout=EXIT_BARRIER_S - 15)
+    assert run.returncode != 0
+    assert "rank 1 broke" in run.stdout + run.stderr
