@@ -358,6 +358,8 @@ def stage_compress(ctx: RunContext) -> None:
                                      ctx.cfg.compress, ctx.cfg.seed)
     save_model(small, ctx.path("student_svd.pt"), report)
     ctx.record("compress", {"seconds": time.time() - t0, **report})
+    if pipeline_sid.enabled(ctx):
+        pipeline_sid.stage_finetune_sid(ctx)
 
 
 def stage_export(ctx: RunContext) -> None:

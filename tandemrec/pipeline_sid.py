@@ -51,20 +51,24 @@ def stage_distill_sid(ctx: RunContext) -> None:
     ctx.record("distill_sid", {"seconds": time.time() - t0, "best_epoch": fit.best_epoch,
                                "val_ndcg@10": fit.best_score, "stopped": fit.stopped,
                                "history": fit.history})
-    c = ctx.cfg.compress
-    if c.sid_finetune and c.finetune_epochs:
-        stage_finetune_sid(ctx)
 
 
 def stage_finetune_sid(ctx: RunContext) -> None:
-    """Fine-tune the saved semantic-id student (train/distill_sid.finetune_sid_student)."""
+    """Fine-tune the saved semantic-id student when `compress.sid_finetune` asks
+    (train/distill_sid.finetune_sid_student); after the table student's compression, which
+    the `table` reference reads."""
+    from tandemrec.checkpoints import load_student
     from tandemrec.pipeline import load_vocab
     from tandemrec.train.distill_sid import finetune_sid_student
 
+    c = ctx.cfg.compress
+    if not (c.sid_finetune and c.finetune_epochs):
+        return
     t0 = time.time()
     student, extra = load_sid_student(ctx.path(SID_CKPT))
-    fit = finetune_sid_student(student, ctx.device_training_split(), load_vocab(ctx),
-                               ctx.cfg.compress, ctx.cfg.seed, exclude=ctx.excluded)
+    table = load_student(ctx.path("student_svd.pt"))[0] if c.sid_finetune_ref == "table" else None
+    fit = finetune_sid_student(student, ctx.device_training_split(), load_vocab(ctx), c,
+                               ctx.cfg.seed, exclude=ctx.excluded, table=table)
     save_model(student, ctx.path(SID_CKPT), {**extra, "finetune": fit.history})
     log(f"semantic-id student fine-tuned: val NDCG@10 {fit.best_score:.4f} at best "
         f"(epoch {fit.best_epoch}; {fit.seconds / 60:.1f} min)")
@@ -107,6 +111,7 @@ def stage_sid(ctx: RunContext) -> None:
     student's training, not a whole run; `tandem evaluate` then writes the sid-* rows.
     """
     stage_distill_sid(ctx)  # records its own time
+    stage_finetune_sid(ctx)
     t0 = time.time()
     parity = stage_export_sid(ctx)
     ctx.record("export_sid", {"seconds": time.time() - t0, "parity": parity,

@@ -189,8 +189,10 @@ class CompressConfig(Section):
     atol: float = Field(1e-3, gt=0)  # ONNX vs torch tolerance on item scores
     loss_positions: Share = 1.0  # share of positions scored per fine-tuning step
     # The semantic-id student gets this stage's fine-tuning too (without the SVD it has no use
-    # for): finetune_epochs more at lr, aligned to its own frozen distribution over the catalog.
+    # for): finetune_epochs more at lr, aligned to a frozen distribution over the catalog: its
+    # own (self), or the compressed table student's (table: a teacher assistant).
     sid_finetune: bool = False
+    sid_finetune_ref: Literal["self", "table"] = "self"
 
 
 class EvalConfig(Section):

@@ -21,6 +21,7 @@ from tandem_contract.semantic_ids import sid_rows
 from tandemrec.data.types import LeaveOneOutSplit
 from tandemrec.models.intent_vocab import IntentVocab
 from tandemrec.models.sid_student import SidStudent, SidStudentConfig
+from tandemrec.models.student import Student
 from tandemrec.models.teacher_ensemble import AnyTeacher
 from tandemrec.train.batches import loss_positions, n_batches, training_batches
 from tandemrec.train.config import CompressConfig, StudentTrainConfig
@@ -113,29 +114,40 @@ def distill_sid_student(teacher: AnyTeacher, split: LeaveOneOutSplit, vocab: Int
 
 
 def finetune_sid_student(student: SidStudent, split: LeaveOneOutSplit, vocab: IntentVocab,
-                         cfg: CompressConfig, seed: int,
-                         exclude: np.ndarray | None = None) -> FitResult:
-    """The table student's final stage for the semantic-id student: align to its own frozen
+                         cfg: CompressConfig, seed: int, exclude: np.ndarray | None = None,
+                         table: Student | None = None) -> FitResult:
+    """The table student's final stage for the semantic-id student: align to a frozen
     distribution over the catalog (KL at T=1) with the next-item and next-intent losses, at
     `cfg.lr` for `cfg.finetune_epochs`, so both students train for the same epochs.
 
-    There is nothing to compress: the gain is the second, lower-rate pass on soft targets of
-    the whole catalog (born-again self-distillation, Furlanello et al., 2018). Seeded on its
-    own, so it gives the same weights whether it follows the distillation or resumes from a
-    saved student.
+    The reference is the student's own frozen copy (born-again self-distillation, Furlanello
+    et al., 2018), or with `table` the compressed table student of the same run: a teacher
+    assistant (Mirzadeh et al., 2020) that is closer to the semantic-id student's capacity than
+    the teacher and ranks better than it does alone. Seeded on its own, so it gives the same
+    weights whether it follows the distillation or resumes from a saved student.
     """
     torch.manual_seed(seed + 4)
     view = SidView.build(vocab, student.cfg.hash_buckets, exclude)
     ref = copy.deepcopy(student).eval()
     with torch.no_grad():  # the frozen reference's item head, built once
         ref_head = ref.catalog_head(view.kept_rows)
+    if table is not None:
+        table.eval()
     rng = np.random.default_rng(seed + 4)
     gen = torch.Generator().manual_seed(seed + 4)
+
+    def reference(x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        """(M, N_known+1) the reference's scores of the known items; padding never."""
+        if table is None:
+            return view.known_scores(ref, x, keep, ref_head)
+        scores = table.heads(table.hidden(x)[keep])[1][:, view.kept]  # (M, N_known+1)
+        scores[:, 0] = -torch.inf
+        return scores
 
     def loss_fn(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         keep = loss_positions(y, cfg.loss_positions, gen)
         with torch.no_grad():
-            ref_scores = view.known_scores(ref, x, keep, ref_head)  # (M, N_known+1)
+            ref_scores = reference(x, keep)
         soft = SoftTargets(p=ref_scores.softmax(-1))
         return view.loss(student, x, y, keep, soft, 1.0, 0.5, None)
 
@@ -155,6 +167,7 @@ class SidView:
 
     catalog: np.ndarray  # (N+1, L') rows of every item
     known: np.ndarray  # (N+1,) bool: items in the softmax (not padding, not new)
+    kept: torch.Tensor  # (N_known+1,) item ids in softmax order, padding first
     rows: torch.Tensor  # (N+1, L')
     kept_rows: torch.Tensor  # (N_known+1, L')
     renum: torch.Tensor  # (N+1,) item id -> softmax index (0 for items left out)
@@ -170,7 +183,8 @@ class SidView:
         kept = np.concatenate([[0], np.flatnonzero(known)])
         renum = np.zeros(n + 1, dtype=np.int64)
         renum[kept] = np.arange(len(kept))
-        return cls(catalog, known, torch.from_numpy(catalog), torch.from_numpy(catalog[kept]),
+        return cls(catalog, known, torch.from_numpy(kept), torch.from_numpy(catalog),
+                   torch.from_numpy(catalog[kept]),
                    torch.from_numpy(renum),
                    torch.from_numpy(vocab.codes[:, 0].astype(np.int64)))
 

@@ -82,3 +82,33 @@ def test_new_items_stay_out_of_the_aligned_distribution():
     split = _split(np.arange(1, 25))
     fit = finetune_sid_student(student, split, _vocab(), CFG, seed=7, exclude=new)
     assert len(fit.history) == 2 and np.isfinite(fit.best_score)
+
+
+def test_the_table_student_can_be_the_reference_and_its_new_items_stay_out():
+    # compress.sid_finetune_ref=table: the aligned distribution is the table student's over the
+    # known items. A table student that always ranks item 3 first pulls the sid student there.
+    from tandemrec.models.student import Student, StudentConfig
+
+    torch.manual_seed(0)
+    table = Student(StudentConfig(n_items=N_ITEMS, n_intents=LEVELS[0], d_model=16, n_heads=2,
+                                  mlp_hidden=32, max_len=12, dropout=0.0))
+    with torch.no_grad():
+        for p in table.parameters():
+            p.zero_()
+        table.out_bias[3] = 8.0  # whatever the history, item 3
+    new = np.zeros(N_ITEMS + 1, dtype=bool)
+    new[25:] = True
+    rows = SidView.build(_vocab(), 8, new).rows
+    x = torch.tensor([[1, 2, 4, 5]])
+    split, cfg = _split(np.arange(1, 25)), CompressConfig(finetune_epochs=3, lr=2e-2,
+                                                          batch_size=8)
+
+    def p_item3(ref: Student | None) -> float:
+        student = _student()
+        fit = finetune_sid_student(student, split, _vocab(), cfg, seed=7, exclude=new,
+                                   table=ref)
+        assert len(fit.history) == 3
+        with torch.no_grad():
+            return float(student.eval().catalog_scores(rows[x], rows).softmax(-1)[0, 3])
+
+    assert p_item3(table) > 1.3 * p_item3(None)
