@@ -102,4 +102,3 @@ class OnnxTeacher:
         """(B, T) int64 left-padded histories -> (B, N+1) float32 scores."""
         out = self.sessions[coarse].run([OUTPUT], {INPUT: np.ascontiguousarray(seq, np.int64)})
         return np.asarray(out[0], dtype=np.float32)
-

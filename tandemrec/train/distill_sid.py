@@ -128,21 +128,10 @@ def finetune_sid_student(student: SidStudent, split: LeaveOneOutSplit, vocab: In
     """
     torch.manual_seed(seed + 4)
     view = SidView.build(vocab, student.cfg.hash_buckets, exclude)
-    ref = copy.deepcopy(student).eval()
-    with torch.no_grad():  # the frozen reference's item head, built once
-        ref_head = ref.catalog_head(view.kept_rows)
-    if table is not None:
-        table.eval()
+    reference = (view.frozen_scores(student) if table is None
+                 else view.table_scores(table.eval()))
     rng = np.random.default_rng(seed + 4)
     gen = torch.Generator().manual_seed(seed + 4)
-
-    def reference(x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-        """(M, N_known+1) the reference's scores of the known items; padding never."""
-        if table is None:
-            return view.known_scores(ref, x, keep, ref_head)
-        scores = table.heads(table.hidden(x)[keep])[1][:, view.kept]  # (M, N_known+1)
-        scores[:, 0] = -torch.inf
-        return scores
 
     def loss_fn(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         keep = loss_positions(y, cfg.loss_positions, gen)
@@ -210,6 +199,25 @@ class SidView:
         s = (h @ vecs.T) * scale + bias
         s[..., 0] = -torch.inf
         return s
+
+    def frozen_scores(self, student: SidStudent) -> Callable[[torch.Tensor, torch.Tensor],
+                                                             torch.Tensor]:
+        """`known_scores` of a frozen copy of `student` as it is now (its head built once)."""
+        ref = copy.deepcopy(student).eval()
+        with torch.no_grad():
+            head = ref.catalog_head(self.kept_rows)
+        return lambda x, keep: self.known_scores(ref, x, keep, head)
+
+    def table_scores(self, table: Student) -> Callable[[torch.Tensor, torch.Tensor],
+                                                       torch.Tensor]:
+        """(M, N_known+1) a table student's scores of the known items; padding never."""
+
+        def scores(x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+            s = table.heads(table.hidden(x)[keep])[1][:, self.kept]
+            s[:, 0] = -torch.inf
+            return s
+
+        return scores
 
     def validator(self, student: SidStudent, split: LeaveOneOutSplit,
                   max_len: int) -> Callable[[], dict[str, float]]:
