@@ -36,11 +36,13 @@ def enabled(ctx: RunContext) -> bool:
 
 
 def stage_distill_sid(ctx: RunContext) -> None:
-    """Distil the semantic-id student on the same device view and teacher as the table one,
-    then fine-tune it as the table one is after its SVD (`compress.sid_finetune`)."""
+    """Distil the semantic-id student on the same device view and teacher as the table one;
+    with `student.sid_init: table` it waits for the table student's compression instead."""
     from tandemrec.pipeline import load_vocab
     from tandemrec.train.distill_sid import distill_sid_student
 
+    if ctx.cfg.student.sid_init == "table":
+        return
     t0 = time.time()
     teacher, _ = load_teacher(ctx.path("teacher.pt"))
     student, fit = distill_sid_student(teacher, ctx.device_training_split(), load_vocab(ctx),
@@ -53,15 +55,41 @@ def stage_distill_sid(ctx: RunContext) -> None:
                                "history": fit.history})
 
 
+def stage_project_sid(ctx: RunContext) -> None:
+    """`student.sid_init: table`: the semantic-id student as the compressed table student
+    projected onto semantic ids (train/sid_project.py), saved for the fine-tuning that follows."""
+    from tandemrec.checkpoints import load_student
+    from tandemrec.data import item_popularity
+    from tandemrec.pipeline import kmeans_weights, load_vocab
+    from tandemrec.train.sid_project import sid_from_table
+
+    t0 = time.time()
+    table = load_student(ctx.path("student_svd.pt"))[0]
+    known = np.ones(ctx.n_items + 1, dtype=bool) if ctx.excluded is None else ~ctx.excluded
+    known[0] = False
+    # Each item's error weighs as its share of the device's training events (plus one, so
+    # that no known item drops out) under student.sid_weighting.
+    pop = item_popularity(ctx.device_training_split().train, ctx.n_items) + 1
+    weights = kmeans_weights(pop, ctx.cfg.student.sid_weighting)
+    student, rep = sid_from_table(table, load_vocab(ctx), ctx.cfg.student.hash_buckets, known,
+                                  weights)
+    save_model(student, ctx.path(SID_CKPT), {"projection": dataclasses.asdict(rep)})
+    log(f"semantic-id student projected from the table student: item vectors R^2 "
+        f"{rep.vector_r2:.3f}, biases R^2 {rep.bias_r2:.3f} ({rep.iterations} CG iterations)")
+    ctx.record("project_sid", {"seconds": time.time() - t0, **dataclasses.asdict(rep)})
+
+
 def stage_finetune_sid(ctx: RunContext) -> None:
-    """Fine-tune the saved semantic-id student when `compress.sid_finetune` asks
-    (train/distill_sid.finetune_sid_student); after the table student's compression, which
-    the `table` reference reads."""
+    """After the table student's compression: project the semantic-id student from it
+    (`student.sid_init: table`), then fine-tune it when `compress.sid_finetune` asks
+    (train/distill_sid.finetune_sid_student; the `table` reference reads the table student)."""
     from tandemrec.checkpoints import load_student
     from tandemrec.pipeline import load_vocab
     from tandemrec.train.distill_sid import finetune_sid_student
 
     c = ctx.cfg.compress
+    if ctx.cfg.student.sid_init == "table":
+        stage_project_sid(ctx)
     if not (c.sid_finetune and c.finetune_epochs):
         return
     t0 = time.time()

@@ -175,6 +175,13 @@ class StudentTrainConfig(DecoderShape):
     # grow with the catalog, and evaluate it beside the full-table one (sid-* modes).
     kind: Literal["table", "sid"] = "table"
     hash_buckets: int = Field(0, ge=0)  # the semantic-id student's hashed-id rows; 0 = none
+    # Where the semantic-id student comes from: distilled from the teacher (teacher), or the
+    # compressed table student projected onto semantic ids (table: train/sid_project.py; after
+    # the table student's compression; compress.sid_finetune then fine-tunes it).
+    sid_init: Literal["teacher", "table"] = "teacher"
+    # How the projection weighs each item's error: alike, or by (the square root of) its
+    # number of training events, so that items that are often the target are kept best.
+    sid_weighting: Literal["none", "sqrt", "popularity"] = "none"
 
 
 class CompressConfig(Section):

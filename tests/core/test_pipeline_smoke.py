@@ -95,7 +95,8 @@ def test_every_stage_end_to_end(tmp_path, monkeypatch, members):
 
 def _sid_student_alone(runner, common, run_dir, results):
     """`tandem distill-sid` adds a semantic-id student to a finished run, on its teacher, with
-    the table student's fine-tuning epochs after its distillation (compress.sid_finetune)."""
+    the table student's fine-tuning epochs after its distillation (compress.sid_finetune), or
+    projected from its compressed table student (student.sid_init=table)."""
     teacher = (run_dir / "teacher.pt").stat().st_mtime_ns
     res = runner.invoke(app, ["distill-sid", *common, "--set", "student.hash_buckets=8",
                               "--set", "compress.sid_finetune=true"])
@@ -108,6 +109,17 @@ def _sid_student_alone(runner, common, run_dir, results):
         sid["parity"]["sid_student_fp32"]["atol"]
     assert sid["sizes"]["sid_student_int8.onnx"] == (run_dir / "sid_student_int8.onnx").stat(
         ).st_size
+    # student.sid_init=table: projected from the compressed table student, then aligned to it
+    res = runner.invoke(app, ["distill-sid", *common, "--set", "student.hash_buckets=8",
+                              "--set", "student.sid_init=table", "--set",
+                              "compress.sid_finetune=true", "--set",
+                              "compress.sid_finetune_ref=table"])
+    assert res.exit_code == 0, f"{res.output}\n{res.exception!r}"
+    run = json.loads((run_dir / "run.json").read_text())
+    assert 0.0 < run["project_sid"]["vector_r2"] <= 1.0
+    assert run["project_sid"]["seconds"] > 0 and len(run["finetune_sid"]["history"]) == 2
+    parity = run["export_sid"]["parity"]["sid_student_fp32"]
+    assert parity["max_abs_diff_scores"] <= parity["atol"]
     res = runner.invoke(app, ["evaluate", *common, "--set", "student.kind=sid",
                               "--results-dir", str(results)])
     assert res.exit_code == 0, res.output

@@ -13,6 +13,7 @@ from tandemrec.models.intent_vocab import IntentVocab
 from tandemrec.models.sid_student import SidStudent, SidStudentConfig
 from tandemrec.train.config import CompressConfig
 from tandemrec.train.distill_sid import SidView, finetune_sid_student
+from tests.students import tiny_vocab
 
 pytestmark = pytest.mark.core
 LEVELS = [4, 3, 3]
@@ -20,13 +21,7 @@ N_ITEMS = 30
 
 
 def _vocab() -> IntentVocab:
-    rng = np.random.default_rng(0)
-    codes = np.stack([rng.integers(1, k + 1, N_ITEMS + 1) for k in LEVELS], 1)
-    codes[0] = 0
-    sizes = np.bincount(codes[1:, 0], minlength=LEVELS[0] + 1)
-    return IntentVocab(codes=codes, centroids=[rng.normal(size=(k, 4)) for k in LEVELS],
-                       labels=["<pad>", *[f"t{t}" for t in range(1, LEVELS[0] + 1)]],
-                       sizes=sizes)
+    return tiny_vocab(LEVELS, N_ITEMS)
 
 
 def _split(items: np.ndarray) -> LeaveOneOutSplit:
