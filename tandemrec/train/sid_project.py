@@ -6,14 +6,15 @@ head are copied as they are, low-rank layers included, and its item table E (N+1
 bias b (N+1,) are projected onto the code table: the code rows X (V, D) and row biases c (V,)
 whose sums over each item's rows best reproduce them,
 
-    min_X  sum over known items i of || sum_r in rows(i) X[r] - E[i] ||^2 + ridge ||X||^2,
+    min_X  sum over known items i of w_i || sum_r in rows(i) X[r] - E[i] ||^2 + ridge ||X||^2,
 
 a sparse least-squares problem (A (N, V) has one 1 per level of each item's semantic id),
 solved by conjugate gradient on its normal equations without building A. The shared part of
-the items' vectors lands on the codes (many items per row) and what is left on the hash rows.
-The fine-tuning stage then aligns the projected student to the table one (train/distill_sid.
-finetune_sid_student with the table reference), as the SVD student is aligned after its
-factorisation (OD-LLM, Yin et al., 2026: structured compression, then logit alignment).
+the items' vectors lands on the codes (many items per row) and what is left on the hash rows;
+the weights w_i (student.sid_weighting) keep the frequent targets best. `compress.sid_finetune`
+may then align the projected student to the table one (train/distill_sid.finetune_sid_student),
+as the SVD student is aligned after its factorisation (OD-LLM, Yin et al., 2026). It pays off
+while the rows are about as many as the items (docs/semantic-ids.md).
 """
 
 from __future__ import annotations
