@@ -92,14 +92,14 @@ def sid_row(n: int, codes: np.ndarray, levels: list[int], cfg: PipelineConfig, w
             histories: list[np.ndarray], requests: int, n_candidates: int) -> dict[str, Any]:
     """The semantic-id student: a code table of 1 + K1 + K2 + K3 (+ H) rows whatever n is."""
     torch.manual_seed(0)
-    hb = cfg.student.hash_buckets
-    model = SidStudent(SidStudentConfig(level_sizes=levels, hash_buckets=hb,
+    hb, hc = cfg.student.hash_buckets, cfg.student.hash_count
+    model = SidStudent(SidStudentConfig(level_sizes=levels, hash_buckets=hb, hash_count=hc,
                                         **cfg.student.shape())).eval()
     path = int8_model(model, work, "sid")
     size = write_sid_bundle(work / "sid-bundle", path, f"generated-{n}", {}, {},
-                            SidSpec(tuple(levels), hb, cfg.student.max_len))
+                            SidSpec(tuple(levels), hb, cfg.student.max_len, hc))
     runner = OnnxStudent(work / "sid-bundle" / SID_INT8, threads=1)
-    rows = sid_rows(codes, levels, hb, np.arange(n + 1))
+    rows = sid_rows(codes, levels, hb, np.arange(n + 1), hc)
     rng = np.random.default_rng(1)
     answers = [rng.choice(np.arange(1, n + 1), n_candidates, replace=False) for _ in range(16)]
 
@@ -186,6 +186,7 @@ def main() -> None:
     levels = [cfg.intents.n_intents, cfg.intents.level2, cfg.intents.level3]
     report: dict[str, Any] = {
         "config": a.config, "levels": levels, "hash_buckets": cfg.student.hash_buckets,
+        "hash_count": cfg.student.hash_count,
         "history": a.history, "requests": a.requests, "n_candidates": cfg.eval.n_candidates,
         "machine": machine(), "rows": [], "skipped": [],
         "note": "a machine shared with other jobs: compare rows of one run only"}

@@ -4,9 +4,13 @@ An item's semantic id is its residual k-means code (c1, c2, c3), 1-based per lev
 the intent token; tandemrec.models.intent_vocab). The semantic-id student keeps one embedding
 per code of each level, plus optionally `hash_buckets` rows for a hashed residual of the item
 id, all in one table: level l's code c is row offset_l + c, the hash bucket b is row
-offset_L + b, and row 0 is padding. Nothing here grows with the catalog: the device turns the
-semantic id it stores with each history event, or that the cloud sends with each candidate,
-into rows (`sid_rows`) and sums the student's per-row scores (`score_items`). numpy only.
+offset_L + b, and row 0 is padding. With `hash_count` k > 1 each item takes k buckets of those
+rows, by k independent hashes: two items that share one bucket rarely share all k, so each
+keeps a residual of its own (hash embeddings; Svenstrup et al., 2017).
+
+Nothing here grows with the catalog: the device turns the semantic id it stores with each
+history event, or that the cloud sends with each candidate, into rows (`sid_rows`) and sums the
+student's per-row scores (`score_items`). numpy only.
 
 `SidSpec` is what a semantic-id device bundle records of its student (training writes it, the
 SDK reads it), and `sid_device_side` the SDK's view for fusion (`SidEvaluator.device_side`
@@ -24,6 +28,8 @@ import numpy as np
 from tandem_contract.fusion import DeviceView, device_log_probs
 
 _GOLDEN = np.uint64(2654435761)  # Knuth's multiplicative hash constant
+# splitmix64's increment and finaliser multipliers (Steele et al., 2014), for hashes 2..k
+_MIX = tuple(np.uint64(c) for c in (0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB))
 
 
 def table_rows(level_sizes: Sequence[int], hash_buckets: int) -> int:
@@ -31,19 +37,30 @@ def table_rows(level_sizes: Sequence[int], hash_buckets: int) -> int:
     return 1 + int(sum(level_sizes)) + int(hash_buckets)
 
 
-def hash_bucket(item_ids: np.ndarray, hash_buckets: int) -> np.ndarray:
-    """1-based bucket of each item id (0 for padding id 0): stable, the same on every side."""
-    ids = np.asarray(item_ids, dtype=np.int64)
-    mixed = (ids.astype(np.uint64) * _GOLDEN) & np.uint64(0xFFFFFFFF)
-    return np.where(ids > 0, (mixed % np.uint64(hash_buckets)).astype(np.int64) + 1, 0)
+def hash_bucket(item_ids: np.ndarray, hash_buckets: int, which: int = 0) -> np.ndarray:
+    """1-based bucket of each item id (0 for padding id 0) by hash number `which`: stable,
+    the same on every side. Hash 0 is Knuth's multiplicative one; hash j > 0 splitmix64's
+    finaliser of id + j * its increment, independent of it."""
+    ids = np.atleast_1d(np.asarray(item_ids, dtype=np.int64))
+    x = ids.astype(np.uint64)
+    if which == 0:
+        mixed = (x * _GOLDEN) & np.uint64(0xFFFFFFFF)
+    else:
+        x = x + np.full_like(x, which) * _MIX[0]  # arrays wrap mod 2^64 without a warning
+        x = (x ^ (x >> np.uint64(30))) * _MIX[1]
+        x = (x ^ (x >> np.uint64(27))) * _MIX[2]
+        mixed = x ^ (x >> np.uint64(31))
+    out = np.where(ids > 0, (mixed % np.uint64(hash_buckets)).astype(np.int64) + 1, 0)
+    return out.reshape(np.shape(item_ids))
 
 
 def sid_rows(codes: np.ndarray, level_sizes: Sequence[int], hash_buckets: int = 0,
-             item_ids: np.ndarray | None = None) -> np.ndarray:
-    """(..., L) semantic ids (0 = padding) -> (..., L [+ 1]) rows of the code table.
+             item_ids: np.ndarray | None = None, hash_count: int = 1) -> np.ndarray:
+    """(..., L) semantic ids (0 = padding) -> (..., L [+ k]) rows of the code table.
 
-    With `hash_buckets` > 0 a last column holds each item's hashed-id row (`item_ids`, same
-    leading shape, required then). A padding code maps to row 0 at every level.
+    With `hash_buckets` > 0 the last `hash_count` (k) columns hold each item's hashed-id rows
+    (`item_ids`, same leading shape, required then), one per hash. A padding code maps to row 0
+    at every level.
     """
     codes = np.asarray(codes, dtype=np.int64)
     sizes = np.asarray(level_sizes, dtype=np.int64)
@@ -57,29 +74,34 @@ def sid_rows(codes: np.ndarray, level_sizes: Sequence[int], hash_buckets: int = 
         return rows
     if item_ids is None or np.shape(item_ids) != codes.shape[:-1]:
         raise ValueError("hashed rows need one item id per semantic id")
-    bucket = hash_bucket(item_ids, hash_buckets)
-    hashed = np.where(bucket > 0, bucket + int(sizes.sum()), 0)
-    return np.concatenate([rows, hashed[..., None]], axis=-1)
+    if hash_count < 1:
+        raise ValueError(f"hash_count must be at least 1, got {hash_count}")
+    hashed = [hash_bucket(item_ids, hash_buckets, j) for j in range(hash_count)]
+    offset = int(sizes.sum())
+    cols = [np.where(b > 0, b + offset, 0)[..., None] for b in hashed]
+    return np.concatenate([rows, *cols], axis=-1)
 
 
-def drop_hash(rows: np.ndarray, new: np.ndarray, hash_buckets: int) -> np.ndarray:
-    """Rows (C, L') with the hash row of each item flagged `new` (C,) set to padding.
+def drop_hash(rows: np.ndarray, new: np.ndarray, hash_buckets: int,
+              hash_count: int = 1) -> np.ndarray:
+    """Rows (C, L') with the hash rows (the last `hash_count`) of each item flagged `new` (C,)
+    set to padding.
 
-    A new item's bucket was trained on the known items that share it, so its residual is
+    A new item's buckets were trained on the known items that share them, so their residual is
     theirs, not its own: a new item scores from its semantic id alone.
     """
     flags = np.asarray(new, dtype=bool)
     if hash_buckets <= 0 or not flags.any():
         return rows
     out = np.array(rows, dtype=np.int64, copy=True)
-    out[flags, -1] = 0
+    out[flags, -hash_count:] = 0
     return out
 
 
 def score_items(row_scores: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """Item scores from the student's per-row scores (V,): the sum over an item's rows.
 
-    rows (C, L [+ 1]) from `sid_rows` -> (C,). Row 0 (padding) contributes nothing, so an item
+    rows (C, L [+ k]) from `sid_rows` -> (C,). Row 0 (padding) contributes nothing, so an item
     scores on the levels it has.
     """
     s = np.asarray(row_scores, dtype=np.float32).copy()
@@ -97,6 +119,7 @@ class SidSpec:
     level_sizes: tuple[int, ...]  # codes per level; level 1 = the intent tokens
     hash_buckets: int  # rows of the hashed item-id residual (0: none)
     max_len: int  # the model's history window
+    hash_count: int = 1  # hashed rows per item (bundles before it have one)
 
     @property
     def levels(self) -> int:
@@ -105,7 +128,8 @@ class SidSpec:
     def record(self) -> dict[str, Any]:
         """The manifest's `extra.student` for this spec."""
         return {"kind": "sid", "model": SID_MODEL, "level_sizes": list(self.level_sizes),
-                "hash_buckets": self.hash_buckets, "max_len": self.max_len}
+                "hash_buckets": self.hash_buckets, "hash_count": self.hash_count,
+                "max_len": self.max_len}
 
     @classmethod
     def from_extra(cls, extra: dict[str, Any]) -> SidSpec | None:
@@ -116,7 +140,10 @@ class SidSpec:
         sizes = tuple(int(k) for k in rec["level_sizes"])
         if not sizes or min(sizes) < 1:
             raise ValueError(f"level_sizes must list positive sizes, got {list(sizes)}")
-        return cls(sizes, int(rec["hash_buckets"]), int(rec["max_len"]))
+        count = int(rec.get("hash_count", 1))
+        if count < 1:
+            raise ValueError(f"hash_count must be at least 1, got {count}")
+        return cls(sizes, int(rec["hash_buckets"]), int(rec["max_len"]), count)
 
     def check(self, codes: np.ndarray, what: str) -> np.ndarray:
         """(C, L) int64 semantic ids, each code within 1..size of its level, or ValueError."""
@@ -133,10 +160,10 @@ class SidSpec:
     def rows(self, codes: np.ndarray, item_ids: np.ndarray,
              new: np.ndarray | None = None) -> np.ndarray:
         """(C, L) checked semantic ids of items -> their rows of the code table (C, L'); the
-        items flagged `new` (C,) without their hash row (`drop_hash`)."""
+        items flagged `new` (C,) without their hash rows (`drop_hash`)."""
         rows = sid_rows(codes, self.level_sizes, self.hash_buckets,
-                        np.asarray(item_ids, dtype=np.int64))
-        return rows if new is None else drop_hash(rows, new, self.hash_buckets)
+                        np.asarray(item_ids, dtype=np.int64), self.hash_count)
+        return rows if new is None else drop_hash(rows, new, self.hash_buckets, self.hash_count)
 
 
 def sid_device_side(row_scores: np.ndarray, items: np.ndarray, codes: np.ndarray,

@@ -65,14 +65,13 @@ def stage_project_sid(ctx: RunContext) -> None:
 
     t0 = time.time()
     table = load_student(ctx.path("student_svd.pt"))[0]
-    known = np.ones(ctx.n_items + 1, dtype=bool) if ctx.excluded is None else ~ctx.excluded
-    known[0] = False
     # Each item's error weighs as its share of the device's training events (plus one, so
     # that no known item drops out) under student.sid_weighting.
     pop = item_popularity(ctx.device_training_split().train, ctx.n_items) + 1
     weights = kmeans_weights(pop, ctx.cfg.student.sid_weighting)
-    student, rep = sid_from_table(table, load_vocab(ctx), ctx.cfg.student.hash_buckets, known,
-                                  weights)
+    sc = ctx.cfg.student
+    student, rep = sid_from_table(table, load_vocab(ctx), sc.hash_buckets, ctx.excluded, weights,
+                                  sc.hash_count)
     save_model(student, ctx.path(SID_CKPT), {"projection": dataclasses.asdict(rep)})
     log(f"semantic-id student projected from the table student: item vectors R^2 "
         f"{rep.vector_r2:.3f}, biases R^2 {rep.bias_r2:.3f} ({rep.iterations} CG iterations)")
@@ -105,12 +104,12 @@ def stage_finetune_sid(ctx: RunContext) -> None:
 
 
 def device_rows(ctx: RunContext, histories: list[np.ndarray],
-                hash_buckets: int) -> list[np.ndarray]:
+                spec: SidSpec) -> list[np.ndarray]:
     """Each history as the semantic-id student reads it: (T, L') rows of its code table."""
     from tandemrec.pipeline import load_vocab
     from tandemrec.train.distill_sid import sid_catalog
 
-    catalog = sid_catalog(load_vocab(ctx), hash_buckets)
+    catalog = sid_catalog(load_vocab(ctx), spec.hash_buckets, spec.hash_count)
     return [catalog[np.asarray(h, dtype=np.int64)] for h in histories]
 
 
@@ -122,7 +121,7 @@ def stage_export_sid(ctx: RunContext) -> dict[str, Any]:
     export_onnx(student, ctx.path(SID_FP32))
     quantize_int8(ctx.path(SID_FP32), ctx.path(SID_INT8))
     # Its device keeps every item in its history: the cloud sends new items' semantic ids.
-    sample = device_rows(ctx, ctx.split.test_input[:200], student.cfg.hash_buckets)
+    sample = device_rows(ctx, ctx.split.test_input[:200], spec_of(student))
     atol = ctx.cfg.compress.atol
     rep = check_parity(student, ctx.path(SID_FP32), sample, atol)
     log(f"ONNX parity sid_student_fp32: max |diff| {rep.max_abs_diff_scores:.2e} (tolerance "
@@ -155,7 +154,7 @@ def sid_spec(ctx: RunContext) -> SidSpec:
 def spec_of(student: SidStudent) -> SidSpec:
     """A semantic-id student's level sizes, hash rows and window, as its device reads them."""
     c = student.cfg
-    return SidSpec(tuple(c.level_sizes), c.hash_buckets, c.max_len)
+    return SidSpec(tuple(c.level_sizes), c.hash_buckets, c.max_len, c.hash_count)
 
 
 def sid_bundle(ctx: RunContext, rows: list[dict], serving: dict,

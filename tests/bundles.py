@@ -31,7 +31,8 @@ def build_bundle(root: Path, sid: bool = False) -> Path:
     logs = root / "shop.csv"
     write_synthetic_csv(logs, n_users=200, n_items=80, min_len=8, max_len=25, seed=5)
     _first_interactions_only(logs)
-    sid_keys = ["student.kind=sid", "student.hash_buckets=16"] if sid else []
+    sid_keys = (["student.kind=sid", "student.hash_buckets=16", "student.hash_count=2"]
+                if sid else [])
     cfg = load_config(CONFIGS_DIR / "smoke.yaml", [f"dataset={logs}", *FAST, *sid_keys])
     ctx = open_run(cfg, root / "run")
     run_pipeline(ctx, root / "results")

@@ -52,7 +52,7 @@ class SidEvaluator(Evaluator):
         self.spec = spec
         # Candidates' rows: the items newer than the device's model score without their hash
         # row, as the SDK scores the items the cloud flags (history events keep theirs).
-        self.scored = drop_hash(catalog, ~self.view.known, spec.hash_buckets) \
+        self.scored = drop_hash(catalog, ~self.view.known, spec.hash_buckets, spec.hash_count) \
             if self.has_unknown else catalog
         self.pools: dict[int, np.ndarray] = {}  # user -> items of the cloud's earlier answer
 
@@ -144,7 +144,8 @@ def evaluate_sid(ctx: RunContext, models: Models) -> tuple[list[ModeResult], dic
     models = dataclasses.replace(models, files={**models.files,
                                                 "sid_student_fp32": ctx.path(SID_FP32),
                                                 "sid_student_int8": ctx.path(SID_INT8)})
-    catalog, spec = sid_catalog(models.vocab, student.cfg.hash_buckets), spec_of(student)
+    spec = spec_of(student)
+    catalog = sid_catalog(models.vocab, spec.hash_buckets, spec.hash_count)
     cfg, params = ctx.cfg.eval, n_params(student)
 
     def evaluator(inputs: list[np.ndarray], targets: np.ndarray) -> SidEvaluator:
@@ -168,5 +169,5 @@ def evaluate_sid(ctx: RunContext, models: Models) -> tuple[list[ModeResult], dic
     collab.p50_ms = ev.collaborative_latency(fusion)
     results += [collab, ev.edge_only(params)]
     return results, {"fusion": fusion.serving(), "fusion_tuning": tuning,
-                     "hash_buckets": student.cfg.hash_buckets,
+                     "hash_buckets": spec.hash_buckets, "hash_count": spec.hash_count,
                      "level_sizes": student.cfg.level_sizes}

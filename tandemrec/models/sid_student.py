@@ -4,8 +4,8 @@ TIGER (Rajput et al., 2023) and LC-Rec (Zheng et al., 2024) name items by semant
 residual codes (c1, c2, c3) of their vectors; compositional embeddings built from a few
 codebooks shrink on-device recommenders (Xia et al., 2022). Here an item's input vector is the
 sum of one embedding per level of its semantic id (plus, optionally, a hashed residual of its
-id from a fixed number of buckets), and the item head is tied to the same code table, so an
-item's score factorises over its levels:
+id: one or a few rows, by as many hashes, of a fixed number of buckets), and the item head is
+tied to the same code table, so an item's score factorises over its levels:
 
     score(i) = sum_l <h, E[row_l(i)]> / sqrt(D) + b[row_l(i)]
 
@@ -33,6 +33,7 @@ from tandemrec.models.student import ItemTable
 class SidStudentConfig(DecoderShape):
     level_sizes: list[int]  # codes per level of the semantic id; level 1 = intent tokens
     hash_buckets: int = Field(0, ge=0)  # rows of the hashed item-id residual; 0 = none
+    hash_count: int = Field(1, ge=1)  # of those rows, how many each item sums (k hashes)
     ranks: dict[str, Any] = Field(default_factory=dict)  # as StudentConfig; {} = dense
 
     @model_validator(mode="after")
@@ -52,8 +53,8 @@ class SidStudentConfig(DecoderShape):
 
     @property
     def row_width(self) -> int:
-        """Table rows per item: one per level, plus the hash bucket's."""
-        return len(self.level_sizes) + (1 if self.hash_buckets else 0)
+        """Table rows per item: one per level, plus its hash buckets'."""
+        return len(self.level_sizes) + (self.hash_count if self.hash_buckets else 0)
 
 
 class SidStudent(nn.Module):

@@ -175,6 +175,9 @@ class StudentTrainConfig(DecoderShape):
     # grow with the catalog, and evaluate it beside the full-table one (sid-* modes).
     kind: Literal["table", "sid"] = "table"
     hash_buckets: int = Field(0, ge=0)  # the semantic-id student's hashed-id rows; 0 = none
+    # Hashes per item into those rows: with 2, items that share one bucket keep residuals of
+    # their own through the other (docs/semantic-ids.md). The device's size does not change.
+    hash_count: int = Field(1, ge=1, le=4)
     # Where the semantic-id student comes from: distilled from the teacher (teacher), or the
     # compressed table student projected onto semantic ids (table: train/sid_project.py; after
     # the table student's compression; compress.sid_finetune then fine-tunes it).

@@ -36,15 +36,22 @@ def level_sizes(vocab: IntentVocab) -> list[int]:
     return [int(c.shape[0]) for c in vocab.centroids]
 
 
-def sid_catalog(vocab: IntentVocab, hash_buckets: int) -> np.ndarray:
+def sid_catalog(vocab: IntentVocab, hash_buckets: int, hash_count: int = 1) -> np.ndarray:
     """(N+1, L') every item's rows of the code table (row 0 of it: padding, all zeros)."""
     ids = np.arange(vocab.n_items + 1, dtype=np.int64)
-    return sid_rows(vocab.codes, level_sizes(vocab), hash_buckets, ids)
+    return sid_rows(vocab.codes, level_sizes(vocab), hash_buckets, ids, hash_count)
+
+
+def known_items(n_items: int, exclude: np.ndarray | None) -> np.ndarray:
+    """(N+1,) bool: the items the device trains on (not padding, not `exclude`d as new)."""
+    known = np.ones(n_items + 1, dtype=bool) if exclude is None else ~np.asarray(exclude, bool)
+    known[0] = False
+    return known
 
 
 def sid_student_config(vocab: IntentVocab, cfg: StudentTrainConfig) -> SidStudentConfig:
     return SidStudentConfig(level_sizes=level_sizes(vocab), hash_buckets=cfg.hash_buckets,
-                            **cfg.shape())
+                            hash_count=cfg.hash_count, **cfg.shape())
 
 
 def init_codes_from_teacher(student: SidStudent, teacher: AnyTeacher, catalog: np.ndarray,
@@ -88,7 +95,7 @@ def distill_sid_student(teacher: AnyTeacher, split: LeaveOneOutSplit, vocab: Int
     """
     torch.manual_seed(seed)
     student = SidStudent(sid_student_config(vocab, cfg))
-    view = SidView.build(vocab, cfg.hash_buckets, exclude)
+    view = SidView.build(vocab, student.cfg, exclude)
     init_codes_from_teacher(student, teacher, view.catalog, view.known)
     max_len = min(cfg.max_len, teacher.cfg.max_len)
     targets = teacher_targets(teacher, split.train, max_len, cfg.kd_top_k, cfg.temperature,
@@ -127,7 +134,7 @@ def finetune_sid_student(student: SidStudent, split: LeaveOneOutSplit, vocab: In
     weights whether it follows the distillation or resumes from a saved student.
     """
     torch.manual_seed(seed + 4)
-    view = SidView.build(vocab, student.cfg.hash_buckets, exclude)
+    view = SidView.build(vocab, student.cfg, exclude)
     reference = (view.frozen_scores(student) if table is None
                  else view.table_scores(table.eval()))
     rng = np.random.default_rng(seed + 4)
@@ -163,12 +170,11 @@ class SidView:
     intent_of: torch.Tensor  # (N+1,) level-1 code of each item
 
     @classmethod
-    def build(cls, vocab: IntentVocab, hash_buckets: int,
+    def build(cls, vocab: IntentVocab, cfg: SidStudentConfig,
               exclude: np.ndarray | None) -> SidView:
         n = vocab.n_items
-        known = np.ones(n + 1, dtype=bool) if exclude is None else ~np.asarray(exclude, bool)
-        known[0] = False
-        catalog = sid_catalog(vocab, hash_buckets)
+        known = known_items(n, exclude)
+        catalog = sid_catalog(vocab, cfg.hash_buckets, cfg.hash_count)
         kept = np.concatenate([[0], np.flatnonzero(known)])
         renum = np.zeros(n + 1, dtype=np.int64)
         renum[kept] = np.arange(len(kept))

@@ -66,7 +66,7 @@ def export_onnx(student: AnyStudent, path: Path, batched: bool = False) -> Path:
     cfg = student.cfg
     sizes = ({"n_items": cfg.n_items} if isinstance(cfg, StudentConfig) else
              {"kind": "sid", "level_sizes": ",".join(map(str, cfg.level_sizes)),
-              "hash_buckets": cfg.hash_buckets})
+              "hash_buckets": cfg.hash_buckets, "hash_count": cfg.hash_count})
     _set_metadata(path, {"max_len": cfg.max_len, **sizes, "n_intents": cfg.n_intents,
                          "producer": "tandemrec"})
     return path

@@ -27,7 +27,7 @@ import torch
 from tandemrec.models.intent_vocab import IntentVocab
 from tandemrec.models.sid_student import SidStudent, SidStudentConfig
 from tandemrec.models.student import Student
-from tandemrec.train.distill_sid import level_sizes, sid_catalog
+from tandemrec.train.distill_sid import known_items, level_sizes, sid_catalog
 
 
 @dataclass(frozen=True)
@@ -39,20 +39,22 @@ class Projection:
     iterations: int
 
 
+def row_sums(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """A x: (V, C) row values, (M, L') rows of M items -> (M, C) each item's sum over its rows,
+    padding (row 0) left out."""
+    return (x[rows] * (rows != 0)[..., None]).sum(1)
+
+
 def fit_code_rows(rows: torch.Tensor, targets: torch.Tensor, n_rows: int, ridge: float = 1e-3,
                   weights: torch.Tensor | None = None, tol: float = 1e-14,
                   max_iter: int = 1000) -> tuple[torch.Tensor, int]:
     """(M, L') rows of M items, (M, C) targets -> (X (n_rows, C), iterations): the ridge
     least-squares rows whose sums per item reproduce the targets, each item's error weighted
     by `weights` (M,) when given; row 0 (padding) stays 0."""
-    used = rows != 0  # (M, L')
+    mask = (rows != 0).reshape(-1)
     w = (torch.ones(rows.shape[0], dtype=torch.float64) if weights is None
          else weights.to(torch.float64))[:, None]
-    flat, mask = rows.reshape(-1), used.reshape(-1)
-    width = rows.shape[1]
-
-    def gather(x: torch.Tensor) -> torch.Tensor:  # A x: (V, C) -> (M, C)
-        return (x[rows] * used[..., None]).sum(1)
+    flat, width = rows.reshape(-1), rows.shape[1]
 
     def scatter(y: torch.Tensor) -> torch.Tensor:  # A^T y: (M, C) -> (V, C)
         spread = y[:, None, :].expand(-1, width, -1).reshape(-1, y.shape[1])
@@ -60,7 +62,7 @@ def fit_code_rows(rows: torch.Tensor, targets: torch.Tensor, n_rows: int, ridge:
                                                                           spread[mask])
 
     def normal(x: torch.Tensor) -> torch.Tensor:  # (A^T W A + ridge I) x, row 0 held at 0
-        out = scatter(w * gather(x)) + ridge * x
+        out = scatter(w * row_sums(x, rows)) + ridge * x
         out[0] = 0.0
         return out
 
@@ -90,29 +92,31 @@ def _r2(fit: torch.Tensor, target: torch.Tensor) -> float:
     return float(1.0 - (fit - target).pow(2).sum() / centred.pow(2).sum().clamp(min=1e-12))
 
 
-def sid_from_table(table: Student, vocab: IntentVocab, hash_buckets: int, known: np.ndarray,
-                   weights: np.ndarray | None = None) -> tuple[SidStudent, Projection]:
+def sid_from_table(table: Student, vocab: IntentVocab, hash_buckets: int,
+                   exclude: np.ndarray | None = None, weights: np.ndarray | None = None,
+                   hash_count: int = 1) -> tuple[SidStudent, Projection]:
     """A semantic-id student with the table student's decoder and intent head, and the code
-    table projected from its item table over the `known` items (bool, (N+1,)), each item's
-    error weighted by `weights` (N+1,) when given."""
+    table projected from its item table over the items it knows (all but `exclude`, bool
+    (N+1,)), each item's error weighted by `weights` (N+1,) when given."""
     tc = table.cfg
     layers = (tc.ranks or {}).get("layers")
     cfg = SidStudentConfig(level_sizes=level_sizes(vocab), hash_buckets=hash_buckets,
-                           ranks={"layers": layers} if layers else {}, **tc.shape())
+                           hash_count=hash_count, ranks={"layers": layers} if layers else {},
+                           **tc.shape())
     student = SidStudent(cfg)
     for part in ("in_norm", "decoder", "intent_head"):
         getattr(student, part).load_state_dict(getattr(table, part).state_dict())
-    rows = torch.from_numpy(sid_catalog(vocab, hash_buckets)[known])  # (M, L')
+    known = known_items(vocab.n_items, exclude)
+    rows = torch.from_numpy(sid_catalog(vocab, hash_buckets, hash_count)[known])  # (M, L')
     ids = torch.from_numpy(np.flatnonzero(known))
     with torch.no_grad():
-        vecs = table.items.dense()[ids]  # (M, D)
-        bias = table.out_bias[ids][:, None]  # (M, 1)
+        # The vectors and the bias in one solve: each column takes its own CG steps.
+        target = torch.cat([table.items.dense()[ids], table.out_bias[ids][:, None]], 1)
         w = None if weights is None else torch.from_numpy(np.asarray(weights)[known])
-        x, it_v = fit_code_rows(rows, vecs, cfg.n_rows, weights=w)
-        c, it_b = fit_code_rows(rows, bias, cfg.n_rows, weights=w)
-        student.items.weight_t.copy_(x.T)
-        student.out_bias.copy_(c[:, 0])
-        used = (rows != 0)[..., None]
-        report = Projection(_r2((x[rows] * used).sum(1), vecs),
-                            _r2((c[rows] * used).sum(1), bias), max(it_v, it_b))
+        x, iterations = fit_code_rows(rows, target, cfg.n_rows, weights=w)  # (V, D+1)
+        student.items.weight_t.copy_(x[:, :-1].T)
+        student.out_bias.copy_(x[:, -1])
+        fit = row_sums(x, rows)
+        report = Projection(_r2(fit[:, :-1], target[:, :-1]), _r2(fit[:, -1:], target[:, -1:]),
+                            iterations)
     return student, report

@@ -109,8 +109,10 @@ def _sid_student_alone(runner, common, run_dir, results):
         sid["parity"]["sid_student_fp32"]["atol"]
     assert sid["sizes"]["sid_student_int8.onnx"] == (run_dir / "sid_student_int8.onnx").stat(
         ).st_size
-    # student.sid_init=table: projected from the compressed table student, then aligned to it
+    # student.sid_init=table: projected from the compressed table student (two hashed rows per
+    # item), then aligned to it
     res = runner.invoke(app, ["distill-sid", *common, "--set", "student.hash_buckets=8",
+                              "--set", "student.hash_count=2",
                               "--set", "student.sid_init=table", "--set",
                               "compress.sid_finetune=true", "--set",
                               "compress.sid_finetune_ref=table"])
@@ -126,7 +128,8 @@ def _sid_student_alone(runner, common, run_dir, results):
     (report_path,) = results.glob("quality-*.json")
     report = json.loads(report_path.read_text())
     assert set(SID_MODES) <= {r["mode"] for r in report["rows"]}
-    assert report["sid"]["hash_buckets"] == 8  # the checkpoint's rows, not the config's
+    # the checkpoint's rows, not the config's
+    assert report["sid"]["hash_buckets"] == 8 and report["sid"]["hash_count"] == 2
 
 
 def test_bad_dataset_is_a_clear_error(tmp_path):

@@ -62,7 +62,7 @@ def test_it_trains_and_resumes_to_the_same_weights():
 def test_new_items_stay_out_of_the_aligned_distribution():
     new = np.zeros(N_ITEMS + 1, dtype=bool)
     new[25:] = True
-    view = SidView.build(_vocab(), 8, new)
+    view = SidView.build(_vocab(), _student().cfg, new)
     assert view.kept_rows.shape[0] == 1 + 24  # padding and the 24 known items
     assert (view.renum[25:] == 0).all() and view.renum[1:25].tolist() == list(range(1, 25))
     student = _student().eval()
@@ -93,7 +93,7 @@ def test_the_table_student_can_be_the_reference_and_its_new_items_stay_out():
         table.out_bias[3] = 8.0  # whatever the history, item 3
     new = np.zeros(N_ITEMS + 1, dtype=bool)
     new[25:] = True
-    rows = SidView.build(_vocab(), 8, new).rows
+    rows = SidView.build(_vocab(), _student().cfg, new).rows
     x = torch.tensor([[1, 2, 4, 5]])
     split, cfg = _split(np.arange(1, 25)), CompressConfig(finetune_epochs=3, lr=2e-2,
                                                           batch_size=8)

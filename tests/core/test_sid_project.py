@@ -28,12 +28,6 @@ def _table() -> Student:
                                  mlp_hidden=32, max_len=12, dropout=0.1)).eval()
 
 
-def _known() -> np.ndarray:
-    known = np.ones(N_ITEMS + 1, dtype=bool)
-    known[0] = False
-    return known
-
-
 def test_three_items_on_three_rows_are_solved_exactly():
     # items: rows {1, 3}, {2, 3}, {1}: x1 + x3 = 3, x2 + x3 = 5, x1 = 1 -> x = (1, 3, 2)
     rows = torch.tensor([[1, 3], [2, 3], [1, 0]])
@@ -74,7 +68,7 @@ def test_a_table_built_from_codes_gives_the_same_scores():
     with torch.no_grad():  # every item's vector and bias is the sum of its rows'
         table.items.weight_t.copy_(code_vecs[catalog].sum(1).T)
         table.out_bias.copy_(code_bias[catalog].sum(1))
-    sid, rep = sid_from_table(table, vocab, BUCKETS, _known())
+    sid, rep = sid_from_table(table, vocab, BUCKETS)
     assert rep.vector_r2 > 0.9999 and rep.bias_r2 > 0.9999
     x = torch.tensor([[0, 0, 3, 7, 12], [4, 9, 1, 30, 2]])
     with torch.no_grad():
@@ -85,7 +79,7 @@ def test_a_table_built_from_codes_gives_the_same_scores():
 
 def test_a_compressed_table_keeps_its_low_rank_decoder():
     small = svd_compress(_table(), 0.5).eval()
-    sid, rep = sid_from_table(small, _vocab(), BUCKETS, _known())
+    sid, rep = sid_from_table(small, _vocab(), BUCKETS)
     assert sid.cfg.ranks == {"layers": small.cfg.ranks["layers"]}
     assert "emb" not in sid.cfg.ranks  # the code table itself stays dense
     for part in ("decoder", "intent_head", "in_norm"):
@@ -94,3 +88,25 @@ def test_a_compressed_table_keeps_its_low_rank_decoder():
         assert all(torch.equal(mine[k], theirs[k]) for k in mine)
     # 30 random vectors on 19 rows cannot be reproduced, but most of their energy is
     assert 0.3 < rep.vector_r2 < 1.0
+
+
+def test_a_second_hash_explains_more_of_the_same_rows():
+    # 30 random item vectors on 4 + 3 + 3 codes and 8 buckets: two hashes into the same 8 rows
+    # tell apart items that share codes and one bucket, so the fit keeps more of them.
+    table = _table()
+    one = sid_from_table(table, _vocab(), BUCKETS)[1]
+    two, rep = sid_from_table(table, _vocab(), BUCKETS, hash_count=2)
+    assert two.cfg.row_width == len(LEVELS) + 2 and two.cfg.n_rows == 1 + sum(LEVELS) + BUCKETS
+    assert rep.vector_r2 > one.vector_r2
+
+
+def test_excluded_items_stay_out_of_the_fit():
+    # An excluded (new) item's vector must not pull the rows: moving it changes nothing.
+    exclude = np.zeros(N_ITEMS + 1, dtype=bool)
+    exclude[[4, 17]] = True
+    table = _table()
+    before = sid_from_table(table, _vocab(), BUCKETS, exclude)[0].items.dense().clone()
+    with torch.no_grad():
+        table.items.weight_t[:, [4, 17]] += 5.0
+    after = sid_from_table(table, _vocab(), BUCKETS, exclude)[0].items.dense()
+    torch.testing.assert_close(after, before)

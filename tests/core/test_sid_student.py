@@ -14,11 +14,11 @@ pytestmark = pytest.mark.core
 LEVELS = [6, 4, 3]
 
 
-def _catalog(n: int, hash_buckets: int, seed: int = 0) -> np.ndarray:
+def _catalog(n: int, hash_buckets: int, seed: int = 0, hash_count: int = 1) -> np.ndarray:
     rng = np.random.default_rng(seed)
     codes = np.stack([rng.integers(1, k + 1, n + 1) for k in LEVELS], 1)
     codes[0] = 0
-    return sid_rows(codes, LEVELS, hash_buckets, np.arange(n + 1))
+    return sid_rows(codes, LEVELS, hash_buckets, np.arange(n + 1), hash_count)
 
 
 def _student(hash_buckets: int = 0, **shape) -> SidStudent:
@@ -55,10 +55,11 @@ def test_size_does_not_grow_with_the_catalog():
     assert scores.shape == (1, 100_001) and torch.isfinite(scores).all()
 
 
-@pytest.mark.parametrize("hash_buckets", [0, 8])
-def test_onnx_fp32_and_int8_match_torch(tmp_path, hash_buckets):
-    student = _student(hash_buckets)
-    catalog = _catalog(60, hash_buckets, seed=1)
+@pytest.mark.parametrize(("hash_buckets", "hash_count"), [(0, 1), (8, 1), (8, 2)])
+def test_onnx_fp32_and_int8_match_torch(tmp_path, hash_buckets, hash_count):
+    student = _student(hash_buckets, hash_count=hash_count)
+    catalog = _catalog(60, hash_buckets, seed=1, hash_count=hash_count)
+    assert catalog.shape[1] == student.cfg.row_width
     rng = np.random.default_rng(2)
     histories = [catalog[rng.integers(1, 61, n)] for n in (1, 5, 12, 20)]
     fp32 = export_onnx(student, tmp_path / "sid.onnx")

@@ -52,7 +52,8 @@ def offline_rankings(run: Path, model: EdgeModel,
         models.known = ~new
         models.known[0] = False
     sp = ctx.split
-    ev = SidEvaluator(models, sid_catalog(models.vocab, student.cfg.hash_buckets),
+    ev = SidEvaluator(models, sid_catalog(models.vocab, student.cfg.hash_buckets,
+                                          student.cfg.hash_count),
                       spec_of(student), sp.test_input[:USERS], sp.test_target[:USERS],
                       ctx.cfg.eval)
     fusion = FusionConfig.from_serving(model.serving)
@@ -119,6 +120,7 @@ def test_the_sid_pair_holds_its_model_and_the_cloud_side(sid_bundle: Path) -> No
     student = device["extra"]["student"]
     assert student["kind"] == "sid" and student["level_sizes"] == [8, 4, 4]
     assert student["hash_buckets"] == 16 and student["max_len"] == 30
+    assert student["hash_count"] == 2  # tests/bundles.py: two hashed rows per item
     assert {"fusion_weight", "device_top", "device_missing", "n_candidates"} <= \
         set(device["extra"]["serving"])
     table = json.loads((pair_dirs(sid_bundle).cloud / "item_table.json").read_text())

@@ -60,3 +60,43 @@ def test_new_items_score_without_their_hash_row():
     assert view.known[1] and not view.known[2]
     own = score_items(row_scores, flagged)  # the new item: its three levels only
     assert own[1] == 2 + 8 + 12 and own[0] > 100
+
+
+def test_a_second_hash_is_independent_of_the_first():
+    ids = np.arange(1, 10_001)
+    first, second = hash_bucket(ids, 64), hash_bucket(ids, 64, 1)
+    assert second.min() == 1 and second.max() == 64 and np.bincount(second)[1:].min() > 100
+    np.testing.assert_array_equal(hash_bucket(ids, 64, 1), second)  # stable too
+    np.testing.assert_array_equal(hash_bucket(ids.reshape(100, 100), 64, 1), second.reshape(
+        100, 100))  # any shape
+    # Of the id pairs that share a bucket under the first hash, about 1 in 64 share one under
+    # the second: the buckets they share tell apart the items the first one merged.
+    same_first = first[:, None] == first[None, :]
+    same_second = second[:, None] == second[None, :]
+    off = ~np.eye(len(ids), dtype=bool)
+    share = (same_first & same_second & off).sum() / (same_first & off).sum()
+    assert 0.5 / 64 < share < 2 / 64
+
+
+def test_two_hashes_give_two_rows_and_new_items_drop_both():
+    codes, items = np.array([[1, 1, 1], [2, 2, 2]]), np.array([1, 2])
+    rows = sid_rows(codes, LEVELS, 5, items, hash_count=2)
+    assert rows.shape == (2, 5)
+    np.testing.assert_array_equal(rows[:, :4], sid_rows(codes, LEVELS, 5, items))  # hash 0 kept
+    assert ((rows[:, 3:] >= 14) & (rows[:, 3:] < 19)).all()
+    spec = SidSpec(tuple(LEVELS), 5, 10, hash_count=2)
+    np.testing.assert_array_equal(spec.rows(codes, items), rows)
+    flagged = spec.rows(codes, items, np.array([False, True]))
+    np.testing.assert_array_equal(flagged[1], [*rows[1, :3], 0, 0])
+    np.testing.assert_array_equal(flagged[0], rows[0])
+    with pytest.raises(ValueError, match="hash_count"):
+        sid_rows(codes, LEVELS, 5, items, hash_count=0)
+
+
+def test_the_manifest_records_the_hash_count_and_old_bundles_read_as_one():
+    spec = SidSpec((6, 4, 3), 16, 30, hash_count=2)
+    assert SidSpec.from_extra({"student": spec.record()}) == spec
+    old = {k: v for k, v in spec.record().items() if k != "hash_count"}
+    assert SidSpec.from_extra({"student": old}) == SidSpec((6, 4, 3), 16, 30, 1)
+    with pytest.raises(ValueError, match="hash_count"):
+        SidSpec.from_extra({"student": {**spec.record(), "hash_count": 0}})
