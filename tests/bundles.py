@@ -19,7 +19,7 @@ FAST = ["teacher.max_epochs=4", "teacher.coarse_epochs=1", "student.max_epochs=3
         "eval.n_retrieve=40", "eval.n_candidates=40"]
 
 
-def build_bundle(root: Path, sid: bool = False) -> Path:
+def build_bundle(root: Path, sid: bool = False, hash_count: int = 1) -> Path:
     """Train, distil, compress, export and evaluate on 200 generated users (~15 s on 2 cores).
 
     Returns the bundle pair directory (``run/bundle``, holding device/ and cloud/); with `sid`
@@ -31,8 +31,8 @@ def build_bundle(root: Path, sid: bool = False) -> Path:
     logs = root / "shop.csv"
     write_synthetic_csv(logs, n_users=200, n_items=80, min_len=8, max_len=25, seed=5)
     _first_interactions_only(logs)
-    sid_keys = (["student.kind=sid", "student.hash_buckets=16", "student.hash_count=2"]
-                if sid else [])
+    sid_keys = (["student.kind=sid", "student.hash_buckets=16",
+                 f"student.hash_count={hash_count}"] if sid else [])
     cfg = load_config(CONFIGS_DIR / "smoke.yaml", [f"dataset={logs}", *FAST, *sid_keys])
     ctx = open_run(cfg, root / "run")
     run_pipeline(ctx, root / "results")

@@ -39,6 +39,13 @@ def sid_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def sid_bundle_two_hashes(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """As `sid_bundle`, its student with two hashed rows per item (student.hash_count=2)."""
+    root = tmp_path_factory.mktemp("sid2")
+    return build_bundle(root, sid=True, hash_count=2).parent / "bundle-sid"
+
+
+@pytest.fixture(scope="session")
 def bundle_v2(bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The same model under another version, for publish, canary and reload tests."""
     return clone_bundle(bundle, tmp_path_factory.mktemp("v2") / "bundle", "v2-test")

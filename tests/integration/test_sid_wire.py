@@ -120,7 +120,7 @@ def test_the_sid_pair_holds_its_model_and_the_cloud_side(sid_bundle: Path) -> No
     student = device["extra"]["student"]
     assert student["kind"] == "sid" and student["level_sizes"] == [8, 4, 4]
     assert student["hash_buckets"] == 16 and student["max_len"] == 30
-    assert student["hash_count"] == 2  # tests/bundles.py: two hashed rows per item
+    assert student["hash_count"] == 1
     assert {"fusion_weight", "device_top", "device_missing", "n_candidates"} <= \
         set(device["extra"]["serving"])
     table = json.loads((pair_dirs(sid_bundle).cloud / "item_table.json").read_text())
@@ -130,14 +130,18 @@ def test_the_sid_pair_holds_its_model_and_the_cloud_side(sid_bundle: Path) -> No
     assert model.version == device["version"] and model.version.endswith("-sid")
 
 
-@pytest.mark.parametrize("cloud", ["sid_bundle"], indirect=True)
-@pytest.mark.parametrize("wire", ["grpc", "http"])
-def test_sdk_ranks_exactly_as_the_sid_evaluation(sid_bundle: Path, cloud: Running,
+@pytest.mark.parametrize(("cloud", "wire"), [("sid_bundle", "grpc"), ("sid_bundle", "http"),
+                                             ("sid_bundle_two_hashes", "grpc")],
+                         indirect=["cloud"])
+def test_sdk_ranks_exactly_as_the_sid_evaluation(request: pytest.FixtureRequest, cloud: Running,
                                                  wire: str) -> None:
-    model = EdgeModel.load(sid_bundle)
-    histories, expected = offline_rankings(sid_bundle.parent, model)
+    name = request.node.callspec.params["cloud"]
+    bundle = request.getfixturevalue(name)
+    model = EdgeModel.load(bundle)
+    assert model.sid is not None and model.sid.hash_count == (2 if "two" in name else 1)
+    histories, expected = offline_rankings(bundle.parent, model)
     got = asyncio.run(device_rankings(model, transports(cloud)[wire], histories,
-                                      codebook(sid_bundle)))
+                                      codebook(bundle)))
     assert got == expected
     # A device downloads the model and its manifest, nothing of the cloud side.
     resp = httpx.get(f"http://127.0.0.1:{cloud.http_port}/v1/manifest",
