@@ -68,8 +68,8 @@ def stage_project_sid(ctx: RunContext) -> None:
     # Each item's error weighs as its share of the device's training events (plus one, so
     # that no known item drops out) under student.sid_weighting.
     pop = item_popularity(ctx.device_training_split().train, ctx.n_items) + 1
-    weights = kmeans_weights(pop, ctx.cfg.student.sid_weighting)
     sc = ctx.cfg.student
+    weights = kmeans_weights(pop, sc.sid_weighting)
     student, rep = sid_from_table(table, load_vocab(ctx), sc.hash_buckets, ctx.excluded, weights,
                                   sc.hash_count)
     save_model(student, ctx.path(SID_CKPT), {"projection": dataclasses.asdict(rep)})

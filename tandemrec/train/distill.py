@@ -45,6 +45,13 @@ class TeacherTargets:
     # renormalised over the K items
 
 
+def known_items(n_items: int, exclude: np.ndarray | None) -> np.ndarray:
+    """(N+1,) bool: the items the device trains on (not padding, not `exclude`d as new)."""
+    known = np.ones(n_items + 1, dtype=bool) if exclude is None else ~np.asarray(exclude, bool)
+    known[0] = False
+    return known
+
+
 def teacher_targets(teacher: AnyTeacher, seqs: list[np.ndarray], max_len: int, k: int,
                     temperature: float, batch_size: int = 64,
                     exclude: np.ndarray | None = None,
@@ -154,10 +161,7 @@ def init_from_teacher(student: Student, teacher: AnyTeacher,
     """
     with torch.no_grad():
         vecs = teacher.eval().item_vectors()  # (N+1, Dt); an ensemble's members side by side
-        known = torch.ones(vecs.shape[0], dtype=torch.bool)
-        if exclude is not None:
-            known &= ~torch.from_numpy(np.asarray(exclude, dtype=bool))
-        known[0] = False
+        known = torch.from_numpy(known_items(vecs.shape[0] - 1, exclude))
         rows = vecs[known]
         u, s, _ = torch.linalg.svd(rows - rows.mean(0, keepdim=True), full_matrices=False)
         d = student.cfg.d_model

@@ -25,7 +25,7 @@ from tandemrec.models.student import Student
 from tandemrec.models.teacher_ensemble import AnyTeacher
 from tandemrec.train.batches import loss_positions, n_batches, training_batches
 from tandemrec.train.config import CompressConfig, StudentTrainConfig
-from tandemrec.train.distill import distill_batches, kd_positions, teacher_targets
+from tandemrec.train.distill import distill_batches, kd_positions, known_items, teacher_targets
 from tandemrec.train.loop import FitResult, fit, validation_ndcg
 from tandemrec.train.losses import SoftTargets, chunked_head_loss
 from tandemrec.train.precision import autocast, matmul_dtype
@@ -40,13 +40,6 @@ def sid_catalog(vocab: IntentVocab, hash_buckets: int, hash_count: int = 1) -> n
     """(N+1, L') every item's rows of the code table (row 0 of it: padding, all zeros)."""
     ids = np.arange(vocab.n_items + 1, dtype=np.int64)
     return sid_rows(vocab.codes, level_sizes(vocab), hash_buckets, ids, hash_count)
-
-
-def known_items(n_items: int, exclude: np.ndarray | None) -> np.ndarray:
-    """(N+1,) bool: the items the device trains on (not padding, not `exclude`d as new)."""
-    known = np.ones(n_items + 1, dtype=bool) if exclude is None else ~np.asarray(exclude, bool)
-    known[0] = False
-    return known
 
 
 def sid_student_config(vocab: IntentVocab, cfg: StudentTrainConfig) -> SidStudentConfig:

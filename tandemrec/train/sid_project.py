@@ -27,7 +27,8 @@ import torch
 from tandemrec.models.intent_vocab import IntentVocab
 from tandemrec.models.sid_student import SidStudent, SidStudentConfig
 from tandemrec.models.student import Student
-from tandemrec.train.distill_sid import known_items, level_sizes, sid_catalog
+from tandemrec.train.distill import known_items
+from tandemrec.train.distill_sid import level_sizes, sid_catalog
 
 
 @dataclass(frozen=True)
