@@ -79,6 +79,7 @@ def _stage(stage: str, dataset: str, config: Path | None, overrides: list[str] |
            run_dir: Path | None, data_dir: Path | None, results_dir: Path | None,
            protocol: str | None = None, teacher_from: Path | None = None) -> None:
     from tandemrec import pipeline
+    from tandemrec.teacher_reuse import TeacherReuseError
 
     ctx = _context(dataset, config, overrides, run_dir, data_dir, protocol, teacher_from)
     results_dir = results_dir or ctx.run_dir / "results"
@@ -91,7 +92,7 @@ def _stage(stage: str, dataset: str, config: Path | None, overrides: list[str] |
             pipeline.pipeline_sid.stage_sid(ctx)
         else:
             getattr(pipeline, f"stage_{stage}")(ctx)
-    except (FileNotFoundError, pipeline.TeacherReuseError) as exc:
+    except (FileNotFoundError, TeacherReuseError) as exc:
         _fail(str(exc))
 
 
